@@ -1,0 +1,81 @@
+"""Dependencies: a route's signature reads like a sentence (`files: FilesDep`, `project: ProjectId`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.files_service import FileService
+from api.jobs_service import JobService
+from api.projects_service import ProjectService
+from api.state import ApiState
+from services.errors import Unauthorized
+from services.security import same_secret
+
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+
+
+def get_state(request: Request) -> ApiState:
+    return request.app.state.alignd
+
+
+StateDep = Annotated[ApiState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    session = state.sessions()
+    try:
+        yield session
+    finally:
+        session.rollback()  # services commit their own units of work; anything else is dropped
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def _secret(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing API key; send Authorization: Bearer <key>",
+                           code="missing_api_key")
+    return credentials.credentials
+
+
+def get_project_id(credentials: Credentials, session: SessionDep) -> str:
+    return ProjectService(session).authenticate(_secret(credentials))
+
+
+def require_admin(credentials: Credentials, state: StateDep) -> None:
+    if not same_secret(_secret(credentials), state.settings.admin_key.get_secret_value()):
+        raise Unauthorized("this endpoint needs the admin key", code="invalid_admin_key")
+
+
+ProjectId = Annotated[str, Depends(get_project_id)]
+Admin = Depends(require_admin)
+
+
+def get_files(session: SessionDep, state: StateDep, project_id: ProjectId) -> FileService:
+    return FileService(session, state.store, project_id)
+
+
+FilesDep = Annotated[FileService, Depends(get_files)]
+
+
+def get_jobs(session: SessionDep, state: StateDep, project_id: ProjectId,
+             files: FilesDep) -> JobService:
+    return JobService(session, project_id, files, state.enqueue)
+
+
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+
+
+def get_projects(session: SessionDep) -> ProjectService:
+    return ProjectService(session)
+
+
+ProjectsDep = Annotated[ProjectService, Depends(get_projects)]

@@ -1,0 +1,131 @@
+"""Fine-tuning jobs: create (validate, persist, enqueue), read, cancel, and their history."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.db.models import Checkpoint, Job, JobEvent, JobMetric
+from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from services.ids import new_id
+from services.job_states import JobStatus, TERMINAL, record_event, transition
+from services.methods import METHOD_PURPOSES
+from services.registry import get_visible_model
+from api.files_service import FileService
+from api.protocol import JobCreate
+
+Enqueue = Callable[[str], None]
+
+
+class JobService:
+    def __init__(self, session: Session, project_id: str, files: FileService, enqueue: Enqueue):
+        self.session, self.project_id = session, project_id
+        self.files, self.enqueue = files, enqueue
+
+    def create(self, request: JobCreate) -> Job:
+        self._check_request(request)
+        job = Job(
+            id=new_id("ftjob"), project_id=self.project_id, model=request.model,
+            training_file=request.training_file, validation_file=request.validation_file,
+            suffix=request.suffix, seed=request.seed if request.seed is not None
+            else random.randrange(2**31), method=request.method.model_dump(mode="json"),
+            metadata_=request.metadata, status=JobStatus.VALIDATING_FILES.value,
+        )
+        self.session.add(job)
+        self.session.flush()
+        record_event(self.session, job.id, f"created fine-tuning job {job.id}", type="status",
+                     data={"status": job.status})
+        transition(self.session, job, JobStatus.QUEUED, "files validated; job queued")
+        self.session.commit()
+        try:
+            self.enqueue(job.id)
+        except Exception as exc:  # the broker is down: the job must not sit queued forever
+            transition(self.session, job, JobStatus.FAILED, f"could not enqueue: {exc}")
+            job.error = {"code": "broker_unavailable", "message": str(exc), "param": None}
+            self.session.commit()
+            raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
+        return job
+
+    def _check_request(self, request: JobCreate) -> None:
+        if request.hyperparameters:
+            raise InvalidRequest("top-level hyperparameters are not supported; put them in "
+                                 "method.<type>.hyperparameters", param="hyperparameters")
+        base = get_visible_model(self.session, self.project_id, request.model)
+        if base.kind == "lora_adapter":
+            raise InvalidRequest(f"model {request.model!r} is a LoRA adapter; fine-tune its base "
+                                 f"model {base.base_model!r} instead", param="model")
+        allowed = METHOD_PURPOSES[request.method.type]
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(request, param)
+            if file_id is None:
+                continue
+            row = self.files.get(file_id, param=param)
+            if row.purpose not in allowed:
+                raise InvalidRequest(
+                    f"{param} {file_id} has purpose {row.purpose!r}; a {request.method.type} job "
+                    f"needs one of {', '.join(allowed)}", param=param)
+
+    def get(self, job_id: str) -> Job:
+        job = self.session.get(Job, job_id)
+        if job is None or job.project_id != self.project_id:
+            raise NotFound(f"fine-tuning job {job_id!r} does not exist", param="job_id",
+                           code="job_not_found")
+        return job
+
+    def list(self, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
+        query = select(Job).where(Job.project_id == self.project_id)
+        if status:
+            query = query.where(Job.status == status)
+        if after:
+            cursor = self.get(after)
+            query = query.where((Job.created_at, Job.id) < (cursor.created_at, cursor.id))
+        rows = list(self.session.scalars(
+            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.session.scalar(select(Job).where(Job.id == self.get(job_id).id)
+                                  .with_for_update())
+        assert job is not None
+        if job.status in TERMINAL:
+            raise Conflict(f"job {job_id} has already {job.status}; it cannot be cancelled",
+                           param="job_id", code="invalid_state")
+        if job.status == JobStatus.RUNNING:
+            job.cancel_requested = True
+            record_event(self.session, job.id, "cancellation requested; stopping at the next step")
+        else:
+            transition(self.session, job, JobStatus.CANCELLED, "job cancelled before it started")
+        self.session.commit()
+        return job
+
+    def events(self, job_id: str, limit: int, after: int | None,
+               ascending: bool) -> tuple[list[JobEvent], bool]:
+        self.get(job_id)
+        query = select(JobEvent).where(JobEvent.job_id == job_id)
+        if after is not None:
+            query = query.where(JobEvent.id > after if ascending else JobEvent.id < after)
+        order = JobEvent.id.asc() if ascending else JobEvent.id.desc()
+        rows = list(self.session.scalars(query.order_by(order).limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def checkpoints(self, job_id: str, limit: int) -> list[Checkpoint]:
+        self.get(job_id)
+        query = (select(Checkpoint).where(Checkpoint.job_id == job_id)
+                 .order_by(Checkpoint.step.desc()).limit(limit))
+        return list(self.session.scalars(query))
+
+    def metrics(self, job_id: str, names: list[str] | None,
+                after_step: int | None) -> dict[str, list[tuple[int, float]]]:
+        self.get(job_id)
+        query = select(JobMetric).where(JobMetric.job_id == job_id)
+        if names:
+            query = query.where(JobMetric.name.in_(names))
+        if after_step is not None:
+            query = query.where(JobMetric.step > after_step)
+        series: dict[str, list[tuple[int, float]]] = {}
+        for row in self.session.scalars(query.order_by(JobMetric.name, JobMetric.step)):
+            series.setdefault(row.name, []).append((row.step, row.value))
+        return series

@@ -1,0 +1,58 @@
+"""The orchestration service: files, jobs, events, metrics, checkpoints, models, keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.routes import admin, files, jobs, models
+from api.state import ApiState
+from services.db.engine import ping
+from services.settings import ApiSettings
+from services.web import health_router, install_error_handlers
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.alignd = await asyncio.to_thread(ApiState.build, settings)
+        yield
+
+    async def readiness() -> dict[str, str]:
+        state: ApiState = app.state.alignd
+        return {"database": await asyncio.to_thread(_check, lambda: ping(state.database_url)),
+                "broker": await asyncio.to_thread(_check, lambda: _ping_broker(state))}
+
+    app = FastAPI(title="alignd api", version="0.1.0", lifespan=lifespan,
+                  description="Fine-tuning jobs, files and models (OpenAI-compatible shapes).")
+    install_error_handlers(app)
+    app.include_router(health_router(readiness))
+    for module in (files, jobs, models, admin):
+        app.include_router(module.router)
+    return app
+
+
+def _check(probe: object) -> str:
+    try:
+        probe()  # type: ignore[operator]
+        return "ok"
+    except Exception as exc:  # readiness reports, never raises
+        return f"unreachable ({type(exc).__name__})"
+
+
+def _ping_broker(state: ApiState) -> None:
+    with state.celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def serve(settings: ApiSettings | None = None) -> None:
+    import uvicorn
+
+    settings = settings or ApiSettings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower())

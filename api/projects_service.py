@@ -1,0 +1,61 @@
+"""Projects and their API keys, managed with the admin key; keys authenticate every call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.db.models import ApiKey, Project
+from services.errors import Conflict, NotFound, Unauthorized
+from services.ids import new_id
+from services.security import generate_key, hash_key
+
+
+class ProjectService:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def create_project(self, name: str) -> Project:
+        project = Project(id=new_id("proj"), name=name)
+        self.session.add(project)
+        try:
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            raise Conflict(f"a project named {name!r} already exists", param="name") from None
+        return project
+
+    def list_projects(self) -> list[Project]:
+        return list(self.session.scalars(select(Project).order_by(Project.created_at)))
+
+    def get_project(self, project_id: str) -> Project:
+        project = self.session.get(Project, project_id)
+        if project is None:
+            raise NotFound(f"project {project_id!r} does not exist", param="project_id")
+        return project
+
+    def create_key(self, project_id: str, name: str) -> tuple[ApiKey, str]:
+        self.get_project(project_id)
+        secret = generate_key()
+        key = ApiKey(id=new_id("key"), project_id=project_id, name=name,
+                     key_hash=hash_key(secret), prefix=secret[:14])
+        self.session.add(key)
+        self.session.commit()
+        return key, secret
+
+    def revoke_key(self, project_id: str, key_id: str) -> None:
+        key = self.session.get(ApiKey, key_id)
+        if key is None or key.project_id != project_id:
+            raise NotFound(f"api key {key_id!r} does not exist", param="key_id")
+        key.revoked_at = datetime.now(UTC)
+        self.session.commit()
+
+    def authenticate(self, secret: str) -> str:
+        """The project id a key belongs to; Unauthorized for unknown or revoked keys."""
+        key = self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
+        if key is None or key.revoked_at is not None:
+            raise Unauthorized("invalid API key", code="invalid_api_key")
+        return key.project_id

@@ -1,0 +1,51 @@
+"""/v1/files: JSONL datasets, validated line by line before anything is stored."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from api.deps import FilesDep, StateDep
+from api.presenters import file_object
+from api.protocol import Deleted, FileObject, ListObject
+from services.errors import PayloadTooLarge
+from services.web import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=FileObject)
+def upload_file(request: Request, files: FilesDep, state: StateDep, file: UploadFile,
+                purpose: Annotated[str, Form()]) -> FileObject:
+    limit = state.settings.max_upload_bytes
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit + 64 * 1024:  # the multipart framing adds a little to the file itself
+        raise PayloadTooLarge(f"upload is {declared} bytes; the limit is {limit}", param="file")
+    row = files.create(file.file, file.filename or "upload.jsonl", purpose, limit)
+    return file_object(row)
+
+
+@router.get("", response_model=ListObject[FileObject])
+def list_files(files: FilesDep, purpose: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+               after: str | None = None) -> ListObject[FileObject]:
+    rows, has_more = files.list(purpose, limit, after)
+    return ListObject[FileObject](data=[file_object(r) for r in rows], has_more=has_more)
+
+
+@router.get("/{file_id}", response_model=FileObject)
+def retrieve_file(file_id: str, files: FilesDep) -> FileObject:
+    return file_object(files.get(file_id))
+
+
+@router.get("/{file_id}/content", response_class=StreamingResponse)
+def file_content(file_id: str, files: FilesDep) -> StreamingResponse:
+    return StreamingResponse(files.content(file_id), media_type="application/jsonl")
+
+
+@router.delete("/{file_id}", response_model=Deleted)
+def delete_file(file_id: str, files: FilesDep) -> Deleted:
+    files.delete(file_id)
+    return Deleted(id=file_id, object="file")

@@ -1,0 +1,69 @@
+"""/v1/fine_tuning/jobs: OpenAI's fine-tuning job API, extended with metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from api.deps import JobsDep
+from api.presenters import checkpoint_object, event_object, job_object, parse_event_cursor
+from api.protocol import (
+    CheckpointObject,
+    FineTuningJob,
+    JobCreate,
+    JobEventObject,
+    ListObject,
+    MetricSeries,
+)
+from services.job_states import JobStatus
+from services.web import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post("", response_model=FineTuningJob)
+def create_job(body: JobCreate, jobs: JobsDep) -> FineTuningJob:
+    return job_object(jobs.create(body))
+
+
+@router.get("", response_model=ListObject[FineTuningJob])
+def list_jobs(jobs: JobsDep, limit: Limit = 20, after: str | None = None,
+              status: JobStatus | None = None) -> ListObject[FineTuningJob]:
+    rows, has_more = jobs.list(limit, after, status.value if status else None)
+    return ListObject[FineTuningJob](data=[job_object(j) for j in rows], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=FineTuningJob)
+def retrieve_job(job_id: str, jobs: JobsDep) -> FineTuningJob:
+    return job_object(jobs.get(job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJob)
+def cancel_job(job_id: str, jobs: JobsDep) -> FineTuningJob:
+    return job_object(jobs.cancel(job_id))
+
+
+@router.get("/{job_id}/events", response_model=ListObject[JobEventObject])
+def list_events(job_id: str, jobs: JobsDep, limit: Limit = 20, after: str | None = None,
+                order: Literal["asc", "desc"] = "desc") -> ListObject[JobEventObject]:
+    """Newest first as in OpenAI's API; `order=asc` with `after` follows a job as it runs."""
+    rows, has_more = jobs.events(job_id, limit, parse_event_cursor(after), order == "asc")
+    return ListObject[JobEventObject](data=[event_object(e) for e in rows], has_more=has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=ListObject[CheckpointObject])
+def list_checkpoints(job_id: str, jobs: JobsDep, limit: Limit = 10) -> ListObject[CheckpointObject]:
+    rows = jobs.checkpoints(job_id, limit)
+    return ListObject[CheckpointObject](data=[checkpoint_object(c) for c in rows])
+
+
+@router.get("/{job_id}/metrics", response_model=ListObject[MetricSeries])
+def job_metrics(job_id: str, jobs: JobsDep, name: Annotated[list[str] | None, Query()] = None,
+                after_step: Annotated[int | None, Query(ge=0)] = None) -> ListObject[MetricSeries]:
+    """Each metric as a series over optimizer steps, e.g. train_loss, valid_loss."""
+    series = jobs.metrics(job_id, name, after_step)
+    data = [MetricSeries(name=n, steps=[s for s, _ in points], values=[v for _, v in points])
+            for n, points in series.items()]
+    return ListObject[MetricSeries](data=data)

@@ -1,0 +1,31 @@
+"""/v1/models: the registry — declared base models and every model a job produced."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ProjectId, SessionDep
+from api.presenters import model_object
+from api.protocol import Deleted, ListObject, ModelObject
+from services import registry
+from services.web import ERROR_RESPONSES
+
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
+
+
+@router.get("", response_model=ListObject[ModelObject])
+def list_models(session: SessionDep, project_id: ProjectId) -> ListObject[ModelObject]:
+    rows = registry.visible_models(session, project_id)
+    return ListObject[ModelObject](data=[model_object(m) for m in rows])
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def retrieve_model(model_id: str, session: SessionDep, project_id: ProjectId) -> ModelObject:
+    return model_object(registry.get_visible_model(session, project_id, model_id))
+
+
+@router.delete("/{model_id:path}", response_model=Deleted)
+def delete_model(model_id: str, session: SessionDep, project_id: ProjectId) -> Deleted:
+    registry.delete_model(session, project_id, model_id)
+    session.commit()
+    return Deleted(id=model_id, object="model")

@@ -1,0 +1,38 @@
+"""The Celery app, task names and queues, shared by the api (which sends tasks by name and
+never imports the trainer) and the trainer (which registers the tasks)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from services.embedded import broker_options
+from services.settings import AlignSettings
+
+TASK_RUN_JOB = "alignd.jobs.run"
+QUEUES = ("cpu", "gpu")
+
+
+def make_celery(settings: AlignSettings) -> Celery:
+    url, transport_options = broker_options(settings)
+    app = Celery("alignd", broker=url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue="cpu",
+        # A job's message is acknowledged only after the task returns, and a worker that dies
+        # mid-task gives it back: the job then resumes from its last checkpoint.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
+    if queue not in QUEUES:
+        raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
+    app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)

@@ -1,0 +1,108 @@
+"""An HTTP client of the api, used by the CLI and the demo (and usable from scripts)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.errors import AlignError
+
+
+class ApiError(AlignError):
+    def __init__(self, status: int, body: dict[str, Any]):
+        error = body.get("error") or {}
+        super().__init__(error.get("message") or str(body), param=error.get("param"),
+                         code=error.get("code"))
+        self.status_code = status
+        self.error_type = error.get("type", "error")
+
+
+class AlignClient:
+    def __init__(self, base_url: str, api_key: str, timeout: float = 60.0):
+        self.http = httpx.Client(base_url=base_url, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> AlignClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.request(method, path, **kwargs)
+        body = response.json() if response.content else {}
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, body)
+        return body
+
+    # admin
+    def create_project(self, name: str) -> dict[str, Any]:
+        return self._call("POST", "/v1/admin/projects", json={"name": name})
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/admin/projects")["data"]
+
+    def create_api_key(self, project_id: str, name: str = "default") -> dict[str, Any]:
+        return self._call("POST", f"/v1/admin/projects/{project_id}/api_keys", json={"name": name})
+
+    # files
+    def upload_file(self, path: Path, purpose: str) -> dict[str, Any]:
+        with path.open("rb") as handle:
+            return self._call("POST", "/v1/files", data={"purpose": purpose},
+                              files={"file": (path.name, handle, "application/jsonl")})
+
+    def list_files(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/files")["data"]
+
+    # jobs
+    def create_job(self, **body: Any) -> dict[str, Any]:
+        return self._call("POST", "/v1/fine_tuning/jobs",
+                          json={k: v for k, v in body.items() if v is not None})
+
+    def list_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/fine_tuning/jobs", params={"limit": limit})["data"]
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}")
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")
+
+    def events_since(self, job_id: str, after: str | None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"order": "asc", "limit": 1000}
+        if after:
+            params["after"] = after
+        return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/events", params=params)["data"]
+
+    def metrics(self, job_id: str, names: list[str] | None = None) -> list[dict[str, Any]]:
+        params = {"name": names} if names else None
+        return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics", params=params)["data"]
+
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints")["data"]
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/models")["data"]
+
+    def follow(self, job_id: str, poll: float = 1.0) -> Iterator[tuple[dict[str, Any] | None,
+                                                                        dict[str, Any]]]:
+        """Yield (new event or None, job) until the job reaches a terminal state."""
+        after = None
+        while True:
+            for event in self.events_since(job_id, after):
+                after = event["id"]
+                yield event, self.get_job(job_id)
+            job = self.get_job(job_id)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                for event in self.events_since(job_id, after):
+                    yield event, job
+                return
+            yield None, job
+            time.sleep(poll)

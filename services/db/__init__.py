@@ -1,0 +1,1 @@
+"""PostgreSQL through SQLAlchemy 2 + psycopg 3; schema managed by Alembic."""

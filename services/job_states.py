@@ -1,0 +1,65 @@
+"""The fine-tuning job state machine. Every transition is checked here and written as an
+event row in the same transaction as the status change."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.db.models import Job, JobEvent
+from services.errors import Conflict
+
+
+class JobStatus(StrEnum):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: str, new: JobStatus) -> bool:
+    return new in ALLOWED[JobStatus(current)]
+
+
+def record_event(session: Session, job_id: str, message: str, *, level: str = "info",
+                 type: str = "message", data: dict[str, Any] | None = None) -> JobEvent:
+    event = JobEvent(job_id=job_id, message=message, level=level, type=type, data=data)
+    session.add(event)
+    return event
+
+
+def transition(session: Session, job: Job, new: JobStatus, message: str,
+               data: dict[str, Any] | None = None) -> JobEvent:
+    """Move `job` to `new` and record it; Conflict if the machine does not allow it."""
+    if not can_transition(job.status, new):
+        raise Conflict(
+            f"job {job.id} is {job.status}; it cannot become {new.value}", code="invalid_state"
+        )
+    now = datetime.now(UTC)
+    job.status = new.value
+    if new is JobStatus.RUNNING and job.started_at is None:
+        job.started_at = now
+    if new in TERMINAL:
+        job.finished_at = now
+        job.lease_owner = None
+        job.lease_expires_at = None
+    level = "error" if new is JobStatus.FAILED else "info"
+    return record_event(session, job.id, message, level=level, type="status",
+                        data={"status": new.value, **(data or {})})

@@ -1,0 +1,77 @@
+"""The model registry: base models the operator declares (visible to every project) and every
+model a job produced (visible to its project). Inference and reward_service load by these ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from services.db.models import RegisteredModel
+from services.errors import Forbidden, NotFound
+
+BASE = "base"
+
+
+def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
+    """`ft:<base>:<suffix>:<job>` as in the design; the suffix part is empty when none was given."""
+    return f"ft:{base}:{suffix or ''}:{job_id}"
+
+
+def visible_models(session: Session, project_id: str) -> list[RegisteredModel]:
+    query = (
+        select(RegisteredModel)
+        .where(or_(RegisteredModel.project_id.is_(None), RegisteredModel.project_id == project_id))
+        .order_by(RegisteredModel.created_at, RegisteredModel.id)
+    )
+    return list(session.scalars(query))
+
+
+def get_visible_model(session: Session, project_id: str, model_id: str,
+                      param: str = "model") -> RegisteredModel:
+    model = session.get(RegisteredModel, model_id)
+    if model is None or model.project_id not in (None, project_id):
+        raise NotFound(f"model {model_id!r} does not exist", param=param, code="model_not_found")
+    return model
+
+
+def delete_model(session: Session, project_id: str, model_id: str) -> None:
+    model = get_visible_model(session, project_id, model_id)
+    if model.project_id is None:
+        raise Forbidden(f"model {model_id!r} is a base model declared by the operator; "
+                        "it cannot be deleted through the api", param="model")
+    session.delete(model)
+
+
+def declare_base_models(session: Session, base_models: dict[str, str]) -> None:
+    """Upsert the operator's base models (id → local path or hub id)."""
+    for model_id, path in base_models.items():
+        existing = session.get(RegisteredModel, model_id)
+        if existing is None:
+            session.add(RegisteredModel(id=model_id, project_id=None, kind=BASE, path=path))
+        elif existing.project_id is None:
+            existing.path = path
+
+
+def register_model(session: Session, *, model_id: str, project_id: str, kind: str, path: str,
+                   base_model: str, job_id: str, metadata: dict[str, Any] | None = None) -> None:
+    """Idempotent: a job re-run after a crash registers the same id once."""
+    existing = session.get(RegisteredModel, model_id)
+    if existing is not None:
+        existing.path, existing.kind = path, kind
+        return
+    session.add(RegisteredModel(id=model_id, project_id=project_id, kind=kind, path=path,
+                                base_model=base_model, job_id=job_id, metadata_=metadata))
+
+
+def resolve_base_path(session: Session, model_id: str) -> tuple[str, RegisteredModel]:
+    """The path from_pretrained loads for a model, and its row. A LoRA adapter resolves to its
+    base model's path (the adapter is applied on top by the caller)."""
+    model = session.get(RegisteredModel, model_id)
+    if model is None:
+        raise NotFound(f"model {model_id!r} does not exist", param="model")
+    if model.kind == "lora_adapter" and model.base_model:
+        base_path, _ = resolve_base_path(session, model.base_model)
+        return base_path, model
+    return model.path, model

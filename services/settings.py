@@ -1,0 +1,102 @@
+"""Settings for every alignd process: one base class, one subclass per service.
+
+Nothing else in alignd reads os.environ. Values come from `ALIGND_*` environment variables
+(or a `.env` file). With no database or broker URL, alignd runs in embedded mode: a real
+PostgreSQL from the `pgserver` package and Celery's filesystem transport, both under data_dir.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_ADMIN_KEY = "alignd-dev-admin-key"
+
+
+class AlignSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ALIGND_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    """production refuses the development admin key and embedded mode's defaults."""
+    data_dir: Path = Field(default_factory=lambda: Path.home() / ".alignd")
+    """Embedded database, embedded broker and (by default) artifacts live here."""
+    database_url: str | None = None
+    """postgresql+psycopg://user:pass@host/db; unset means embedded PostgreSQL in data_dir/postgres."""
+    broker_url: str | None = None
+    """redis://... or amqp://...; unset means Celery's filesystem transport in data_dir/broker."""
+    artifact_root: Path | None = None
+    """Content-addressed files, checkpoints and models; defaults to data_dir/artifacts."""
+    admin_key: SecretStr = SecretStr(DEVELOPMENT_ADMIN_KEY)
+    """Bootstraps projects and API keys (Authorization: Bearer <admin key> on /v1/admin/*)."""
+    log_level: str = "INFO"
+    api_url: str = "http://127.0.0.1:8000"
+    reward_url: str = "http://127.0.0.1:8001"
+    inference_url: str = "http://127.0.0.1:8002"
+    broker_visibility_timeout: int = Field(default=3600, ge=5)
+    """Seconds before Redis re-delivers an unacknowledged message (a worker that died)."""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> AlignSettings:
+        if self.environment == "production":
+            if self.admin_key.get_secret_value() == DEVELOPMENT_ADMIN_KEY:
+                raise ValueError("ALIGND_ADMIN_KEY must be set to a secret of your own in production")
+            if self.database_url is None or self.broker_url is None:
+                raise ValueError(
+                    "production needs ALIGND_DATABASE_URL and ALIGND_BROKER_URL; "
+                    "embedded mode is for development only"
+                )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @cached_property
+    def artifacts_dir(self) -> Path:
+        return (self.artifact_root or self.data_dir / "artifacts").expanduser()
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir.expanduser() / "broker"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.data_dir.expanduser() / "postgres"
+
+
+class ApiSettings(AlignSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Uploads past this size are refused with 413."""
+    base_models: dict[str, str] = Field(default_factory=dict)
+    """Base models the operator declares: {model id: local path or HF id}, e.g.
+    ALIGND_BASE_MODELS='{"tiny-llama": "/models/tiny"}'."""
+    job_queue: str = "cpu"
+    """Celery queue jobs are sent to (cpu or gpu)."""
+
+
+class WorkerSettings(AlignSettings):
+    queues: list[str] = Field(default_factory=lambda: ["cpu"])
+    lease_seconds: int = Field(default=60, ge=2)
+    """A job whose lease is not renewed for this long is taken to have lost its worker."""
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    sweep_seconds: float = Field(default=15.0, gt=0)
+    """How often a worker looks for running jobs whose lease expired and re-enqueues them."""
+    torch_threads: int | None = None
+
+
+class RewardSettings(AlignSettings):
+    host: str = "127.0.0.1"
+    port: int = 8001
+
+
+class InferenceSettings(AlignSettings):
+    host: str = "127.0.0.1"
+    port: int = 8002

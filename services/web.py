@@ -1,0 +1,108 @@
+"""What every alignd FastAPI app shares: the error envelope, its OpenAPI declaration,
+and the health routes. Imported only by the service apps (FastAPI lives in the [api] extra)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.errors import AlignError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        400: "Invalid request",
+        401: "Missing or wrong API key",
+        404: "No such object in this project",
+        409: "The object's state does not allow this",
+        413: "Upload too large",
+        503: "A dependency is unavailable",
+    }.items()
+}
+
+
+def envelope(status: int, message: str, error_type: str, param: str | None = None,
+             code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return JSONResponse(status_code=status, content=body)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    param = _location(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    if "input" in first and first.get("type") not in ("missing", "extra_forbidden"):
+        message = f"{message}, got {first['input']!r}"
+    return param, f"{param}: {message}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AlignError)
+    async def _domain(request: Request, exc: AlignError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content=exc.envelope())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        param, message = _validation_message(exc)
+        return envelope(400, message, "invalid_request_error", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return envelope(exc.status_code, str(exc.detail), kind)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(500, "internal server error", "server_error")
+
+
+ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
+
+
+def health_router(readiness: ReadinessCheck | None = None) -> APIRouter:
+    """/healthz: the process answers. /readyz: its dependencies answer too (503 otherwise)."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", responses={503: ERROR_RESPONSES[503]})
+    async def readyz() -> JSONResponse:
+        checks = await readiness() if readiness else {}
+        failing = {name: state for name, state in checks.items() if state != "ok"}
+        if failing:
+            detail = ", ".join(f"{name}: {state}" for name, state in failing.items())
+            return envelope(503, f"not ready: {detail}", "service_unavailable")
+        return JSONResponse({"status": "ok", "checks": checks})
+
+    return router

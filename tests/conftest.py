@@ -1,0 +1,238 @@
+"""Fixtures on real parts: a fresh PostgreSQL database per test session (migrated with the
+project's Alembic scripts), a real Redis broker, the api on a loopback port, worker processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from services.db.migrate import upgrade
+from services.settings import ApiSettings
+
+ADMIN_KEY = "test-admin-key"
+POSTGRES = os.environ.get("ALIGND_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("ALIGND_TEST_REDIS", "redis://127.0.0.1:6379")
+BASE_MODEL_ID = "tiny-base"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"alignd_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"create database {name}"))
+    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    yield url
+    from services.db.engine import get_engine
+
+    get_engine(url).dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f"drop database if exists {name} with (force)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """A Redis database of its own for this session (1..15), emptied first."""
+    import redis
+
+    db = 1 + (os.getpid() % 15)
+    url = f"{REDIS}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def db_session(database_url: str) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test; commits inside the
+    code under test become savepoints."""
+    from services.db.engine import get_engine
+
+    connection = get_engine(database_url).connect()
+    transaction = connection.begin()
+    session = Session(bind=connection, join_transaction_mode="create_savepoint",
+                      expire_on_commit=False)
+    yield session
+    session.close()
+    transaction.rollback()
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.demo_world.model import save_random_base_model
+
+    return save_random_base_model(tmp_path_factory.mktemp("tiny-base"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def artifact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url: str, broker_url: str, artifact_root: Path,
+                tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment every alignd process of the test session runs with."""
+    return {
+        "ALIGND_ENVIRONMENT": "test",
+        "ALIGND_DATABASE_URL": database_url,
+        "ALIGND_BROKER_URL": broker_url,
+        "ALIGND_ARTIFACT_ROOT": str(artifact_root),
+        "ALIGND_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "ALIGND_ADMIN_KEY": ADMIN_KEY,
+        "ALIGND_BASE_MODELS": f'{{"{BASE_MODEL_ID}": "{tiny_model_dir}"}}',
+    }
+
+
+class ServerThread:
+    """A real uvicorn server on a loopback port, in a thread of the test process."""
+
+    def __init__(self, app: object):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def api_settings(service_env: dict[str, str], monkeypatch_session: pytest.MonkeyPatch) -> ApiSettings:
+    for key, value in service_env.items():
+        monkeypatch_session.setenv(key, value)
+    return ApiSettings(max_upload_bytes=200_000)
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session() -> Iterator[pytest.MonkeyPatch]:
+    patch = pytest.MonkeyPatch()
+    yield patch
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def api_url(api_settings: ApiSettings) -> Iterator[str]:
+    from api.main import create_app
+
+    with ServerThread(create_app(api_settings)) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def admin(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                      timeout=30) as client:
+        yield client
+
+
+def new_project(admin: httpx.Client) -> tuple[str, str]:
+    project = admin.post("/v1/admin/projects", json={"name": f"p-{uuid.uuid4().hex[:8]}"})
+    assert project.status_code == 201, project.text
+    key = admin.post(f"/v1/admin/projects/{project.json()['id']}/api_keys", json={"name": "t"})
+    assert key.status_code == 201, key.text
+    return project.json()["id"], key.json()["key"]
+
+
+@pytest.fixture
+def client(api_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
+    """An httpx client authenticated as a fresh project of its own."""
+    _, key = new_project(admin)
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=60) as http:
+        yield http
+        # Jobs a test left queued would otherwise wait for the next test's worker.
+        for job in http.get("/v1/fine_tuning/jobs", params={"limit": 1000}).json()["data"]:
+            if job["status"] in ("validating_files", "queued"):
+                http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+
+
+class WorkerProcess:
+    """`alignd worker` as a real child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, **settings: str):
+        self.env = {**os.environ, **env, **settings}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "worker"],
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+
+@pytest.fixture
+def worker_factory(service_env: dict[str, str], tmp_path: Path) -> Iterator[object]:
+    workers: list[WorkerProcess] = []
+
+    def start(**settings: str) -> WorkerProcess:
+        worker = WorkerProcess(service_env, tmp_path / f"worker-{len(workers)}.log",
+                               **{"ALIGND_TORCH_THREADS": "1", **settings}).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25, message: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message}")

@@ -1,0 +1,52 @@
+"""What a training method receives from the job runner, and how it reports back.
+
+A method is a plain function `run(ctx: TrainingContext) -> TrainingResult`. It never touches
+the database or Celery: progress, checkpoints and cancellation all go through the context,
+which the runner backs with Postgres (and tests may back with plain lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class JobStopped(Exception):
+    """Raised inside a method when the job must stop now (cancelled, or the lease was lost)."""
+
+
+@dataclass
+class TrainingContext:
+    job_id: str
+    base_model_path: Path
+    """Local directory that `from_pretrained` loads (model and tokenizer)."""
+    training_rows: list[dict[str, Any]]
+    validation_rows: list[dict[str, Any]] | None
+    hyperparameters: Any
+    """The method's pydantic hyperparameters (e.g. services.methods.SupervisedHyperparameters)."""
+    seed: int
+    output_dir: Path
+    """Where the final model is written with save_pretrained."""
+    checkpoint_root: Path
+    """Resumable checkpoints go in checkpoint_root / f"step-{step}"."""
+    resume_from: Path | None = None
+    """The newest complete checkpoint directory when the job is resumed, else None."""
+    report_metrics: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
+    """Record metric values for an optimizer step (idempotent per (step, name))."""
+    on_checkpoint: Callable[[int, Path, dict[str, float]], None] = lambda step, path, m: None
+    """Called after a checkpoint directory is completely written."""
+    log: Callable[[str], None] = lambda message: None
+    """An informational job event."""
+    check_continue: Callable[[], None] = lambda: None
+    """Called once per optimizer step; raises JobStopped when the job must stop."""
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    trained_tokens: int
+    kind: str = "fine_tuned"
+    """Registry kind of the output: fine_tuned (full weights) or lora_adapter."""
+    final_metrics: dict[str, float] = field(default_factory=dict)

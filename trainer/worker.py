@@ -1,0 +1,75 @@
+"""The Celery worker: registers the job task and starts a sweeper for jobs whose worker died."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutting_down
+
+from services.artifacts import LocalArtifactStore
+from services.celery_app import TASK_RUN_JOB, enqueue_job, make_celery
+from services.db.engine import session_factory
+from services.db.migrate import ensure_migrated
+from services.embedded import resolve_database_url
+from services.settings import WorkerSettings
+from trainer.lease import sweep_expired
+from trainer.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def build_worker_app(settings: WorkerSettings) -> Celery:
+    url = resolve_database_url(settings)
+    ensure_migrated(url)
+    sessions = session_factory(url)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    runner = JobRunner(sessions, LocalArtifactStore(settings.artifacts_dir), owner,
+                       settings.lease_seconds, settings.heartbeat_seconds)
+    app = make_celery(settings)
+
+    @app.task(name=TASK_RUN_JOB)
+    def run_job(job_id: str) -> str:
+        return runner.run(job_id)
+
+    stop = threading.Event()
+
+    def sweep_forever() -> None:
+        queue = settings.queues[0]
+        while not stop.wait(settings.sweep_seconds):
+            try:
+                ids = sweep_expired(sessions, owner, lambda j: enqueue_job(app, j, queue),
+                                    settings.lease_seconds)
+                if ids:
+                    log.warning("re-enqueued jobs with expired leases: %s", ", ".join(ids))
+            except Exception:
+                log.exception("lease sweep failed; retrying")
+
+    @worker_ready.connect(weak=False)
+    def _start_sweeper(**_: object) -> None:
+        threading.Thread(target=sweep_forever, name="lease-sweeper", daemon=True).start()
+
+    @worker_shutting_down.connect(weak=False)
+    def _stop_sweeper(**_: object) -> None:
+        stop.set()
+
+    return app
+
+
+def run_worker(settings: WorkerSettings | None = None, concurrency_name: str | None = None) -> None:
+    settings = settings or WorkerSettings()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    app = build_worker_app(settings)
+    name = concurrency_name or f"alignd-{uuid.uuid4().hex[:8]}@%h"
+    # solo pool: the job runs in the worker's own process, so SIGKILL of the worker is the
+    # crash the lease and acks_late recover from, and torch has the process's threads.
+    argv = ["worker", "--pool=solo", f"--queues={','.join(settings.queues)}", f"--hostname={name}",
+            f"--loglevel={settings.log_level}", "--without-mingle", "--without-gossip"]
+    app.worker_main(argv)
