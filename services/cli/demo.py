@@ -1,0 +1,129 @@
+"""`alignd demo`: build the demo world, start the embedded stack, fine-tune the demo model
+through the HTTP api, and show held-out exact-match accuracy before and after."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.cli.stack import Stack, embedded_stack
+from services.client import AlignClient, ApiError
+from services.settings import AlignSettings
+
+DEMO_MODEL = "alignd-demo-tiny"
+DEMO_PROJECT = "demo"
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                    "{task.total}"), TimeElapsedColumn(), console=console)
+
+
+def _build_world(console: Console, demo_dir: Path | None) -> Any:
+    from trainer.demo_world import build_demo_world, default_demo_root
+
+    with _progress(console) as progress:
+        task = progress.add_task("demo world: pretraining the tiny model", total=None)
+
+        def report(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total,
+                            description=f"demo world: pretraining (loss {loss:.3f})")
+
+        return build_demo_world(demo_dir or default_demo_root(), progress=report)
+
+
+def _project_key(settings: AlignSettings) -> str:
+    with AlignClient(settings.api_url, settings.admin_key.get_secret_value()) as admin:
+        try:
+            project = admin.create_project(DEMO_PROJECT)
+        except ApiError as exc:
+            if exc.status_code != 409:
+                raise
+            project = next(p for p in admin.list_projects() if p["name"] == DEMO_PROJECT)
+        return admin.create_api_key(project["id"], name="demo")["key"]
+
+
+def _follow(client: AlignClient, job_id: str, steps: int, console: Console) -> dict[str, Any]:
+    after = None
+    with _progress(console) as progress:
+        task = progress.add_task("fine-tuning", total=steps)
+        while True:
+            for event in client.events_since(job_id, after):
+                after = event["id"]
+                if event["type"] != "checkpoint":
+                    progress.console.log(event["message"])
+            loss = client.metrics(job_id, ["train_loss"])
+            if loss:
+                progress.update(task, completed=loss[0]["steps"][-1],
+                                description=f"fine-tuning (loss {loss[0]['values'][-1]:.3f})")
+            job = client.get_job(job_id)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(1)
+
+
+def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) -> dict[str, Any]:
+    training = client.upload_file(world.supervised, "supervised")
+    validation = client.upload_file(world.supervised_validation, "supervised")
+    console.print(f"uploaded {training['id']} ({training['line_count']} rows) and "
+                  f"{validation['id']} ({validation['line_count']} rows)")
+    hyperparameters = {"max_steps": steps, "n_epochs": 100, "batch_size": 32,
+                       "learning_rate": 1e-3, "eval_every": 50, "checkpoint_every": 50}
+    job = client.create_job(model=DEMO_MODEL, training_file=training["id"],
+                            validation_file=validation["id"], suffix="demo", seed=0,
+                            method={"type": "supervised",
+                                    "supervised": {"hyperparameters": hyperparameters}})
+    console.print(f"created job [bold]{job['id']}[/]")
+    return _follow(client, job["id"], steps, console)
+
+
+def _accuracy_table(settings: AlignSettings, world: Any, job: dict[str, Any]) -> Table:
+    from trainer.demo_world.evaluate import exact_match_accuracy
+
+    rows = [json.loads(line) for line in world.eval_prompts.read_text().splitlines() if line]
+    before = exact_match_accuracy(world.base_model, rows)
+    after = exact_match_accuracy(settings.artifacts_dir / "models" / job["id"], rows)
+    table = Table("model", "held-out exact match", title=f"{len(rows)} held-out problems")
+    table.add_row(DEMO_MODEL, f"{before:.1%}")
+    table.add_row(job["fine_tuned_model"], f"{after:.1%}")
+    return table
+
+
+def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
+    urls = stack.urls()
+    for name, url in urls.items():
+        console.print(f"{name:10} {url}   (docs: {url}/docs)")
+    console.print(f"\nyour demo API key: [bold]{key}[/]")
+    console.print(f"try:  curl -H 'Authorization: Bearer {key}' {urls['api']}/v1/fine_tuning/jobs")
+
+
+def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
+             demo_dir: Path | None, steps: int) -> None:
+    world = _build_world(console, demo_dir)
+    stack = embedded_stack(settings, {"ALIGND_BASE_MODELS": json.dumps(
+        {DEMO_MODEL: str(world.base_model)})})
+    with console.status("starting the embedded stack (PostgreSQL, api, worker, reward, inference)"):
+        stack.start()
+    try:
+        key = _project_key(settings)
+        with AlignClient(settings.api_url, key) as client:
+            job = _fine_tune(client, world, steps, console)
+        if job["status"] != "succeeded":
+            console.print(f"[red]job {job['id']} {job['status']}[/]: {job.get('error')}")
+            raise SystemExit(1)
+        console.print(_accuracy_table(settings, world, job))
+        _print_next_steps(console, stack, key)
+    except BaseException:
+        stack.stop()
+        raise
+    if keep_running:
+        console.print("\nthe platform keeps running; Ctrl-C stops it")
+        stack.wait()
+    else:
+        stack.stop()

@@ -1,0 +1,67 @@
+"""Settings refuse unsafe production values; services refuse an unmigrated database."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import create_engine, text
+
+from services.db.migrate import current_revision, ensure_migrated, head_revision, upgrade
+from services.errors import DatabaseNotMigrated
+from services.settings import AlignSettings, ApiSettings
+from tests.conftest import POSTGRES
+
+
+def test_production_refuses_the_development_admin_key() -> None:
+    with pytest.raises(ValidationError, match="ALIGND_ADMIN_KEY"):
+        AlignSettings(environment="production", database_url="postgresql+psycopg://x/y",
+                      broker_url="redis://x")
+
+
+def test_production_refuses_embedded_mode() -> None:
+    with pytest.raises(ValidationError, match="ALIGND_DATABASE_URL"):
+        AlignSettings(environment="production", admin_key="a-real-secret")
+
+
+def test_settings_come_from_alignd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALIGND_MAX_UPLOAD_BYTES", "1234")
+    monkeypatch.setenv("ALIGND_BASE_MODELS", '{"tiny": "/models/tiny"}')
+    settings = ApiSettings()
+    assert settings.max_upload_bytes == 1234 and settings.base_models == {"tiny": "/models/tiny"}
+    assert settings.embedded == (settings.database_url is None)
+
+
+@pytest.fixture
+def empty_database() -> str:
+    name = f"alignd_empty_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"create database {name}"))
+    yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    from services.db.engine import get_engine
+
+    get_engine(POSTGRES.rsplit("/", 1)[0] + f"/{name}").dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f"drop database if exists {name} with (force)"))
+
+
+def test_unmigrated_database_is_refused_until_migrated(empty_database: str) -> None:
+    with pytest.raises(DatabaseNotMigrated, match="alignd migrate"):
+        ensure_migrated(empty_database)
+    upgrade(empty_database)
+    assert current_revision(empty_database) == head_revision()
+    ensure_migrated(empty_database)
+    upgrade(empty_database)  # idempotent
+
+
+def test_api_refuses_to_start_on_an_unmigrated_database(empty_database: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    app = create_app(ApiSettings(database_url=empty_database, broker_url="redis://127.0.0.1:6379/0"))
+    with pytest.raises(DatabaseNotMigrated):
+        with TestClient(app):
+            pass

@@ -1,0 +1,183 @@
+"""Supervised rows → token ids with completion-only labels, and the padded batches built from them.
+
+Two row shapes are accepted (see DESIGN §3):
+
+- `{"prompt": str, "completion": str}`: the loss covers the completion and the closing eos;
+- `{"messages": [{"role", "content"}, ...]}` (OpenAI chat): the conversation is rendered with
+  the tokenizer's chat template and the loss covers the assistant turns only.
+
+Text is cut into segments at the boundaries between trained and untrained parts and each segment
+is tokenized on its own, so a completion is tokenized exactly as the model will produce it after
+the rendered prompt at generation time.
+
+Training reads rows as a stream: epoch after epoch, each in its own order drawn from a generator
+seeded with (seed, epoch), so a position in the stream (rows consumed) is all a resumed run needs
+to see the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from trainer.algorithms.sft import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    """Token ids of the whole example, prompt and completion, at most max_seq_length long."""
+    labels: list[int]
+    """Same length as input_ids: the token id where it is trained on, IGNORE_INDEX elsewhere."""
+
+    @property
+    def num_completion_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@dataclass
+class SupervisedBatch:
+    input_ids: Tensor  # (B, T) token ids, right-padded with the pad id
+    attention_mask: Tensor  # (B, T) 1 on real tokens, 0 on padding
+    labels: Tensor  # (B, T) target token ids on completion tokens, IGNORE_INDEX elsewhere
+
+    def to(self, device: torch.device | str) -> SupervisedBatch:
+        return SupervisedBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=self.labels.to(device),
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens the model reads in this batch."""
+        return int(self.attention_mask.sum().item())
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
+
+
+def _truncate(input_ids: list[int], labels: list[int], max_seq_length: int) -> TokenizedExample:
+    """Keep the first max_seq_length tokens: the prompt's start and as much completion as fits."""
+    return TokenizedExample(input_ids[:max_seq_length], labels[:max_seq_length])
+
+
+def tokenize_prompt_completion(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, max_seq_length: int
+) -> TokenizedExample:
+    """ids = tokenizer(prompt) + tokenizer(completion, no special tokens) + eos; loss after the prompt."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token; a completion needs one to end on")
+    prompt_ids = _encode(tokenizer, prompt, special_tokens=True)
+    completion_ids = _encode(tokenizer, completion, special_tokens=False)
+    completion_ids.append(tokenizer.eos_token_id)
+    input_ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    return _truncate(input_ids, labels, max_seq_length)
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], generation_prompt: bool
+) -> str:
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+    assert isinstance(text, str)
+    return text
+
+
+def assistant_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans [start, end) of its assistant turns.
+
+    A turn starts where the conversation before it, rendered with the generation prompt, ends
+    (the model writes from there at inference) and ends where the conversation up to and
+    including it ends, so its end-of-turn marker is trained too.
+    """
+    text = _render(tokenizer, messages, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:index], generation_prompt=True)
+        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        previous_end = spans[-1][1] if spans else 0
+        prefix_stable = text.startswith(before) and text.startswith(through)
+        if not prefix_stable or len(before) < previous_end:
+            raise ValueError(
+                "the tokenizer's chat template does not render a conversation as an extension "
+                f"of its prefixes (at message {index}); completion-only labels need one that does"
+            )
+        spans.append((len(before), len(through)))
+    return text, spans
+
+
+def tokenize_messages(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], max_seq_length: int
+) -> TokenizedExample:
+    """Render a chat with the tokenizer's template; labels only on assistant turns."""
+    if tokenizer.chat_template is None:
+        raise ValueError("rows with 'messages' need a tokenizer with a chat_template")
+    text, spans = assistant_spans(tokenizer, messages)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position = 0
+    # Special tokens come from the template's text (e.g. its bos), never added a second time.
+    for start, end in [*spans, (len(text), len(text))]:
+        untrained = _encode(tokenizer, text[position:start], special_tokens=False)
+        trained = _encode(tokenizer, text[start:end], special_tokens=False)
+        input_ids += untrained + trained
+        labels += [IGNORE_INDEX] * len(untrained) + trained
+        position = end
+    return _truncate(input_ids, labels, max_seq_length)
+
+
+def tokenize_supervised_row(
+    tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], max_seq_length: int
+) -> TokenizedExample:
+    """Either row shape → one TokenizedExample."""
+    if "messages" in row:
+        return tokenize_messages(tokenizer, row["messages"], max_seq_length)
+    if "prompt" in row and "completion" in row:
+        return tokenize_prompt_completion(
+            tokenizer, row["prompt"], row["completion"], max_seq_length
+        )
+    raise ValueError(
+        f"a supervised row needs 'messages' or 'prompt' and 'completion', got keys {sorted(row)}"
+    )
+
+
+def collate(examples: list[TokenizedExample], pad_token_id: int) -> SupervisedBatch:
+    """Right-pad to the longest example: pad id in input_ids, 0 in the mask, IGNORE_INDEX in labels."""
+    length = max(len(example.input_ids) for example in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    for row, example in enumerate(examples):
+        size = len(example.input_ids)
+        input_ids[row, :size] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, :size] = 1
+        labels[row, :size] = torch.tensor(example.labels, dtype=torch.long)
+    return SupervisedBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+@lru_cache(maxsize=4)
+def epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The shuffled row order of one epoch; the same for the same (seed, epoch), resumed or not."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)  # distinct while epochs < 1000
+    return tuple(torch.randperm(n_rows, generator=generator).tolist())
+
+
+def stream_rows(n_rows: int, seed: int, start: int, count: int) -> list[int]:
+    """Row indices at positions [start, start + count) of the stream (crossing epoch boundaries)."""
+    return [
+        epoch_order(n_rows, seed, position // n_rows)[position % n_rows]
+        for position in range(start, start + count)
+    ]

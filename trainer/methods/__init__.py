@@ -1,0 +1,12 @@
+"""Training methods by job `method.type`: each is `run(ctx: TrainingContext) -> TrainingResult`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from trainer.context import TrainingContext, TrainingResult
+from trainer.methods import supervised
+
+METHODS: dict[str, Callable[[TrainingContext], TrainingResult]] = {
+    "supervised": supervised.run,
+}

@@ -1,0 +1,283 @@
+"""Supervised fine-tuning (SFT): full weights or a LoRA adapter, resumable, step by step.
+
+An optimizer step takes the next `batch_size * gradient_accumulation_steps` rows of the seeded
+row stream (`trainer.data.stream_rows`; a step may cross an epoch boundary), split into
+`gradient_accumulation_steps` micro-batches, so the run is `ceil(rows * n_epochs / rows_per_step)`
+steps long and a checkpoint's stream position is all a resumed run needs to see the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from torch import nn
+from torch.optim import AdamW, Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, get_scheduler
+
+from services.methods import LoraConfig, SupervisedHyperparameters
+from trainer.algorithms.reductions import masked_count, masked_sum
+from trainer.algorithms.sft import completion_token_count, sft_loss, token_nll
+from trainer.checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    model_dir,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from trainer.context import TrainingContext, TrainingResult
+from trainer.data import (
+    SupervisedBatch,
+    TokenizedExample,
+    collate,
+    stream_rows,
+    tokenize_supervised_row,
+)
+
+CausalLM = PreTrainedModel | PeftModel
+"""What a method trains: a causal LM, or one wrapped by peft (which then saves its adapter only)."""
+
+CHECKPOINTS_KEPT = 2
+# Our scheduler names → transformers' (a constant rate still honours warmup_ratio).
+SCHEDULER_NAMES: dict[str, str] = {
+    "constant": "constant_with_warmup",
+    "linear": "linear",
+    "cosine": "cosine",
+}
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def count_steps(n_rows: int, hp: SupervisedHyperparameters) -> int:
+    """Optimizer steps of the whole run: every row once per epoch, capped by max_steps."""
+    rows_per_step = hp.batch_size * hp.gradient_accumulation_steps
+    steps = math.ceil(n_rows * hp.n_epochs / rows_per_step)
+    return steps if hp.max_steps is None else min(steps, hp.max_steps)
+
+
+def load_model(
+    base_model_path: Path, lora: LoraConfig | None, resume_from: Path | None, device: torch.device
+) -> CausalLM:
+    """The model to train: base weights (or a checkpoint's), wrapped in a LoRA adapter if asked.
+
+    Weights stay in float32: the optimizer updates them directly, with no master copy.
+    """
+    if lora is None:
+        source = model_dir(resume_from) if resume_from is not None else base_model_path
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, device_map=device)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_model_path, dtype=torch.float32, device_map=device
+    )
+    if resume_from is not None:
+        return PeftModel.from_pretrained(base, model_dir(resume_from), is_trainable=True)
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # annotated int; peft computes alpha / r
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, config)
+
+
+def build_optimizer(model: nn.Module, hp: SupervisedHyperparameters) -> AdamW:
+    """AdamW on the trainable parameters; like nanoGPT, biases and norm gains are not decayed."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": hp.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return AdamW(groups, lr=hp.effective_learning_rate)
+
+
+def build_scheduler(
+    optimizer: Optimizer, hp: SupervisedHyperparameters, total_steps: int
+) -> LRScheduler:
+    return get_scheduler(
+        SCHEDULER_NAMES[hp.lr_scheduler],
+        optimizer,
+        num_warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    """Token-mean cross-entropy over the step's completion tokens."""
+    grad_norm: float
+    """Gradient norm before clipping."""
+    tokens: int
+    """Real tokens (prompt and completion) read in the step."""
+
+
+def optimizer_step(
+    model: nn.Module,
+    micro_batches: list[SupervisedBatch],
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    max_grad_norm: float,
+) -> StepOutput:
+    """Accumulate gradients over the micro-batches, clip, and step optimizer and schedule."""
+    step_completion_tokens = sum(completion_token_count(b.labels) for b in micro_batches)
+    loss_total = 0.0
+    for batch in micro_batches:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = sft_loss(logits, batch.labels, normalizer=float(max(step_completion_tokens, 1)))
+        loss.backward()
+        loss_total += loss.item()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = sum(batch.num_tokens for batch in micro_batches)
+    return StepOutput(loss=loss_total, grad_norm=float(grad_norm), tokens=tokens)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    examples: list[TokenizedExample],
+    batches: list[list[int]],
+    pad_id: int,
+    device: torch.device,
+) -> float:
+    """Token-mean cross-entropy over all completion tokens of `examples`, batch by batch."""
+    model.eval()
+    nll_total, token_total = 0.0, 0.0
+    for indices in batches:
+        batch = collate([examples[i] for i in indices], pad_id).to(device)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        nll, mask = token_nll(logits, batch.labels)  # (B, T-1), (B, T-1)
+        nll_total += masked_sum(nll, mask).item()
+        token_total += masked_count(mask).item()
+    model.train()
+    return nll_total / max(token_total, 1.0)
+
+
+def chunk(indices: list[int], size: int) -> list[list[int]]:
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
+class SupervisedTrainer:
+    """One SFT run: built from a context, trained step by step, reporting through it."""
+
+    def __init__(self, ctx: TrainingContext) -> None:
+        hp: SupervisedHyperparameters = ctx.hyperparameters
+        self.ctx, self.hp = ctx, hp
+        transformers.set_seed(ctx.seed)
+        self.device = pick_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_id: int = pad_id if pad_id is not None else self.tokenizer.eos_token_id
+        self.train_examples = self._tokenize(ctx.training_rows)
+        self.valid_examples = self._tokenize(ctx.validation_rows or [])
+        if not self.train_examples:
+            raise ValueError("the training file has no rows")
+        self.total_steps = count_steps(len(self.train_examples), hp)
+        self.model = load_model(ctx.base_model_path, hp.lora, ctx.resume_from, self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, hp)
+        self.scheduler = build_scheduler(self.optimizer, hp, self.total_steps)
+        self.state = TrainingState(step=0, epoch=0, index_in_epoch=0, trained_tokens=0)
+        if ctx.resume_from is not None:
+            self.state = load_checkpoint(ctx.resume_from, self.optimizer, self.scheduler)
+            ctx.log(f"resumed from checkpoint at step {self.state.step}")
+
+    def _tokenize(self, rows: list[dict[str, Any]]) -> list[TokenizedExample]:
+        examples = [
+            tokenize_supervised_row(self.tokenizer, row, self.hp.max_seq_length) for row in rows
+        ]
+        empty = sum(example.num_completion_tokens == 0 for example in examples)
+        if empty:
+            self.ctx.log(f"{empty} rows have no completion token within max_seq_length")
+        return examples
+
+    def _micro_batches(self, indices: list[int]) -> list[SupervisedBatch]:
+        return [
+            collate([self.train_examples[i] for i in rows], self.pad_id).to(self.device)
+            for rows in chunk(indices, self.hp.batch_size)
+        ]
+
+    def _validation_loss(self) -> float:
+        batches = chunk(list(range(len(self.valid_examples))), self.hp.batch_size)
+        return evaluate(self.model, self.valid_examples, batches, self.pad_id, self.device)
+
+    def _train_one_step(self) -> dict[str, float]:
+        n_rows = len(self.train_examples)
+        position = self.state.rows_consumed(n_rows)
+        rows_left = n_rows * self.hp.n_epochs - position
+        count = min(self.hp.batch_size * self.hp.gradient_accumulation_steps, rows_left)
+        indices = stream_rows(n_rows, self.ctx.seed, position, count)
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        started = time.perf_counter()
+        output = optimizer_step(
+            self.model,
+            self._micro_batches(indices),
+            self.optimizer,
+            self.scheduler,
+            self.hp.max_grad_norm,
+        )
+        elapsed = time.perf_counter() - started
+        self.state = self.state.after_step(n_rows, count, output.tokens)
+        return {
+            "train_loss": output.loss,
+            "learning_rate": learning_rate,
+            "tokens_per_second": output.tokens / max(elapsed, 1e-9),
+            "grad_norm": output.grad_norm,
+            "epoch": self.state.rows_consumed(n_rows) / n_rows,
+        }
+
+    def _checkpoint(self, metrics: dict[str, float]) -> None:
+        path = save_checkpoint(
+            self.ctx.checkpoint_root,
+            self.state,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            tokenizer=self.tokenizer,
+        )
+        prune_checkpoints(self.ctx.checkpoint_root, keep=CHECKPOINTS_KEPT)
+        self.ctx.on_checkpoint(self.state.step, path, metrics)
+
+    def train(self) -> TrainingResult:
+        metrics: dict[str, float] = {}
+        while self.state.step < self.total_steps:
+            self.ctx.check_continue()
+            metrics = self._train_one_step()
+            step = self.state.step
+            if self.valid_examples and (step % self.hp.eval_every == 0 or step == self.total_steps):
+                metrics["valid_loss"] = self._validation_loss()
+            self.ctx.report_metrics(step, metrics)
+            if step % self.hp.checkpoint_every == 0 or step == self.total_steps:
+                self._checkpoint(metrics)
+        if self.valid_examples and "valid_loss" not in metrics:  # resumed at the last step
+            metrics["valid_loss"] = self._validation_loss()
+        return self._save_final(metrics)
+
+    def _save_final(self, metrics: dict[str, float]) -> TrainingResult:
+        self.ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(self.ctx.output_dir))
+        self.tokenizer.save_pretrained(self.ctx.output_dir)
+        return TrainingResult(
+            output_dir=self.ctx.output_dir,
+            trained_tokens=self.state.trained_tokens,
+            kind="fine_tuned" if self.hp.lora is None else "lora_adapter",
+            final_metrics=metrics,
+        )
+
+
+def run(ctx: TrainingContext) -> TrainingResult:
+    """Train per ctx.hyperparameters (SupervisedHyperparameters); raises JobStopped if stopped."""
+    return SupervisedTrainer(ctx).train()
