@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# The torch image: the Celery worker (trainer), reward_service and inference all run from it,
+# picked by the command: `worker`, `serve reward`, `serve inference`.
+# Build from the repository root: docker build -f deploy/worker.Dockerfile -t alignd-worker .
+
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY api ./api
+COPY trainer ./trainer
+COPY reward_service ./reward_service
+COPY inference ./inference
+RUN /opt/venv/bin/pip install --no-cache-dir ".[worker,api]"
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ALIGND_HOST=0.0.0.0 \
+    ALIGND_DATA_DIR=/var/lib/alignd \
+    ALIGND_ARTIFACT_ROOT=/var/lib/alignd/artifacts \
+    HF_HOME=/var/lib/alignd/hf-cache
+RUN useradd --system --uid 10001 --create-home --home-dir /home/alignd alignd \
+    && mkdir -p /var/lib/alignd/artifacts /var/lib/alignd/hf-cache \
+    && chown -R alignd:alignd /var/lib/alignd
+COPY --from=build /opt/venv /opt/venv
+COPY deploy/healthcheck.py /opt/alignd/healthcheck.py
+USER 10001:10001
+WORKDIR /home/alignd
+VOLUME ["/var/lib/alignd/artifacts"]
+EXPOSE 8001 8002
+# No HEALTHCHECK here: the same image runs three processes with different checks, so each
+# one is declared where the process is chosen (docker-compose.yml, deploy/k8s).
+ENTRYPOINT ["alignd"]
+CMD ["worker"]

@@ -1,0 +1,24 @@
+"""The reward scoring service's app. Health routes only for now; /v1/score comes later."""
+
+from __future__ import annotations
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.settings import RewardSettings
+from services.web import health_router, install_error_handlers
+
+
+def create_app(settings: RewardSettings | None = None) -> FastAPI:
+    settings = settings or RewardSettings()
+    app = FastAPI(title="alignd reward service", version="0.1.0")
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router())
+    return app
+
+
+def serve(settings: RewardSettings | None = None) -> None:
+    settings = settings or RewardSettings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower())
