@@ -1,0 +1,48 @@
+"""The official `openai` client drives alignd's fine-tuning API unchanged."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.api.test_files import upload
+from tests.conftest import BASE_MODEL_ID
+from tests.data import jsonl, supervised_rows
+
+
+@pytest.fixture
+def oai(client: httpx.Client, api_url: str) -> openai.OpenAI:
+    key = client.headers["Authorization"].removeprefix("Bearer ")
+    return openai.OpenAI(base_url=f"{api_url}/v1", api_key=key, max_retries=0)
+
+
+def test_openai_client_creates_lists_retrieves_cancels_and_reads_events(
+        oai: openai.OpenAI, client: httpx.Client) -> None:
+    uploaded = oai.files.create(file=("train.jsonl", jsonl(supervised_rows(8))),
+                                purpose="fine-tune")
+    assert uploaded.id.startswith("file-") and uploaded.bytes > 0
+    job = oai.fine_tuning.jobs.create(
+        model=BASE_MODEL_ID, training_file=uploaded.id, suffix="oai", seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}})
+    assert job.status == "queued" and job.seed == 5 and job.method.type == "supervised"
+    assert [j.id for j in oai.fine_tuning.jobs.list(limit=5)] == [job.id]
+    assert oai.fine_tuning.jobs.retrieve(job.id).model == BASE_MODEL_ID
+    cancelled = oai.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    events = list(oai.fine_tuning.jobs.list_events(job.id, limit=2))
+    assert [e.message for e in events][0] == "job cancelled before it started"
+    assert len(events) == 3  # the client followed the has_more cursor
+    assert [m.id for m in oai.models.list()] == [BASE_MODEL_ID]
+
+
+def test_openai_client_sees_the_error_envelope(oai: openai.OpenAI, client: httpx.Client) -> None:
+    training = upload(client, jsonl(supervised_rows(4))).json()["id"]
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.fine_tuning.jobs.create(
+            model=BASE_MODEL_ID, training_file=training,
+            method={"type": "supervised",
+                    "supervised": {"hyperparameters": {"batch_size": 0}}})
+    assert info.value.param == "method.supervised.hyperparameters.batch_size"
+    with pytest.raises(openai.NotFoundError):
+        oai.fine_tuning.jobs.retrieve("ftjob-nope")
