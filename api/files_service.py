@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from services.artifacts import LocalArtifactStore
@@ -42,13 +42,14 @@ class FileService:
             raise NotFound(f"file {file_id!r} does not exist", param=param, code="file_not_found")
         return row
 
-    def list(self, purpose: str | None, limit: int, after: str | None) -> tuple[list[File], bool]:
+    def page(self, purpose: str | None, limit: int, after: str | None) -> tuple[list[File], bool]:
         query = select(File).where(File.project_id == self.project_id)
         if purpose:
             query = query.where(File.purpose == purpose)
         if after:
             cursor = self.get(after, param="after")
-            query = query.where((File.created_at, File.id) < (cursor.created_at, cursor.id))
+            query = query.where(tuple_(File.created_at, File.id)
+                                 < tuple_(literal(cursor.created_at), literal(cursor.id)))
         rows = list(self.session.scalars(
             query.order_by(File.created_at.desc(), File.id.desc()).limit(limit + 1)))
         return rows[:limit], len(rows) > limit

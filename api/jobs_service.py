@@ -5,17 +5,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
 
+from api.files_service import FileService
+from api.protocol import JobCreate
 from services.db.models import Checkpoint, Job, JobEvent, JobMetric
 from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
 from services.ids import new_id
-from services.job_states import JobStatus, TERMINAL, record_event, transition
+from services.job_signals import notify_cancel
+from services.job_states import TERMINAL, JobStatus, record_event, transition
 from services.methods import METHOD_PURPOSES
 from services.registry import get_visible_model
-from api.files_service import FileService
-from api.protocol import JobCreate
 
 Enqueue = Callable[[str], None]
 
@@ -75,13 +76,14 @@ class JobService:
                            code="job_not_found")
         return job
 
-    def list(self, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
+    def page(self, limit: int, after: str | None, status: str | None) -> tuple[list[Job], bool]:
         query = select(Job).where(Job.project_id == self.project_id)
         if status:
             query = query.where(Job.status == status)
         if after:
             cursor = self.get(after)
-            query = query.where((Job.created_at, Job.id) < (cursor.created_at, cursor.id))
+            query = query.where(tuple_(Job.created_at, Job.id)
+                                 < tuple_(literal(cursor.created_at), literal(cursor.id)))
         rows = list(self.session.scalars(
             query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
         return rows[:limit], len(rows) > limit
@@ -96,6 +98,7 @@ class JobService:
         if job.status == JobStatus.RUNNING:
             job.cancel_requested = True
             record_event(self.session, job.id, "cancellation requested; stopping at the next step")
+            notify_cancel(self.session, job.id)
         else:
             transition(self.session, job, JobStatus.CANCELLED, "job cancelled before it started")
         self.session.commit()

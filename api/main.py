@@ -41,7 +41,7 @@ def _check(probe: object) -> str:
     try:
         probe()  # type: ignore[operator]
         return "ok"
-    except Exception as exc:  # readiness reports, never raises
+    except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
         return f"unreachable ({type(exc).__name__})"
 
 

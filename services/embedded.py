@@ -59,4 +59,6 @@ def broker_options(settings: AlignSettings) -> tuple[str, dict[str, Any]]:
         "processed_folder": str(processed_dir),
         "control_folder": str(control_dir),
         "store_processed": False,
+        # kombu sleeps this long after an empty poll; its 1 s default is the submit latency.
+        "polling_interval": 0.1,
     }

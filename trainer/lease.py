@@ -76,7 +76,8 @@ def renew(sessions: sessionmaker[Session], job_id: str, owner: str,
 
 @dataclass
 class Heartbeat:
-    """Renews a lease in the background; `check()` is what the training loop polls."""
+    """Renews a lease in the background and raises flags the training loop polls for free:
+    `lost` (another worker owns the job now) and `cancelled`."""
 
     sessions: sessionmaker[Session]
     job_id: str
@@ -86,6 +87,7 @@ class Heartbeat:
 
     def __post_init__(self) -> None:
         self.lost = threading.Event()
+        self.cancelled = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{self.job_id}", daemon=True)
 
@@ -100,10 +102,13 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                ours, _ = renew(self.sessions, self.job_id, self.owner, self.lease_seconds)
+                ours, cancel_requested = renew(self.sessions, self.job_id, self.owner,
+                                               self.lease_seconds)
             except Exception:  # a database blip: try again next beat, the lease has slack
                 log.warning("lease renewal failed for %s", self.job_id, exc_info=True)
                 continue
+            if cancel_requested:
+                self.cancelled.set()
             if not ours:
                 self.lost.set()
                 return

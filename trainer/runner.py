@@ -4,6 +4,7 @@ the method, and record the outcome. The Celery task is a thin wrapper around `Jo
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.artifacts import LocalArtifactStore
 from services.datasets import read_rows
-from services.db.engine import session_scope
+from services.db.engine import session_factory, session_scope
 from services.db.models import Checkpoint, File, Job, JobMetric
 from services.ids import new_id
+from services.job_signals import CancelListener
 from services.job_states import JobStatus, record_event, transition
 from services.methods import Method
 from services.registry import fine_tuned_id, register_model, resolve_base_path
@@ -30,10 +32,42 @@ class LeaseLost(JobStopped):
     """Another worker owns the job now; this one must stop without touching it."""
 
 
+class MetricsBuffer:
+    """Per-step metrics, written at most every `flush_seconds` and before every checkpoint is
+    recorded, so a step's metrics never cost a database commit of their own and nothing up to
+    the last checkpoint is lost in a crash (later steps are re-run, and re-written, on resume)."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, flush_seconds: float = 1.0):
+        self.sessions, self.job_id, self.flush_seconds = sessions, job_id, flush_seconds
+        self.rows: dict[tuple[int, str], float] = {}
+        self.last_flush = time.monotonic()
+        self.last_step = 0
+
+    def add(self, step: int, values: dict[str, float]) -> None:
+        self.last_step = step
+        self.rows.update({(step, name): float(value) for name, value in values.items()})
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.rows:
+            return
+        rows = [{"job_id": self.job_id, "step": step, "name": name, "value": value}
+                for (step, name), value in self.rows.items()]
+        statement = insert(JobMetric).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["job_id", "name", "step"], set_={"value": statement.excluded.value})
+        with session_scope(self.sessions) as session:
+            session.execute(statement)
+        self.rows.clear()
+
+
 class JobRunner:
-    def __init__(self, sessions: sessionmaker[Session], store: LocalArtifactStore, owner: str,
+    def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
                  lease_seconds: int, heartbeat_seconds: float):
-        self.sessions, self.store, self.owner = sessions, store, owner
+        self.database_url, self.sessions = database_url, session_factory(database_url)
+        self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
 
     def run(self, job_id: str) -> str:
@@ -43,27 +77,34 @@ class JobRunner:
             return outcome.value
         heartbeat = Heartbeat(self.sessions, job_id, self.owner, self.lease_seconds,
                               self.heartbeat_seconds).start()
+        listener = CancelListener(self.database_url, job_id, heartbeat.cancelled).start()
+        metrics = MetricsBuffer(self.sessions, job_id)
         try:
-            result = self._train(job_id, heartbeat)
+            self._check_cancel_requested(job_id, heartbeat)
+            result = self._train(job_id, heartbeat, metrics)
+            metrics.flush()
             self._succeed(job_id, result)
         except LeaseLost:
             log.warning("job %s: lease lost; leaving it to its new worker", job_id)
             return "lease_lost"
         except JobStopped:
-            self._finish(job_id, JobStatus.CANCELLED, "job cancelled")
+            metrics.flush()
+            self._finish(job_id, JobStatus.CANCELLED,
+                         f"job cancelled after step {metrics.last_step}")
             return JobStatus.CANCELLED.value
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self._fail(job_id, exc)
             return JobStatus.FAILED.value
         finally:
+            listener.stop()
             heartbeat.stop()
         return JobStatus.SUCCEEDED.value
 
-    def _train(self, job_id: str, heartbeat: Heartbeat) -> TrainingResult:
+    def _train(self, job_id: str, heartbeat: Heartbeat, metrics: MetricsBuffer) -> TrainingResult:
         from trainer.methods import METHODS  # torch is imported only when a job runs
 
-        ctx = self._context(job_id, heartbeat)
+        ctx = self._context(job_id, heartbeat, metrics)
         method_type = self._job(job_id).method["type"]
         if ctx.resume_from is not None:
             ctx.log(f"resuming from checkpoint {ctx.resume_from.name}")
@@ -83,7 +124,8 @@ class JobRunner:
             raise ValueError(f"file {file_id} no longer exists")
         return list(read_rows(self.store.iter_lines(row.sha256)))
 
-    def _context(self, job_id: str, heartbeat: Heartbeat) -> TrainingContext:
+    def _context(self, job_id: str, heartbeat: Heartbeat,
+                 metrics: MetricsBuffer) -> TrainingContext:
         from trainer.checkpoint import latest_checkpoint
 
         with session_scope(self.sessions) as session:
@@ -99,33 +141,30 @@ class JobRunner:
             validation_rows=validation, hyperparameters=method.hyperparameters, seed=job.seed,
             output_dir=self.store.directory("models", job_id), checkpoint_root=checkpoint_root,
             resume_from=latest_checkpoint(checkpoint_root),
-            report_metrics=lambda step, values: self._metrics(job_id, step, values),
-            on_checkpoint=lambda step, path, values: self._checkpoint(job_id, step, path, values),
+            report_metrics=metrics.add,
+            on_checkpoint=lambda step, path, values: self._checkpoint(job_id, step, path, values,
+                                                                      metrics),
             log=lambda message: self._event(job_id, message),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
         )
 
-    def _check_continue(self, job_id: str, heartbeat: Heartbeat) -> None:
+    def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:
+        """Once, after the listener is up: a cancellation notified before then is in the row."""
+        with session_scope(self.sessions) as session:
+            if session.scalar(select(Job.cancel_requested).where(Job.id == job_id)):
+                heartbeat.cancelled.set()
+
+    @staticmethod
+    def _check_continue(job_id: str, heartbeat: Heartbeat) -> None:
+        """Called every optimizer step: flags only, no database round trip."""
         if heartbeat.lost.is_set():
             raise LeaseLost(job_id)
-        with session_scope(self.sessions) as session:
-            row = session.execute(select(Job.cancel_requested, Job.lease_owner)
-                                  .where(Job.id == job_id)).one()
-        if row.lease_owner != self.owner:
-            raise LeaseLost(job_id)
-        if row.cancel_requested:
+        if heartbeat.cancelled.is_set():
             raise JobStopped("cancelled")
 
-    def _metrics(self, job_id: str, step: int, values: dict[str, float]) -> None:
-        rows = [{"job_id": job_id, "step": step, "name": k, "value": float(v)}
-                for k, v in values.items()]
-        statement = insert(JobMetric).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["job_id", "name", "step"], set_={"value": statement.excluded.value})
-        with session_scope(self.sessions) as session:
-            session.execute(statement)
-
-    def _checkpoint(self, job_id: str, step: int, path: Path, values: dict[str, float]) -> None:
+    def _checkpoint(self, job_id: str, step: int, path: Path, values: dict[str, float],
+                    metrics: MetricsBuffer) -> None:
+        metrics.flush()
         statement = insert(Checkpoint).values(
             id=new_id("ftckpt"), job_id=job_id, step=step, path=str(path), metrics=values
         ).on_conflict_do_nothing(index_elements=["job_id", "step"])

@@ -28,7 +28,7 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
     ensure_migrated(url)
     sessions = session_factory(url)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    runner = JobRunner(sessions, LocalArtifactStore(settings.artifacts_dir), owner,
+    runner = JobRunner(url, LocalArtifactStore(settings.artifacts_dir), owner,
                        settings.lease_seconds, settings.heartbeat_seconds)
     app = make_celery(settings)
 

@@ -6,7 +6,14 @@ from fastapi import APIRouter, status
 
 from api.deps import Admin, ProjectsDep
 from api.presenters import key_object, project_object
-from api.protocol import ApiKeyCreate, ApiKeyObject, Deleted, ListObject, ProjectCreate, ProjectObject
+from api.protocol import (
+    ApiKeyCreate,
+    ApiKeyObject,
+    Deleted,
+    ListObject,
+    ProjectCreate,
+    ProjectObject,
+)
 from services.web import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Admin],

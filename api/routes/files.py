@@ -31,7 +31,7 @@ def upload_file(request: Request, files: FilesDep, state: StateDep, file: Upload
 def list_files(files: FilesDep, purpose: str | None = None,
                limit: Annotated[int, Query(ge=1, le=10000)] = 100,
                after: str | None = None) -> ListObject[FileObject]:
-    rows, has_more = files.list(purpose, limit, after)
+    rows, has_more = files.page(purpose, limit, after)
     return ListObject[FileObject](data=[file_object(r) for r in rows], has_more=has_more)
 
 

@@ -31,7 +31,7 @@ def create_job(body: JobCreate, jobs: JobsDep) -> FineTuningJob:
 @router.get("", response_model=ListObject[FineTuningJob])
 def list_jobs(jobs: JobsDep, limit: Limit = 20, after: str | None = None,
               status: JobStatus | None = None) -> ListObject[FineTuningJob]:
-    rows, has_more = jobs.list(limit, after, status.value if status else None)
+    rows, has_more = jobs.page(limit, after, status.value if status else None)
     return ListObject[FineTuningJob](data=[job_object(j) for j in rows], has_more=has_more)
 
 

@@ -25,7 +25,7 @@ def _progress(console: Console) -> Progress:
                     "{task.total}"), TimeElapsedColumn(), console=console)
 
 
-def _build_world(console: Console, demo_dir: Path | None) -> Any:
+def _build_world(console: Console, demo_dir: Path | None, pretrain_steps: int | None) -> Any:
     from trainer.demo_world import build_demo_world, default_demo_root
 
     with _progress(console) as progress:
@@ -35,7 +35,8 @@ def _build_world(console: Console, demo_dir: Path | None) -> Any:
             progress.update(task, completed=step, total=total,
                             description=f"demo world: pretraining (loss {loss:.3f})")
 
-        return build_demo_world(demo_dir or default_demo_root(), progress=report)
+        return build_demo_world(demo_dir or default_demo_root(), pretrain_steps=pretrain_steps,
+                                progress=report)
 
 
 def _project_key(settings: AlignSettings) -> str:
@@ -104,8 +105,8 @@ def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
 
 
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
-             demo_dir: Path | None, steps: int) -> None:
-    world = _build_world(console, demo_dir)
+             demo_dir: Path | None, steps: int, pretrain_steps: int | None = None) -> None:
+    world = _build_world(console, demo_dir, pretrain_steps)
     stack = embedded_stack(settings, {"ALIGND_BASE_MODELS": json.dumps(
         {DEMO_MODEL: str(world.base_model)})})
     with console.status("starting the embedded stack (PostgreSQL, api, worker, reward, inference)"):

@@ -80,11 +80,14 @@ def demo(
     keep_running: Annotated[bool, typer.Option(help="leave the platform running afterwards")] = True,
     demo_dir: Annotated[Path | None, typer.Option(help="where the demo world is built")] = None,
     steps: Annotated[int, typer.Option(help="supervised fine-tuning steps")] = 300,
+    pretrain_steps: Annotated[int | None, typer.Option(
+        help="pretraining steps of the demo model (default: the demo world's own)")] = None,
 ) -> None:
     """Build the demo world, start the stack, fine-tune over HTTP, report accuracy."""
     from services.cli.demo import run_demo
 
-    run_demo(AlignSettings(), console, keep_running=keep_running, demo_dir=demo_dir, steps=steps)
+    run_demo(AlignSettings(), console, keep_running=keep_running, demo_dir=demo_dir, steps=steps,
+             pretrain_steps=pretrain_steps)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from sqlalchemy import create_engine
 from services.db.models import Base
 
 config = context.config
-url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+url: str = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url") or ""
 
 
 def run_migrations_online() -> None:

@@ -1,0 +1,40 @@
+"""A worker killed with SIGKILL mid-job: the job is re-delivered, resumes from its last
+checkpoint on another worker, and succeeds with no step run twice. Its own module, so no
+other worker process is consuming the queue while it runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.trainer.test_worker import FAST_LEASES, events, files, series, start_job, wait_status
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_worker_job_resumes_from_checkpoint(client, worker_factory) -> None:
+    training, _ = files(client, train=64)
+    job_id = start_job(client, training, max_steps=800, n_epochs=100, batch_size=8,
+                       checkpoint_every=10)
+    first = worker_factory(**FAST_LEASES)
+
+    def checkpointed() -> int | None:
+        data = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+        return data[0]["step_number"] if data else None
+
+    killed_after = wait_for(checkpointed, 180, interval=0.05, message="a first checkpoint")
+    first.kill()
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] == "running"
+    second = worker_factory(**FAST_LEASES)
+    job = wait_status(client, job_id, {"succeeded", "failed"}, 300, second)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 2  # one start, one resume: never two workers at once
+
+    messages = [e["message"] for e in events(client, job_id)]
+    resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
+    assert len(resumed) == 1, messages
+    resumed_at = int(resumed[0].rsplit(" ", 1)[-1])
+    assert killed_after <= resumed_at < 800 and resumed_at % 10 == 0
+    assert sum("took over the job" in m for m in messages) == 1
+    steps, _ = series(client, job_id, "train_loss")
+    assert steps == list(range(1, 801))
