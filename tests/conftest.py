@@ -4,10 +4,8 @@ project's Alembic scripts), a real Redis broker, the api on a loopback port, wor
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,23 +13,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from services.db.migrate import upgrade
 from services.settings import ApiSettings
+from services.web import ServerThread
 
 ADMIN_KEY = "test-admin-key"
 POSTGRES = os.environ.get("ALIGND_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ALIGND_TEST_REDIS", "redis://127.0.0.1:6379")
 BASE_MODEL_ID = "tiny-base"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -103,33 +95,6 @@ def service_env(database_url: str, broker_url: str, artifact_root: Path,
         "ALIGND_ADMIN_KEY": ADMIN_KEY,
         "ALIGND_BASE_MODELS": f'{{"{BASE_MODEL_ID}": "{tiny_model_dir}"}}',
     }
-
-
-class ServerThread:
-    """A real uvicorn server on a loopback port, in a thread of the test process."""
-
-    def __init__(self, app: object):
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
