@@ -1,0 +1,71 @@
+"""Held-out exact-match accuracy of a saved model on demo problems (greedy decoding)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer.demo_world.task import gold_grade
+
+
+def load_for_generation(model_dir: Path, adapter_dir: Path | None = None) -> Any:
+    """The causal LM in ``model_dir`` in eval mode, with the peft adapter applied if given."""
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter_dir is not None:
+        # Imported here: peft is only needed when an adapter is evaluated.
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.eval()
+
+
+@torch.inference_mode()
+def greedy_completions(
+    model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy continuation of each prompt (``<bos>`` prepended).
+
+    Special tokens stay in the text: `extract_answer` stops at ``<eos>``/``<|end|>``, so a model
+    whose generation config does not stop at one of them is still graded on what came first.
+    """
+    completions: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        # Left padding puts every prompt's last token at the same position, where decoding starts.
+        encoded = tokenizer(chunk, padding=True, padding_side="left", return_tensors="pt")
+        generated = model.generate(
+            **encoded,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )  # (B, T + new)
+        new_tokens = generated[:, encoded["input_ids"].shape[1] :]  # (B, new)
+        completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+    return completions
+
+
+def exact_match_accuracy(
+    model_dir: Path,
+    rows: list[dict],
+    *,
+    max_new_tokens: int = 8,
+    batch_size: int = 64,
+    adapter_dir: Path | None = None,
+) -> float:
+    """Fraction of ``rows`` (``{"prompt", "answer"}``) whose greedy completion grades 1.0."""
+    if not rows:
+        raise ValueError("rows must not be empty")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_for_generation(Path(model_dir), adapter_dir)
+    completions = greedy_completions(
+        model,
+        tokenizer,
+        [row["prompt"] for row in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    scores = [gold_grade(text, row["answer"]) for text, row in zip(completions, rows)]
+    return sum(scores) / len(scores)
