@@ -31,7 +31,7 @@ def test_openai_client_creates_lists_retrieves_cancels_and_reads_events(
     cancelled = oai.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     events = list(oai.fine_tuning.jobs.list_events(job.id, limit=2))
-    assert [e.message for e in events][0] == "job cancelled before it started"
+    assert events[0].message == "job cancelled before it started"
     assert len(events) == 3  # the client followed the has_more cursor
     assert [m.id for m in oai.models.list()] == [BASE_MODEL_ID]
 

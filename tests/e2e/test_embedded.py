@@ -13,7 +13,8 @@ from services.cli.stack import embedded_stack
 from services.client import AlignClient
 from services.embedded import stop_embedded_postgres
 from services.settings import AlignSettings
-from tests.conftest import free_port, wait_for
+from services.web import free_port
+from tests.conftest import wait_for
 from tests.data import jsonl, supervised_rows
 
 pytestmark = pytest.mark.slow

@@ -10,19 +10,20 @@ from sqlalchemy import create_engine, text
 
 from services.db.migrate import current_revision, ensure_migrated, head_revision, upgrade
 from services.errors import DatabaseNotMigrated
-from services.settings import AlignSettings, ApiSettings
+from services.settings import DEVELOPMENT_ADMIN_KEY, AlignSettings, ApiSettings
 from tests.conftest import POSTGRES
 
 
 def test_production_refuses_the_development_admin_key() -> None:
     with pytest.raises(ValidationError, match="ALIGND_ADMIN_KEY"):
         AlignSettings(environment="production", database_url="postgresql+psycopg://x/y",
-                      broker_url="redis://x")
+                      broker_url="redis://x", admin_key=DEVELOPMENT_ADMIN_KEY)
 
 
 def test_production_refuses_embedded_mode() -> None:
     with pytest.raises(ValidationError, match="ALIGND_DATABASE_URL"):
-        AlignSettings(environment="production", admin_key="a-real-secret")
+        AlignSettings(environment="production", admin_key="a-real-secret", database_url=None,
+                      broker_url=None)
 
 
 def test_settings_come_from_alignd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +63,5 @@ def test_api_refuses_to_start_on_an_unmigrated_database(empty_database: str) -> 
     from api.main import create_app
 
     app = create_app(ApiSettings(database_url=empty_database, broker_url="redis://127.0.0.1:6379/0"))
-    with pytest.raises(DatabaseNotMigrated):
-        with TestClient(app):
-            pass
+    with pytest.raises(DatabaseNotMigrated), TestClient(app):
+        pass
