@@ -14,9 +14,19 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "alignd"
 
 
-def _start_postgres(data_dir: Path) -> Any:
-    import pgserver  # only embedded mode needs the bundled server
+def _pgserver() -> Any:
+    """The bundled server, imported only in embedded mode (quietly: on import it warns that
+    XDG_RUNTIME_DIR is unset, which is normal on servers and in containers)."""
+    import warnings
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    return pgserver
+
+
+def _start_postgres(data_dir: Path) -> Any:
+    pgserver = _pgserver()
     data_dir.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process, so api and workers share it.
     return pgserver.get_server(data_dir, cleanup_mode=None)
@@ -32,10 +42,21 @@ def embedded_database_url(data_dir: Path) -> str:
 
 
 def stop_embedded_postgres(data_dir: Path) -> None:
-    import pgserver
+    """Stop the data folder's PostgreSQL (fast shutdown), whoever started it.
 
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
-    server.cleanup()
+    pgserver's own reference counting cannot tell that the processes which shared the server
+    have exited, so the stack that owns the folder stops it with pg_ctl directly."""
+    import os
+    import subprocess
+
+    pgserver = _pgserver()
+    if not (data_dir / "postmaster.pid").exists():
+        return
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs postgres as this user
+    try:
+        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
+    except subprocess.CalledProcessError:
+        log.warning("embedded PostgreSQL in %s was not running", data_dir)
 
 
 def resolve_database_url(settings: AlignSettings) -> str:

@@ -91,6 +91,7 @@ def _accuracy_table(settings: AlignSettings, world: Any, job: dict[str, Any]) ->
     before = exact_match_accuracy(world.base_model, rows)
     after = exact_match_accuracy(settings.artifacts_dir / "models" / job["id"], rows)
     table = Table("model", "held-out exact match", title=f"{len(rows)} held-out problems")
+    table.columns[0].min_width = len(job["fine_tuned_model"])
     table.add_row(DEMO_MODEL, f"{before:.1%}")
     table.add_row(job["fine_tuned_model"], f"{after:.1%}")
     return table
@@ -101,11 +102,15 @@ def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
     for name, url in urls.items():
         console.print(f"{name:10} {url}   (docs: {url}/docs)")
     console.print(f"\nyour demo API key: [bold]{key}[/]")
-    console.print(f"try:  curl -H 'Authorization: Bearer {key}' {urls['api']}/v1/fine_tuning/jobs")
+    console.print(f"try:  curl -H 'Authorization: Bearer {key}' {urls['api']}/v1/fine_tuning/jobs",
+                  soft_wrap=True)
 
 
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
              demo_dir: Path | None, steps: int, pretrain_steps: int | None = None) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # rich draws this command's progress
     world = _build_world(console, demo_dir, pretrain_steps)
     stack = embedded_stack(settings, {"ALIGND_BASE_MODELS": json.dumps(
         {DEMO_MODEL: str(world.base_model)})})

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from services.db.migrate import upgrade
-from services.embedded import resolve_database_url
+from services.embedded import resolve_database_url, stop_embedded_postgres
 from services.settings import AlignSettings
 
 SERVICES = {"api": 8000, "reward": 8001, "inference": 8002}
@@ -71,9 +71,13 @@ class Stack:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+        if self.settings.embedded:  # the stack started the embedded PostgreSQL; stop it too
+            stop_embedded_postgres(self.settings.postgres_dir)
 
     def wait(self) -> None:
-        """Block until interrupted or a child dies."""
+        """Block until Ctrl-C, SIGTERM, or a child dies; then stop everything."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             while all(p.poll() is None for p in self.processes.values()):
                 time.sleep(1)

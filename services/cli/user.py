@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +26,11 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def _client(url: str, key: str) -> AlignClient:
     return AlignClient(url, key)
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    moment = datetime.fromtimestamp(event["created_at"]).strftime("%H:%M:%S")
+    return f"[dim]{moment}[/] {event['level']:7} {event['message']}"
 
 
 def _show(value: Any) -> None:
@@ -98,11 +104,11 @@ def events(job_id: str, url: ApiUrl = DEFAULT_URL, key: ApiKey = "",
     with _client(url, key) as client:
         if not follow:
             for event in _run(lambda: client.events_since(job_id, None)):
-                console.print(f"[dim]{event['created_at']}[/] {event['level']:7} {event['message']}")
+                console.print(_event_line(event))
             return
         for event, _job in client.follow(job_id):
             if event is not None:
-                console.print(f"[dim]{event['created_at']}[/] {event['level']:7} {event['message']}")
+                console.print(_event_line(event))
 
 
 @jobs.command("metrics")
