@@ -52,7 +52,6 @@ from bench._harness import (
     alignd_app,
     client,
     empty_redis_db,
-    free_port,
     fresh_database,
     job_body,
     machine_info,
@@ -65,6 +64,7 @@ from bench._harness import (
     upload_rows,
     wait_healthy,
 )
+from services.web import free_port
 
 Request = tuple[str, str, dict[str, Any] | None]
 """(method, path, JSON body or None)."""

@@ -222,21 +222,21 @@ def alignd_method(model_path: Path, rows: list[dict[str, str]], config: Config, 
 
 
 class DatabaseCallbacks:
-    """The two database calls a job's context makes every step, from trainer.runner.JobRunner
-    (its private `_check_continue` and `_metrics`, called directly), each on a job row of its
-    own in a throwaway database, leased to this process."""
+    """What a job's context does every step, from trainer.runner: JobRunner's `_check_continue`
+    (flags set by the lease heartbeat and the cancel listener) and a MetricsBuffer (written to
+    PostgreSQL at most once a second), each on a job row of its own in a throwaway database."""
 
     def __init__(self, database_url: str):
         import threading
         from types import SimpleNamespace
 
         from services.db.engine import session_factory
-        from trainer.runner import JobRunner
+        from trainer.runner import MetricsBuffer
 
         self.sessions = session_factory(database_url)
-        self.runner = JobRunner(self.sessions, store=None,  # type: ignore[arg-type]
-                                owner="bench", lease_seconds=600, heartbeat_seconds=60)
-        self.heartbeat = SimpleNamespace(lost=threading.Event())
+        self.buffers: dict[str, MetricsBuffer] = {}
+        self.make_buffer = lambda job_id: MetricsBuffer(self.sessions, job_id)
+        self.heartbeat = SimpleNamespace(lost=threading.Event(), cancelled=threading.Event())
         self.project_id = f"proj-bench-{time.time_ns()}"
         with self.sessions.begin() as session:
             from services.db.models import Project
@@ -253,13 +253,16 @@ class DatabaseCallbacks:
                             training_file="file-bench", seed=SEED,
                             method={"type": "supervised"}, status="running",
                             lease_owner="bench"))
+        self.buffers[job_id] = self.make_buffer(job_id)
         return job_id
 
     def check_continue(self, job_id: str) -> None:
-        self.runner._check_continue(job_id, self.heartbeat)  # type: ignore[arg-type]
+        from trainer.runner import JobRunner
+
+        JobRunner._check_continue(job_id, self.heartbeat)  # type: ignore[arg-type]
 
     def report_metrics(self, job_id: str, step: int, values: dict[str, float]) -> None:
-        self.runner._metrics(job_id, step, values)
+        self.buffers[job_id].add(step, values)
 
 
 Side = Callable[[Path, list[dict[str, str]], Config, Path], Timing]

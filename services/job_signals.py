@@ -43,8 +43,9 @@ class CancelListener:
         return self
 
     def stop(self) -> None:
+        """Ask the thread to end; it does within one notifies() timeout, without holding up
+        the caller (the worker's next job)."""
         self._stop.set()
-        self._thread.join(timeout=5)
 
     def _run(self) -> None:
         try:
