@@ -48,5 +48,7 @@ class TrainingResult:
     output_dir: Path
     trained_tokens: int
     kind: str = "fine_tuned"
-    """Registry kind of the output: fine_tuned (full weights) or lora_adapter."""
+    """Registry kind of the output: fine_tuned (full weights), lora_adapter, reward_model, ..."""
     final_metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Extra facts the registry row keeps about the output (e.g. a reward model's objectives)."""

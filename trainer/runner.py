@@ -193,7 +193,8 @@ class JobRunner:
             model_id = fine_tuned_id(job.model, job.suffix, job.id)
             register_model(session, model_id=model_id, project_id=job.project_id,
                            kind=result.kind, path=str(result.output_dir), base_model=job.model,
-                           job_id=job.id, metadata={"final_metrics": result.final_metrics})
+                           job_id=job.id, metadata={**result.metadata,
+                                                   "final_metrics": result.final_metrics})
             job.fine_tuned_model, job.trained_tokens = model_id, result.trained_tokens
             transition(session, job, JobStatus.SUCCEEDED, f"job succeeded; model {model_id}",
                        data={"fine_tuned_model": model_id, **result.final_metrics})

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trainer.context import TrainingContext, TrainingResult
-from trainer.methods import supervised
+from trainer.methods import reward_model, supervised
 
 METHODS: dict[str, Callable[[TrainingContext], TrainingResult]] = {
     "supervised": supervised.run,
+    "reward_model": reward_model.run,
 }

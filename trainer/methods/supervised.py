@@ -8,7 +8,6 @@ steps long and a checkpoint's stream position is all a resumed run needs to see 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +18,14 @@ import transformers
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from torch import nn
-from torch.optim import AdamW, Optimizer
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from services.methods import LoraConfig, SupervisedHyperparameters
 from trainer.algorithms.reductions import masked_count, masked_sum
 from trainer.algorithms.sft import completion_token_count, sft_loss, token_nll
-from trainer.checkpoint import (
-    TrainingState,
-    load_checkpoint,
-    model_dir,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from trainer.checkpoint import TrainingState, load_checkpoint, model_dir
 from trainer.context import TrainingContext, TrainingResult
 from trainer.data import (
     SupervisedBatch,
@@ -41,29 +34,18 @@ from trainer.data import (
     stream_rows,
     tokenize_supervised_row,
 )
+from trainer.loop import (
+    StepLoop,
+    build_optimizer,
+    build_scheduler,
+    chunk,
+    clip_and_step,
+    count_steps,
+    pick_device,
+)
 
 CausalLM = PreTrainedModel | PeftModel
 """What a method trains: a causal LM, or one wrapped by peft (which then saves its adapter only)."""
-
-CHECKPOINTS_KEPT = 2
-# Our scheduler names → transformers' (a constant rate still honours warmup_ratio).
-SCHEDULER_NAMES: dict[str, str] = {
-    "constant": "constant_with_warmup",
-    "linear": "linear",
-    "cosine": "cosine",
-}
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def count_steps(n_rows: int, hp: SupervisedHyperparameters) -> int:
-    """Optimizer steps of the whole run: every row once per epoch, capped by max_steps."""
-    rows_per_step = hp.batch_size * hp.gradient_accumulation_steps
-    steps = math.ceil(n_rows * hp.n_epochs / rows_per_step)
-    return steps if hp.max_steps is None else min(steps, hp.max_steps)
-
 
 def load_model(
     base_model_path: Path, lora: LoraConfig | None, resume_from: Path | None, device: torch.device
@@ -88,27 +70,6 @@ def load_model(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(base, config)
-
-
-def build_optimizer(model: nn.Module, hp: SupervisedHyperparameters) -> AdamW:
-    """AdamW on the trainable parameters; like nanoGPT, biases and norm gains are not decayed."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": hp.weight_decay},
-        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return AdamW(groups, lr=hp.effective_learning_rate)
-
-
-def build_scheduler(
-    optimizer: Optimizer, hp: SupervisedHyperparameters, total_steps: int
-) -> LRScheduler:
-    return get_scheduler(
-        SCHEDULER_NAMES[hp.lr_scheduler],
-        optimizer,
-        num_warmup_steps=math.ceil(hp.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
 
 
 @dataclass
@@ -136,13 +97,9 @@ def optimizer_step(
         loss = sft_loss(logits, batch.labels, normalizer=float(max(step_completion_tokens, 1)))
         loss.backward()
         loss_total += loss.item()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(model, optimizer, scheduler, max_grad_norm)
     tokens = sum(batch.num_tokens for batch in micro_batches)
-    return StepOutput(loss=loss_total, grad_norm=float(grad_norm), tokens=tokens)
+    return StepOutput(loss=loss_total, grad_norm=grad_norm, tokens=tokens)
 
 
 @torch.no_grad()
@@ -166,12 +123,10 @@ def evaluate(
     return nll_total / max(token_total, 1.0)
 
 
-def chunk(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[start : start + size] for start in range(0, len(indices), size)]
-
-
-class SupervisedTrainer:
+class SupervisedTrainer(StepLoop):
     """One SFT run: built from a context, trained step by step, reporting through it."""
+
+    hp: SupervisedHyperparameters
 
     def __init__(self, ctx: TrainingContext) -> None:
         hp: SupervisedHyperparameters = ctx.hyperparameters
@@ -214,7 +169,14 @@ class SupervisedTrainer:
         batches = chunk(list(range(len(self.valid_examples))), self.hp.batch_size)
         return evaluate(self.model, self.valid_examples, batches, self.pad_id, self.device)
 
-    def _train_one_step(self) -> dict[str, float]:
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.valid_examples)
+
+    def validation_metrics(self) -> dict[str, float]:
+        return {"valid_loss": self._validation_loss()}
+
+    def train_one_step(self) -> dict[str, float]:
         n_rows = len(self.train_examples)
         position = self.state.rows_consumed(n_rows)
         rows_left = n_rows * self.hp.n_epochs - position
@@ -239,32 +201,8 @@ class SupervisedTrainer:
             "epoch": self.state.rows_consumed(n_rows) / n_rows,
         }
 
-    def _checkpoint(self, metrics: dict[str, float]) -> None:
-        path = save_checkpoint(
-            self.ctx.checkpoint_root,
-            self.state,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            tokenizer=self.tokenizer,
-        )
-        prune_checkpoints(self.ctx.checkpoint_root, keep=CHECKPOINTS_KEPT)
-        self.ctx.on_checkpoint(self.state.step, path, metrics)
-
     def train(self) -> TrainingResult:
-        metrics: dict[str, float] = {}
-        while self.state.step < self.total_steps:
-            self.ctx.check_continue()
-            metrics = self._train_one_step()
-            step = self.state.step
-            if self.valid_examples and (step % self.hp.eval_every == 0 or step == self.total_steps):
-                metrics["valid_loss"] = self._validation_loss()
-            self.ctx.report_metrics(step, metrics)
-            if step % self.hp.checkpoint_every == 0 or step == self.total_steps:
-                self._checkpoint(metrics)
-        if self.valid_examples and "valid_loss" not in metrics:  # resumed at the last step
-            metrics["valid_loss"] = self._validation_loss()
-        return self._save_final(metrics)
+        return self._save_final(self.run_steps())
 
     def _save_final(self, metrics: dict[str, float]) -> TrainingResult:
         self.ctx.output_dir.mkdir(parents=True, exist_ok=True)

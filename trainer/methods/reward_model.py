@@ -1,0 +1,254 @@
+"""Reward-model training: a sequence-classification head on the base model, resumable.
+
+Preference rows train one scalar head with the Bradley-Terry loss; ratings rows train one head
+per objective (sorted names) by masked regression (`trainer.algorithms.reward`). The step loop,
+optimizer and schedule are the supervised method's (`trainer.loop`): an optimizer step reads
+the next `batch_size * gradient_accumulation_steps` rows (pairs) of the seeded row stream.
+
+Ensembles (`ensemble_size` k > 1) train k members one after another inside the job, member i
+from seed + i (its head's initialisation and its row order). Step numbers continue across
+members: member i owns steps (i·S, (i+1)·S] where S is one member's step count, and a
+`member` metric says which member a step belongs to. A finished member is saved to
+``checkpoint_root/members/member-<i>`` before the checkpoint of its last step, so a job resumed
+at any checkpoint, mid-member or between members, ends with the same weights. The output is a
+save_pretrained folder (kind ``reward_model``), or for k > 1 one per member in
+``member-<i>/`` plus ``ensemble.json`` (kind ``reward_ensemble``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from services.methods import RewardModelHyperparameters
+from trainer.checkpoint import TrainingState, load_checkpoint, model_dir, read_training_state
+from trainer.context import TrainingContext, TrainingResult
+from trainer.data import stream_rows
+from trainer.loop import (
+    StepLoop,
+    build_optimizer,
+    build_scheduler,
+    chunk,
+    clip_and_step,
+    count_steps,
+    pick_device,
+)
+from trainer.methods.reward_objectives import OBJECTIVES, RewardObjective, detach
+from trainer.reward_data import PREFERENCE_OBJECTIVES, data_kind, rating_objectives
+
+MEMBERS_DIR = "members"
+ENSEMBLE_FILE = "ensemble.json"
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+def load_reward_model(
+    source: Path, objectives: list[str], pad_id: int, device: torch.device
+) -> PreTrainedModel:
+    """A sequence-classification model with one head per objective, in float32.
+
+    From a base causal LM the score head is new (randomly initialised from the current seed);
+    from a checkpoint it is loaded. pad_token_id must be set: the head pools the last non-pad
+    token of each right-padded row.
+    """
+    return AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(objectives),
+        id2label=dict(enumerate(objectives)),
+        label2id={name: index for index, name in enumerate(objectives)},
+        pad_token_id=pad_id,
+        dtype=torch.float32,
+        device_map=device,
+    )
+
+
+def save_member(model: PreTrainedModel, tokenizer: Any, target: Path) -> None:
+    """save_pretrained into `target` atomically (written under a scratch name, then renamed)."""
+    partial = target.with_name(target.name + ".tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(str(partial))
+    tokenizer.save_pretrained(str(partial))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+class RewardModelTrainer(StepLoop):
+    """One reward-model job: k members trained in turn, steps numbered across the job."""
+
+    hp: RewardModelHyperparameters
+    objective: RewardObjective
+
+    def __init__(self, ctx: TrainingContext) -> None:
+        hp: RewardModelHyperparameters = ctx.hyperparameters
+        self.ctx, self.hp, self.device = ctx, hp, pick_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_id: int = pad_id if pad_id is not None else self.tokenizer.eos_token_id
+        if not ctx.training_rows:
+            raise ValueError("the training file has no rows")
+        self.kind = data_kind(ctx.training_rows)
+        if ctx.validation_rows and data_kind(ctx.validation_rows) != self.kind:
+            raise ValueError(f"the validation rows must be {self.kind} rows, like training's")
+        objectives = (PREFERENCE_OBJECTIVES if self.kind == "preference"
+                      else rating_objectives(ctx.training_rows))
+        self._check_weights(objectives)
+        self.objective = OBJECTIVES[self.kind](hp, self.pad_id, self.device, objectives)
+        self.train_examples = self._tokenize(ctx.training_rows)
+        self.valid_examples = self._tokenize(ctx.validation_rows or [])
+        self.member_steps = count_steps(len(self.train_examples), hp)
+        self.total_steps = self.member_steps * hp.ensemble_size
+        self.state = TrainingState(step=0, epoch=0, index_in_epoch=0, trained_tokens=0)
+        self._resume_or_start(ctx.resume_from)
+
+    def _check_weights(self, objectives: list[str]) -> None:
+        unknown = sorted(set(self.hp.objective_weights or {}) - set(objectives))
+        if unknown:
+            raise ValueError(f"objective_weights names {unknown}, which the data does not rate; "
+                             f"its objectives are {objectives}")
+
+    def _tokenize(self, rows: list[dict[str, Any]]) -> list[Any]:
+        return [self.objective.tokenize(self.tokenizer, row, self.hp.max_seq_length)
+                for row in rows]
+
+    @property
+    def member(self) -> int:
+        """The member the next step trains (the last one once training is done)."""
+        return min(self.state.step // self.member_steps, self.hp.ensemble_size - 1)
+
+    def _resume_or_start(self, checkpoint: Path | None) -> None:
+        if checkpoint is None:
+            self._start_member(None)
+            return
+        saved = read_training_state(checkpoint)
+        between_members = saved.step % self.member_steps == 0 and saved.step < self.total_steps
+        if between_members:  # the checkpoint holds a finished member: start the next afresh
+            self.state = TrainingState(saved.step, 0, 0, saved.trained_tokens)
+            self._start_member(None)
+        else:
+            self.state = saved
+            self._start_member(checkpoint)
+        self.ctx.log(f"resumed from checkpoint at step {saved.step}")
+
+    def _start_member(self, checkpoint: Path | None) -> None:
+        """Build member `self.member`'s model, optimizer and schedule (or restore a checkpoint's)."""
+        self.loaded_member = self.member
+        transformers.set_seed(self.member_seed)
+        source = model_dir(checkpoint) if checkpoint is not None else self.ctx.base_model_path
+        self.model = load_reward_model(source, self.objective.objectives, self.pad_id, self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, self.hp)
+        self.scheduler = build_scheduler(self.optimizer, self.hp, self.member_steps)
+        if checkpoint is not None:
+            self.state = load_checkpoint(checkpoint, self.optimizer, self.scheduler)
+
+    @property
+    def member_seed(self) -> int:
+        return self.ctx.seed + self.member
+
+    def _member_dir(self, member: int) -> Path:
+        return self.ctx.checkpoint_root / MEMBERS_DIR / f"member-{member}"
+
+    def _next_rows(self) -> list[int]:
+        n_rows = len(self.train_examples)
+        position = self.state.rows_consumed(n_rows)
+        rows_left = n_rows * self.hp.n_epochs - position
+        count = min(self.hp.batch_size * self.hp.gradient_accumulation_steps, rows_left)
+        return stream_rows(n_rows, self.member_seed, position, count)
+
+    def train_one_step(self) -> dict[str, float]:
+        if self.member != self.loaded_member:  # the previous member just finished
+            self.state = TrainingState(self.state.step, 0, 0, self.state.trained_tokens)
+            self._start_member(None)
+        member, indices = self.member, self._next_rows()
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        started = time.perf_counter()
+        metrics, tokens = self._optimizer_step(indices)
+        elapsed = time.perf_counter() - started
+        self.state = self.state.after_step(len(self.train_examples), len(indices), tokens)
+        metrics.update(learning_rate=learning_rate, tokens_per_second=tokens / max(elapsed, 1e-9))
+        if self.hp.ensemble_size > 1:
+            metrics["member"] = float(member)
+            if self.state.step % self.member_steps == 0:
+                save_member(self.model, self.tokenizer, self._member_dir(member))
+        return metrics
+
+    def _optimizer_step(self, indices: list[int]) -> tuple[dict[str, float], int]:
+        """Accumulate over micro-batches, each loss weighted by its share of the step."""
+        micro_batches = [[self.train_examples[i] for i in rows]
+                         for rows in chunk(indices, self.hp.batch_size)]
+        total_weight = sum(self.objective.weight(examples) for examples in micro_batches)
+        outputs = []
+        for examples in micro_batches:
+            output = self.objective.forward(self.model, examples)
+            share = self.objective.weight(examples) / max(total_weight, 1.0)
+            (self.objective.loss(output) * share).backward()
+            outputs.append(detach(output))
+        grad_norm = clip_and_step(self.model, self.optimizer, self.scheduler,
+                                  self.hp.max_grad_norm)
+        statistics = self.objective.statistics(self.objective.concat(outputs))
+        metrics = {"train_loss": statistics.pop("loss"), **statistics, "grad_norm": grad_norm}
+        tokens = sum(self.objective.tokens(examples) for examples in micro_batches)
+        return metrics, tokens
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.valid_examples)
+
+    @torch.no_grad()
+    def validation_metrics(self) -> dict[str, float]:
+        self.model.eval()
+        outputs = [self.objective.forward(self.model, [self.valid_examples[i] for i in rows])
+                   for rows in chunk(list(range(len(self.valid_examples))), self.hp.batch_size)]
+        self.model.train()
+        statistics = self.objective.statistics(self.objective.concat(outputs))
+        return {f"valid_{name}": value for name, value in statistics.items()}
+
+    def should_evaluate(self, step: int) -> bool:
+        return step % self.hp.eval_every == 0 or step % self.member_steps == 0
+
+    def should_checkpoint(self, step: int) -> bool:
+        return step % self.hp.checkpoint_every == 0 or step % self.member_steps == 0
+
+    def train(self) -> TrainingResult:
+        return self._save_final(self.run_steps())
+
+    def _save_final(self, metrics: dict[str, float]) -> TrainingResult:
+        out = self.ctx.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        objectives = self.objective.objectives
+        if self.hp.ensemble_size == 1:
+            self.model.save_pretrained(str(out))
+            self.tokenizer.save_pretrained(out)
+        else:
+            members = [f"member-{i}" for i in range(self.hp.ensemble_size)]
+            for i, name in enumerate(members):
+                shutil.copytree(self._member_dir(i), out / name, dirs_exist_ok=True)
+            ensemble = {"members": members, "objectives": objectives,
+                        "objective_weights": self.hp.objective_weights}
+            (out / ENSEMBLE_FILE).write_text(json.dumps(ensemble, indent=2))
+        return TrainingResult(
+            output_dir=out,
+            trained_tokens=self.state.trained_tokens,
+            kind="reward_model" if self.hp.ensemble_size == 1 else "reward_ensemble",
+            final_metrics=metrics,
+            metadata={"objectives": objectives, "objective_weights": self.hp.objective_weights,
+                      "ensemble_size": self.hp.ensemble_size, "data_kind": self.kind},
+        )
+
+
+def run(ctx: TrainingContext) -> TrainingResult:
+    """Train per ctx.hyperparameters (RewardModelHyperparameters); raises JobStopped if stopped."""
+    return RewardModelTrainer(ctx).train()
