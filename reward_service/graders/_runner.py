@@ -1,0 +1,155 @@
+"""The `python` grader's child process. The parent (sandbox.py) starts it as
+`python -I _runner.py`, a script rather than a module, so it imports nothing of alignd's and
+nothing but the standard library before user code runs.
+
+Protocol, JSON lines on private copies of stdin/stdout (fds 0 and 1 are pointed at /dev/null
+so that the user's print() and input() cannot corrupt it):
+  parent -> {"source", "cpu_seconds", "memory_bytes", "file_bytes", "run_as_uid", "workdir"}
+  child  -> {"ready": true, "network": "netns" | "audit-hook"} or {"fatal": message}
+  parent -> {"sample": {...}, "item": {...}}          (repeated)
+  child  -> {"score": float} or {"error": message}    (one per item)
+"""
+
+import ctypes
+import json
+import math
+import numbers
+import os
+import resource
+import shutil
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TextIO
+
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+SIGKILL = 9
+MAX_MESSAGE = 500
+
+
+def main() -> None:
+    """Isolate, load the source once, then grade items until the parent closes stdin."""
+    reader, writer = _claim_stdio()
+    config = json.loads(reader.readline())
+    network = _isolate(config)
+    try:
+        grade = _load(config["source"], config)
+    except BaseException as exc:  # noqa: BLE001 - report anything, then stop
+        _send(writer, {"fatal": f"loading the source failed: {_describe(exc, config)}"})
+        return
+    _send(writer, {"ready": True, "network": network})
+    for number, line in enumerate(reader):
+        request = json.loads(line)
+        _send(writer, _grade_one(grade, request, config, number))
+
+
+def _claim_stdio() -> tuple[TextIO, TextIO]:
+    reader = os.fdopen(os.dup(0), "r", encoding="utf-8")
+    writer = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    return reader, writer
+
+
+def _send(writer: TextIO, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message) + "\n")
+    writer.flush()
+
+
+def _isolate(config: dict[str, Any]) -> str:
+    """Leave the network, cap memory and file sizes, then drop root. Order matters: unshare
+    needs CAP_SYS_ADMIN and raising limits needs CAP_SYS_RESOURCE, both lost with root."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    network = "netns" if libc.unshare(CLONE_NEWNET) == 0 else _block_sockets()
+    resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.getuid() == 0 and config["run_as_uid"] is not None:
+        uid = config["run_as_uid"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    # No setuid binary may give the code privileges back; die with the parent (this is
+    # cleared by setuid, hence after it).
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+    os.chdir(config["workdir"])
+    os.environ["HOME"] = config["workdir"]
+    return network
+
+
+def _block_sockets() -> str:
+    """Fallback when a network namespace is not allowed: an audit hook, which cannot be
+    removed from Python, refuses every socket operation. Weaker than a namespace: code that
+    reaches libc directly (ctypes) is not stopped."""
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event.startswith("socket."):
+            raise PermissionError(f"network access is disabled in graders ({event})")
+
+    sys.addaudithook(hook)
+    return "audit-hook"
+
+
+def _load(source: str, config: dict[str, Any]) -> Callable[..., Any]:
+    _limit_cpu(config["cpu_seconds"])
+    namespace: dict[str, Any] = {"__name__": "__grader__", "__builtins__": __builtins__}
+    # Running the user's code is this process's purpose; it is isolated by now.
+    exec(compile(source, "<grader>", "exec", dont_inherit=True), namespace)  # noqa: S102
+    grade = namespace.get("grade")
+    if not callable(grade):
+        raise TypeError("source defines no grade(sample, item) function")
+    return grade
+
+
+def _limit_cpu(seconds: int) -> None:
+    """Give the next step `seconds` more CPU (at least; the kernel counts whole seconds).
+    Past it the kernel sends SIGXCPU, which kills the process and tells the parent why."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, hard))
+
+
+def _grade_one(
+    grade: Callable[..., Any], request: dict[str, Any], config: dict[str, Any], number: int
+) -> dict[str, Any]:
+    """Run grade() in a fresh working directory and describe what came of it."""
+    workdir = os.path.join(config["workdir"], f"item-{number}")
+    os.mkdir(workdir)
+    os.chdir(workdir)
+    try:
+        _limit_cpu(config["cpu_seconds"])
+        value = grade(request["sample"], request["item"])
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything, even SystemExit
+        return {"error": f"grade() raised {_describe(exc, config)}"}
+    finally:
+        os.chdir(config["workdir"])
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _as_score(value)
+
+
+def _as_score(value: object) -> dict[str, Any]:
+    shown = repr(value)[:100]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return {"error": f"grade() returned {shown}, expected a number"}
+    score = float(value)
+    if not math.isfinite(score):
+        return {"error": f"grade() returned {shown}, expected a finite number"}
+    return {"score": score}
+
+
+def _describe(exc: BaseException, config: dict[str, Any]) -> str:
+    if isinstance(exc, MemoryError):
+        return f"MemoryError: exceeded memory limit ({config['memory_bytes'] // 2**20} MiB)"
+    where = traceback.extract_tb(exc.__traceback__)
+    line = next((f" (line {f.lineno})" for f in reversed(where) if f.filename == "<grader>"), "")
+    return f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE] + line
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Run `python` graders' user code in a child process, never in the service's.
+
+One child grades a batch item by item, so the interpreter starts once per batch and the
+source compiles once per child. Each child leaves the network (a namespace of its own),
+drops root for `nobody`, lives under CPU, address-space and file-size limits, works in a fresh
+temporary directory (one per item, inside one per child, all removed afterwards) and sees a
+minimal environment: no ALIGND_* settings or other secrets. The parent enforces the
+wall-clock limit; when a child dies or overruns, that item records why, and a fresh child
+takes the rest of the batch. Nothing the user's code does raises in the caller."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from reward_service.graders.outcome import GradeOutcome
+
+MiB = 2**20
+RUNNER = Path(__file__).with_name("_runner.py")
+NOBODY = 65534
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-item limits for user grader code."""
+
+    cpu_seconds: int = 2
+    """CPU seconds per item (RLIMIT_CPU). The kernel counts whole seconds, so an item may
+    get up to a second more."""
+    memory_bytes: int = 512 * MiB
+    """Address space of the child process (RLIMIT_AS), interpreter included."""
+    wall_seconds: float = 5.0
+    """Wall-clock seconds per item, enforced by the parent killing the child."""
+    file_bytes: int = 64 * MiB
+    """Largest file the code may write (RLIMIT_FSIZE), so it cannot fill the disk."""
+    run_as_uid: int | None = NOBODY
+    """The uid (and gid) the child drops to when the service runs as root; None keeps root,
+    which lets user code read the service's files and raise its own limits."""
+
+    def __post_init__(self) -> None:
+        if self.cpu_seconds < 1:
+            raise ValueError(f"cpu_seconds must be a whole number >= 1, got {self.cpu_seconds}")
+        if self.memory_bytes < 64 * MiB:
+            raise ValueError(f"memory_bytes must be >= 64 MiB for the interpreter, got "
+                             f"{self.memory_bytes}")
+        if self.wall_seconds <= 0:
+            raise ValueError(f"wall_seconds must be > 0, got {self.wall_seconds}")
+
+
+def run_python_grader(
+    source: str, samples: list[str], items: list[dict[str, Any]], limits: SandboxLimits
+) -> list[GradeOutcome]:
+    """Grade every (sample, item) with `source`'s grade(); one outcome per item, in order."""
+    outcomes: list[GradeOutcome] = []
+    try:
+        while len(outcomes) < len(items):
+            with _Child(source, limits) as child:
+                failure = child.start()
+                if failure is not None:
+                    # Loading the source fails the same way every time: no point retrying.
+                    outcomes += [GradeOutcome.failed(failure)] * (len(items) - len(outcomes))
+                    break
+                _grade_until_child_lost(child, samples, items, outcomes)
+    except Exception as exc:  # noqa: BLE001 - the service must stay up whatever happens
+        failure = f"grader sandbox failed: {type(exc).__name__}: {exc}"
+        outcomes += [GradeOutcome.failed(failure)] * (len(items) - len(outcomes))
+    return outcomes
+
+
+def _grade_until_child_lost(
+    child: _Child, samples: list[str], items: list[dict[str, Any]], outcomes: list[GradeOutcome]
+) -> None:
+    while len(outcomes) < len(items):
+        index = len(outcomes)
+        outcome, alive = child.grade({"output_text": samples[index]}, items[index])
+        outcomes.append(outcome)
+        if not alive:
+            return
+
+
+class _Child:
+    """One runner process and its temporary directory."""
+
+    def __init__(self, source: str, limits: SandboxLimits) -> None:
+        self.source = source
+        self.limits = limits
+        self.workdir = tempfile.mkdtemp(prefix="alignd-grader-")
+        self.buffer = b""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> str | None:
+        """Start the runner and load the source; the reason it failed, or None."""
+        if os.getuid() == 0 and self.limits.run_as_uid is not None:
+            os.chown(self.workdir, self.limits.run_as_uid, self.limits.run_as_uid)
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", str(RUNNER)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            cwd=self.workdir, env=_minimal_env(self.workdir), start_new_session=True,
+        )
+        config = {"source": self.source, "workdir": self.workdir, **asdict(self.limits)}
+        reply = self._exchange(config)
+        if "ready" in reply:
+            return None
+        if "lost" in reply:
+            return f"loading the source failed: {reply['error']}"
+        return str(reply.get("fatal"))
+
+    def grade(self, sample: dict[str, str], item: dict[str, Any]) -> tuple[GradeOutcome, bool]:
+        """Grade one item; the outcome and whether this child can take the next one."""
+        reply = self._exchange({"sample": sample, "item": item})
+        if isinstance(reply.get("score"), float):
+            return GradeOutcome(score=reply["score"]), True
+        return GradeOutcome.failed(str(reply.get("error"))), "lost" not in reply
+
+    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send one line and wait, up to the wall-clock limit, for the reply line."""
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            payload = json.dumps(message, default=str) + "\n"
+            self.process.stdin.write(payload.encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._lost(self._death_reason())
+        line = self._read_line(time.monotonic() + self.limits.wall_seconds)
+        if line is None:
+            return self._lost(self._death_reason())
+        if line == b"":
+            return self._lost(f"timed out after {self.limits.wall_seconds} s")
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return self._lost("grader process sent an unreadable reply")
+        return reply if isinstance(reply, dict) else self._lost("grader process misbehaved")
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        """A full line; b"" if the deadline passed; None if the child closed its output."""
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self.buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    return b""
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def _lost(self, reason: str) -> dict[str, Any]:
+        self.close()
+        return {"error": reason, "lost": True}
+
+    def _death_reason(self) -> str:
+        assert self.process is not None
+        try:
+            code = self.process.wait(timeout=self.limits.wall_seconds)
+        except subprocess.TimeoutExpired:
+            return f"timed out after {self.limits.wall_seconds} s"
+        return _describe_exit(code, self.limits)
+
+    def close(self) -> None:
+        """Kill the child's whole process group and remove its directory."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.process.wait()
+            for pipe in (self.process.stdin, self.process.stdout):
+                if pipe is not None:
+                    pipe.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _describe_exit(code: int, limits: SandboxLimits) -> str:
+    if code == -signal.SIGXCPU:
+        return f"exceeded CPU time limit ({limits.cpu_seconds} s)"
+    if code in (-signal.SIGKILL, -signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS):
+        limit = limits.memory_bytes // MiB
+        name = signal.Signals(-code).name
+        return f"grader process died ({name}); exceeded memory limit ({limit} MiB)?"
+    if code < 0:
+        return f"grader process died ({signal.Signals(-code).name})"
+    return f"grader process exited with code {code}"
+
+
+def _minimal_env(workdir: str) -> dict[str, str]:
+    """Only what an interpreter needs: the service's environment holds secrets."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        # BLAS thread pools reserve address space per thread; one thread fits the limit.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
