@@ -1,20 +1,45 @@
-"""The reward scoring service's app. Health routes only for now; /v1/score comes later."""
+"""The reward scoring service's app: /v1/score (reward models, ensembles), /v1/reward_models,
+health, readiness (the database answers) and Prometheus metrics."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import FastAPI
 
+from reward_service import routes
+from reward_service.state import RewardState
+from services.db.engine import ping
 from services.settings import RewardSettings
 from services.web import health_router, install_error_handlers
 
 
 def create_app(settings: RewardSettings | None = None) -> FastAPI:
     settings = settings or RewardSettings()
-    app = FastAPI(title="alignd reward service", version="0.1.0")
-    app.state.settings = settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(RewardState.build, settings)
+        app.state.alignd = state
+        yield
+        await state.cache.close()
+
+    async def readiness() -> dict[str, str]:
+        state: RewardState = app.state.alignd
+        try:
+            await asyncio.to_thread(ping, state.database_url)
+            return {"database": "ok"}
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+            return {"database": f"unreachable ({type(exc).__name__})"}
+
+    app = FastAPI(title="alignd reward service", version="0.1.0", lifespan=lifespan,
+                  description="Scores (prompt, response) items with reward models and ensembles.")
     install_error_handlers(app)
-    app.include_router(health_router())
+    app.include_router(health_router(readiness))
+    app.include_router(routes.router)
     return app
 
 

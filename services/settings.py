@@ -95,6 +95,17 @@ class WorkerSettings(AlignSettings):
 class RewardSettings(AlignSettings):
     host: str = "127.0.0.1"
     port: int = 8001
+    reward_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
+    """Bytes of parameters the loaded reward models may take together; the least recently used
+    model is dropped past this (a single model larger than the budget is still served)."""
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    """How long a model's batcher waits for more items once one arrives (0: no waiting)."""
+    max_batch_tokens: int = Field(default=8192, ge=1)
+    """Padded tokens (rows x longest row) one forward pass may take."""
+    max_input_tokens: int = Field(default=2048, ge=2)
+    """Longest (prompt, response) sequence scored; capped further by a model's
+    max_position_embeddings. Longer items are truncated (see reward_service.encoding)."""
+    torch_threads: int | None = None
 
 
 class InferenceSettings(AlignSettings):

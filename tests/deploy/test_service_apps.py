@@ -46,15 +46,17 @@ def _serve(app: FastAPI) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-APPS: dict[str, Callable[[], FastAPI]] = {
-    "reward": lambda: create_reward_app(RewardSettings(environment="test")),
-    "inference": lambda: create_inference_app(InferenceSettings(environment="test")),
+APPS: dict[str, Callable[[str], FastAPI]] = {
+    # The reward service reads its registry from Postgres, and /readyz checks it answers.
+    "reward": lambda database_url: create_reward_app(
+        RewardSettings(environment="test", database_url=database_url)),
+    "inference": lambda _: create_inference_app(InferenceSettings(environment="test")),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(APPS))
-def base_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    yield from _serve(APPS[request.param]())
+def base_url(request: pytest.FixtureRequest, database_url: str) -> Iterator[str]:
+    yield from _serve(APPS[request.param](database_url))
 
 
 def test_healthz_answers_ok(base_url: str) -> None:
@@ -63,7 +65,7 @@ def test_healthz_answers_ok(base_url: str) -> None:
     assert response.json() == {"status": "ok"}
 
 
-def test_readyz_answers_ok_without_dependencies(base_url: str) -> None:
+def test_readyz_answers_ok_when_dependencies_answer(base_url: str) -> None:
     response = httpx.get(f"{base_url}/readyz")
     assert response.status_code == 200
     assert response.json()["status"] == "ok"

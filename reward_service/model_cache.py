@@ -1,0 +1,216 @@
+"""Reward models loaded from the registry, kept resident in an LRU bounded by parameter bytes.
+
+A `reward_model` row's path is a `save_pretrained` folder of an
+`AutoModelForSequenceClassification` (num_labels = number of objectives, their names in the
+row's metadata `objectives`). A `reward_ensemble` row's path holds `ensemble.json`
+(`{"members": [...], "objectives": [...]}`) and one such folder per member, `member-<i>/`.
+
+Registry rows are read on a cache miss only: a model stays served from memory, as it was
+loaded, until it is evicted (or the service restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from reward_service.batching import BatchObserver, MicroBatcher
+from services.db.engine import session_scope
+from services.db.models import RegisteredModel
+from services.errors import InvalidRequest, NotFound
+from services.registry import resolve_base_path
+
+REWARD_MODEL, REWARD_ENSEMBLE = "reward_model", "reward_ensemble"
+
+
+@dataclass
+class LoadedRewardModel:
+    key: str
+    model: PreTrainedModel = field(repr=False)
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    objectives: list[str]
+    default_weights: dict[str, float]
+    max_input_tokens: int
+    nbytes: int
+    batcher: MicroBatcher = field(repr=False)
+
+    async def score(self, sequences: list[list[int]]) -> list[list[float]]:
+        """(N, K) outputs: K objectives per sequence, batched with whoever else is waiting."""
+        return await self.batcher.score(sequences)
+
+    def forward(self, sequences: list[list[int]]) -> list[list[float]]:
+        """One right-padded pass; a sequence classifier pools each row at its last non-pad token,
+        so a row's output does not depend on its neighbours."""
+        pad_id = int(self.model.config.pad_token_id)
+        longest = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)  # (B, T)
+        attention_mask = torch.zeros_like(input_ids)  # (B, T)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, K)
+        return logits.float().tolist()
+
+
+@dataclass(frozen=True)
+class Registered:
+    id: str
+    kind: str
+    path: str
+    metadata: dict[str, Any]
+
+
+BatcherFactory = Callable[[Callable[[list[list[int]]], list[list[float]]]], MicroBatcher]
+
+
+def objective_names(metadata: dict[str, Any], num_labels: int) -> list[str]:
+    names = metadata.get("objectives")
+    if isinstance(names, list) and len(names) == num_labels:
+        return [str(name) for name in names]
+    return ["reward"] if num_labels == 1 else [f"objective_{k}" for k in range(num_labels)]
+
+
+def default_weights(metadata: dict[str, Any], objectives: list[str]) -> dict[str, float]:
+    """metadata `objective_weights` if given, else equal weights 1/K (the mean)."""
+    weights = metadata.get("objective_weights")
+    if isinstance(weights, dict):
+        return {name: float(weights.get(name, 0.0)) for name in objectives}
+    return {name: 1.0 / len(objectives) for name in objectives}
+
+
+def load_reward_model(key: str, path: str, metadata: dict[str, Any], max_input_tokens: int,
+                      make_batcher: BatcherFactory) -> LoadedRewardModel:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise InvalidRequest(f"reward model {key!r} has a tokenizer with neither a pad nor an eos "
+                             "token; it cannot be batched")
+    model.config.pad_token_id = pad_id
+    positions = getattr(model.config, "max_position_embeddings", None) or max_input_tokens
+    objectives = objective_names(metadata, int(model.config.num_labels))
+    nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    loaded = LoadedRewardModel(
+        key=key, model=model, tokenizer=tokenizer, objectives=objectives,
+        default_weights=default_weights(metadata, objectives),
+        max_input_tokens=min(max_input_tokens, int(positions)), nbytes=nbytes,
+        batcher=None)  # type: ignore[arg-type]
+    loaded.batcher = make_batcher(loaded.forward)
+    return loaded
+
+
+def registered_reward_models(sessions: sessionmaker[Session]) -> list[RegisteredModel]:
+    """Every reward model and ensemble in the registry, oldest first. The reward service has no
+    per-project authentication yet, so it lists (and scores with) every project's models."""
+    query = (select(RegisteredModel)
+             .where(RegisteredModel.kind.in_((REWARD_MODEL, REWARD_ENSEMBLE)))
+             .order_by(RegisteredModel.created_at, RegisteredModel.id))
+    with session_scope(sessions) as session:
+        return list(session.scalars(query))
+
+
+class RewardModelCache:
+    """Registry lookups and loaded models; LRU eviction past `capacity_bytes` of parameters."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, capacity_bytes: int,
+                 max_input_tokens: int, max_wait_ms: float, max_batch_tokens: int,
+                 observe: BatchObserver | None = None):
+        self._sessions = sessions
+        self._capacity = capacity_bytes
+        self._max_input_tokens = max_input_tokens
+        self._batcher_options = {"max_wait_ms": max_wait_ms, "max_batch_tokens": max_batch_tokens,
+                                 "observe": observe}
+        self._loaded: OrderedDict[str, LoadedRewardModel] = OrderedDict()
+        self._ensembles: dict[str, list[str]] = {}
+        self._manifests: dict[str, dict[str, Any]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(model.nbytes for model in self._loaded.values())
+
+    def lookup(self, model_id: str, param: str) -> Registered:
+        with session_scope(self._sessions) as session:
+            try:
+                path, row = resolve_base_path(session, model_id)
+            except NotFound:
+                raise NotFound(f"model {model_id!r} does not exist", param=param,
+                               code="model_not_found") from None
+            return Registered(id=row.id, kind=row.kind, path=path, metadata=row.metadata_ or {})
+
+    async def reward_model(self, model_id: str, param: str) -> LoadedRewardModel:
+        """A registered `reward_model`, loaded on first use."""
+        if model_id in self._loaded:
+            return self._touch(model_id)
+        async with self._locks.setdefault(model_id, asyncio.Lock()):
+            if model_id in self._loaded:
+                return self._touch(model_id)
+            row = await asyncio.to_thread(self.lookup, model_id, param)
+            if row.kind != REWARD_MODEL:
+                hint = (" (use a reward spec of type 'ensemble' with 'model')"
+                        if row.kind == REWARD_ENSEMBLE else "")
+                raise InvalidRequest(f"model {model_id!r} is a {row.kind}, not a reward_model"
+                                     f"{hint}", param=param, code="not_a_reward_model")
+            return await self._load(model_id, row.path, row.metadata)
+
+    async def ensemble(self, model_id: str, param: str) -> list[LoadedRewardModel]:
+        """The members of a registered `reward_ensemble`, each loaded (and cached) on its own."""
+        if model_id not in self._ensembles:
+            row = await asyncio.to_thread(self.lookup, model_id, param)
+            if row.kind != REWARD_ENSEMBLE:
+                raise InvalidRequest(f"model {model_id!r} is a {row.kind}, not a reward_ensemble",
+                                     param=param, code="not_a_reward_ensemble")
+            manifest = json.loads((Path(row.path) / "ensemble.json").read_text())
+            metadata = {**row.metadata, "objectives": manifest.get("objectives")}
+            self._ensembles[model_id] = [
+                str(Path(row.path) / f"member-{i}") for i in range(len(manifest["members"]))]
+            self._manifests[model_id] = metadata
+        members = []
+        for index, path in enumerate(self._ensembles[model_id]):
+            key = f"{model_id}#member-{index}"
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                if key in self._loaded:
+                    members.append(self._touch(key))
+                else:
+                    members.append(await self._load(key, path, self._manifests[model_id]))
+        return members
+
+    async def _load(self, key: str, path: str, metadata: dict[str, Any]) -> LoadedRewardModel:
+        loaded = await asyncio.to_thread(
+            load_reward_model, key, path, metadata, self._max_input_tokens,
+            lambda forward: MicroBatcher(forward, **self._batcher_options))  # type: ignore[arg-type]
+        self._loaded[key] = loaded
+        self._evict(keep=key)
+        return loaded
+
+    def _touch(self, key: str) -> LoadedRewardModel:
+        self._loaded.move_to_end(key)
+        return self._loaded[key]
+
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used models until the budget holds (never `keep`); a request
+        that already holds an evicted model finishes with it."""
+        while self.resident_bytes > self._capacity and len(self._loaded) > 1:
+            key = next(k for k in self._loaded if k != keep)
+            del self._loaded[key]  # its batcher's task ends once its queue is empty
+
+    async def close(self) -> None:
+        for model in self._loaded.values():
+            await model.batcher.close()
+        self._loaded.clear()

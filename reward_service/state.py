@@ -1,0 +1,46 @@
+"""What the reward service builds once at start-up and every request reaches through
+dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from reward_service.evaluation import ScoringContext
+from reward_service.metrics import RewardMetrics
+from reward_service.model_cache import RewardModelCache
+from reward_service.normalize import RunningNormalizer
+from reward_service.scorer import Scorer
+from services.db.engine import session_factory
+from services.db.migrate import ensure_migrated
+from services.embedded import resolve_database_url
+from services.settings import RewardSettings
+
+
+@dataclass
+class RewardState:
+    settings: RewardSettings
+    database_url: str
+    sessions: sessionmaker[Session]
+    cache: RewardModelCache
+    metrics: RewardMetrics
+    scorer: Scorer
+
+    @classmethod
+    def build(cls, settings: RewardSettings) -> RewardState:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        url = resolve_database_url(settings)
+        ensure_migrated(url)  # refuse to serve on a schema the code does not match
+        sessions = session_factory(url)
+        metrics = RewardMetrics()
+        cache = RewardModelCache(
+            sessions, capacity_bytes=settings.reward_cache_bytes,
+            max_input_tokens=settings.max_input_tokens, max_wait_ms=settings.max_wait_ms,
+            max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch)
+        scorer = Scorer(ScoringContext(cache=cache), RunningNormalizer(), metrics)
+        return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
+                   metrics=metrics, scorer=scorer)
