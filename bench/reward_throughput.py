@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ import httpx
 import torch
 
 from bench._harness import (
+    ServiceProcess,
     Summary,
     fresh_database,
     machine_info,
@@ -44,8 +47,9 @@ from bench._harness import (
     save_model,
     scratch_dir,
     supervised_rows,
+    wait_healthy,
 )
-from services.web import ServerThread
+from services.web import free_port
 
 MODEL_ID = "bench-reward"
 SMALL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -98,6 +102,10 @@ def naive_app(path: Path) -> Any:
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
     app = FastAPI()
 
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.post("/v1/score")
     def score(body: dict[str, Any]) -> dict[str, Any]:
         data = []
@@ -113,13 +121,28 @@ def naive_app(path: Path) -> Any:
     return app
 
 
-def alignd_app(database_url: str) -> Any:
-    from reward_service.main import create_app
-    from services.settings import RewardSettings
+def naive_app_from_env() -> Any:
+    """uvicorn --factory entry point of the naive server's own process."""
+    return naive_app(Path(os.environ["BENCH_REWARD_MODEL"]))
 
-    return create_app(RewardSettings(  # type: ignore[call-arg]
-        _env_file=None, environment="test", database_url=database_url,
-        max_batch_tokens=MAX_BATCH_TOKENS, log_level="WARNING"))
+
+Server = tuple[ServiceProcess, str]
+
+
+def server_processes(scratch: Path, path: Path, database_url: str) -> tuple[Server, Server]:
+    """Each HTTP side in a uvicorn process of its own, so the load generator (this process)
+    shares the CPUs with the servers but not a GIL."""
+    naive_port, alignd_port = free_port(), free_port()
+    naive = ServiceProcess(
+        [sys.executable, "-m", "uvicorn", "bench.reward_throughput:naive_app_from_env",
+         "--factory", "--host", "127.0.0.1", "--port", str(naive_port), "--log-level", "warning"],
+        {"BENCH_REWARD_MODEL": str(path)}, scratch / "naive.log")
+    ours = ServiceProcess.alignd(
+        ["serve", "reward"],
+        {"ALIGND_ENVIRONMENT": "test", "ALIGND_DATABASE_URL": database_url,
+         "ALIGND_PORT": str(alignd_port), "ALIGND_MAX_BATCH_TOKENS": str(MAX_BATCH_TOKENS),
+         "ALIGND_LOG_LEVEL": "WARNING"}, scratch / "alignd.log")
+    return (naive, f"http://127.0.0.1:{naive_port}"), (ours, f"http://127.0.0.1:{alignd_port}")
 
 
 async def drive(url: str, rows: list[dict[str, str]], clients: int, requests: int) -> Run:
@@ -184,10 +207,13 @@ def main() -> None:
         register(database_url, path)
         rows = items(args.clients * requests)
         runs: dict[str, list[Run]] = {"naive": [], "alignd": [], "offline": []}
-        with ServerThread(naive_app(path)) as naive, ServerThread(alignd_app(database_url)) as ours:
+        (naive, naive_url), (ours, ours_url) = server_processes(scratch, path, database_url)
+        with naive, ours:
+            wait_healthy(naive_url, 120, alive=naive.alive)
+            wait_healthy(ours_url, 120, alive=ours.alive)
             sides = {
-                "naive": lambda: asyncio.run(drive(naive.url, rows, args.clients, requests)),
-                "alignd": lambda: asyncio.run(drive(ours.url, rows, args.clients, requests)),
+                "naive": lambda: asyncio.run(drive(naive_url, rows, args.clients, requests)),
+                "alignd": lambda: asyncio.run(drive(ours_url, rows, args.clients, requests)),
                 "offline": lambda: offline(path, rows),
             }
             for side in sides.values():  # warm-up: model load, first-touch allocations
