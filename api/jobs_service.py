@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ class JobService:
             suffix=request.suffix, seed=request.seed if request.seed is not None
             else random.randrange(2**31), method=request.method.model_dump(mode="json"),
             metadata_=request.metadata, status=JobStatus.VALIDATING_FILES.value,
+            enqueued_at=datetime.now(UTC),
         )
         self.session.add(job)
         self.session.flush()

@@ -89,6 +89,9 @@ class WorkerSettings(AlignSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     sweep_seconds: float = Field(default=15.0, gt=0)
     """How often a worker looks for running jobs whose lease expired and re-enqueues them."""
+    requeue_queued_seconds: float = Field(default=600.0, gt=0)
+    """A queued job no worker has taken this long after its message was published is
+    published again (a broker that lost its messages must not strand jobs)."""
     torch_threads: int | None = None
 
 

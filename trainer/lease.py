@@ -131,3 +131,23 @@ def sweep_expired(sessions: sessionmaker[Session], owner: str,
     for job_id in ids:
         enqueue(job_id)
     return ids
+
+
+def sweep_unclaimed(sessions: sessionmaker[Session], enqueue: Callable[[str], None],
+                    requeue_after_seconds: float) -> list[str]:
+    """Publish again the queued jobs no worker has taken since their last publish this long
+    ago (their message was lost, e.g. with a broker restart). A duplicate message is harmless:
+    the lease makes every extra delivery a no-op."""
+    cutoff = _now() - timedelta(seconds=requeue_after_seconds)
+    with session_scope(sessions) as session:
+        jobs = list(session.scalars(
+            select(Job).where(Job.status == JobStatus.QUEUED, Job.enqueued_at < cutoff)
+            .with_for_update(skip_locked=True)))
+        for job in jobs:
+            job.enqueued_at = _now()
+            record_event(session, job.id, f"no worker took the job in {requeue_after_seconds:.0f} s;"
+                         " published it again", level="warning")
+        ids = [job.id for job in jobs]
+    for job_id in ids:
+        enqueue(job_id)
+    return ids

@@ -17,7 +17,7 @@ from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
 from services.settings import WorkerSettings
-from trainer.lease import sweep_expired
+from trainer.lease import sweep_expired, sweep_unclaimed
 from trainer.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
             try:
                 ids = sweep_expired(sessions, owner, lambda j: enqueue_job(app, j, queue),
                                     settings.lease_seconds)
+                ids += sweep_unclaimed(sessions, lambda j: enqueue_job(app, j, queue),
+                                       settings.requeue_queued_seconds)
                 if ids:
-                    log.warning("re-enqueued jobs with expired leases: %s", ", ".join(ids))
+                    log.warning("re-enqueued jobs (expired lease or lost message): %s", ", ".join(ids))
             except Exception:
                 log.exception("lease sweep failed; retrying")
 

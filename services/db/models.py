@@ -80,6 +80,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the job's message was last published; a queued job no worker took for long is
+    published again (a message lost with a broker restart must not strand the job)."""
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """How many times a worker has taken the job (1 + the number of resumes)."""
     created_at: Mapped[datetime] = _now()

@@ -16,7 +16,7 @@ from services.db.models import Job, Project
 from services.job_signals import CancelListener, notify_cancel
 from services.job_states import JobStatus
 from tests.conftest import wait_for
-from trainer.lease import Claim, claim, renew, sweep_expired
+from trainer.lease import Claim, claim, renew, sweep_expired, sweep_unclaimed
 
 
 @pytest.fixture
@@ -75,6 +75,19 @@ def test_sweeper_re_enqueues_expired_jobs_once(sessions, job_id) -> None:
     assert job_id not in sweep_expired(sessions, "sweeper-b", sent.append, 30)  # reserved
     assert sent.count(job_id) == 1
     assert claim(sessions, job_id, "w-new", 60) is Claim.RESUMED
+
+
+def test_queued_jobs_whose_message_was_lost_are_published_again(sessions, job_id) -> None:
+    sent: list[str] = []
+    with session_scope(sessions) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            enqueued_at=datetime.now(UTC) - timedelta(seconds=30)))
+    assert job_id not in sweep_unclaimed(sessions, sent.append, 60)  # not yet overdue
+    assert job_id in sweep_unclaimed(sessions, sent.append, 10)
+    assert job_id not in sweep_unclaimed(sessions, sent.append, 10)  # published just now
+    assert sent.count(job_id) == 1
+    assert claim(sessions, job_id, "w1", 60) is Claim.STARTED
+    assert claim(sessions, job_id, "w2", 60) is Claim.SKIPPED  # the duplicate is a no-op
 
 
 def test_terminal_jobs_are_never_claimed(sessions, job_id) -> None:
