@@ -63,8 +63,10 @@ class LoadedRewardModel:
         for row, ids in enumerate(sequences):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
+        device = self.model.device
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, K)
+            logits = self.model(input_ids=input_ids.to(device),
+                                attention_mask=attention_mask.to(device)).logits  # (B, K)
         return logits.float().tolist()
 
 
@@ -98,6 +100,8 @@ def load_reward_model(key: str, path: str, metadata: dict[str, Any], max_input_t
                       make_batcher: BatcherFactory) -> LoadedRewardModel:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    if torch.cuda.is_available():  # the batched forward is where a GPU pays off
+        model = model.to("cuda")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise InvalidRequest(f"reward model {key!r} has a tokenizer with neither a pad nor an eos "
