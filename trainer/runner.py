@@ -104,17 +104,8 @@ class JobRunner:
     def _train(self, job_id: str, heartbeat: Heartbeat, metrics: MetricsBuffer) -> TrainingResult:
         from trainer.methods import METHODS  # torch is imported only when a job runs
 
-        ctx = self._context(job_id, heartbeat, metrics)
-        method_type = self._job(job_id).method["type"]
-        if ctx.resume_from is not None:
-            ctx.log(f"resuming from checkpoint {ctx.resume_from.name}")
-        return METHODS[method_type](ctx)
-
-    def _job(self, job_id: str) -> Job:
-        with session_scope(self.sessions) as session:
-            job = session.get(Job, job_id)
-            assert job is not None
-            return job
+        method_type, ctx = self._context(job_id, heartbeat, metrics)
+        return METHODS[method_type](ctx)  # the method logs where it resumed from
 
     def _rows(self, session: Session, file_id: str | None) -> list[dict[str, Any]] | None:
         if file_id is None:
@@ -125,7 +116,8 @@ class JobRunner:
         return list(read_rows(self.store.iter_lines(row.sha256)))
 
     def _context(self, job_id: str, heartbeat: Heartbeat,
-                 metrics: MetricsBuffer) -> TrainingContext:
+                 metrics: MetricsBuffer) -> tuple[str, TrainingContext]:
+        """The job's method type, and the context its method runs with."""
         from trainer.checkpoint import latest_checkpoint
 
         with session_scope(self.sessions) as session:
@@ -136,7 +128,7 @@ class JobRunner:
                                     self._rows(session, job.validation_file))
             method = Method.model_validate(job.method)
         checkpoint_root = self.store.directory("checkpoints", job_id)
-        return TrainingContext(
+        return method.type, TrainingContext(
             job_id=job_id, base_model_path=Path(base_path), training_rows=training or [],
             validation_rows=validation, hyperparameters=method.hyperparameters, seed=job.seed,
             output_dir=self.store.directory("models", job_id), checkpoint_root=checkpoint_root,
