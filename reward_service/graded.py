@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from reward_service.aggregate import weighted_sum
 from reward_service.evaluation import Evaluation, ItemScore, ScoringContext
 from reward_service.graders import (
     MultiGrader,
     PythonGrader,
+    ScoreModelFn,
     ScoreModelGrader,
     StringCheckGrader,
     TextSimilarityGrader,
@@ -55,16 +57,14 @@ def _row(item: ScoreItem) -> dict[str, Any]:
     return {"prompt": _prompt_text(item), **item.item}
 
 
-def _judge(context: ScoringContext, loop: asyncio.AbstractEventLoop):  # type: ignore[no-untyped-def]
+def _judge(context: ScoringContext, loop: asyncio.AbstractEventLoop) -> ScoreModelFn:
     """score_model's hook: called from the grading thread, scored on the event loop."""
 
     async def score(model_id: str, prompts: list[str], responses: list[str]) -> list[float]:
         model = await context.cache.reward_model(model_id, param="reward.model")
         items = [ScoreItem(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
         outputs, _ = await model_outputs(model, items)
-        weights = model.default_weights
-        return [sum(weights.get(name, 0.0) * value for name, value in row.items())
-                for row in outputs]
+        return [weighted_sum(row, model.default_weights) for row in outputs]
 
     def score_model_fn(model_id: str, prompts: list[str], responses: list[str]) -> list[float]:
         return asyncio.run_coroutine_threadsafe(score(model_id, prompts, responses), loop).result()
