@@ -93,16 +93,16 @@ class AlignClient:
 
     def follow(self, job_id: str, poll: float = 1.0) -> Iterator[tuple[dict[str, Any] | None,
                                                                         dict[str, Any]]]:
-        """Yield (new event or None, job) until the job reaches a terminal state."""
+        """Yield (new event, job) for each event and (None, job) once per poll, until the job
+        reaches a terminal state. The job is read before its events, so every event up to and
+        including the terminal transition (written with the status) is yielded."""
         after = None
         while True:
+            job = self.get_job(job_id)
             for event in self.events_since(job_id, after):
                 after = event["id"]
-                yield event, self.get_job(job_id)
-            job = self.get_job(job_id)
+                yield event, job
             if job["status"] in ("succeeded", "failed", "cancelled"):
-                for event in self.events_since(job_id, after):
-                    yield event, job
                 return
             yield None, job
             time.sleep(poll)

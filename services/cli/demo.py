@@ -4,12 +4,11 @@ through the HTTP api, and show held-out exact-match accuracy before and after.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli.stack import Stack, embedded_stack
@@ -51,22 +50,25 @@ def _project_key(settings: AlignSettings) -> str:
 
 
 def _follow(client: AlignClient, job_id: str, steps: int, console: Console) -> dict[str, Any]:
-    after = None
+    """Print the job's events and drive a progress bar from its train_loss series."""
+    job: dict[str, Any] = {}
     with _progress(console) as progress:
         task = progress.add_task("fine-tuning", total=steps)
-        while True:
-            for event in client.events_since(job_id, after):
-                after = event["id"]
+        for event, job in client.follow(job_id):
+            if event is not None:
                 if event["type"] != "checkpoint":
                     progress.console.log(event["message"])
-            loss = client.metrics(job_id, ["train_loss"])
-            if loss:
-                progress.update(task, completed=loss[0]["steps"][-1],
-                                description=f"fine-tuning (loss {loss[0]['values'][-1]:.3f})")
-            job = client.get_job(job_id)
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(1)
+                continue
+            _show_loss(client, job_id, progress, task)
+        _show_loss(client, job_id, progress, task)
+    return job
+
+
+def _show_loss(client: AlignClient, job_id: str, progress: Progress, task: TaskID) -> None:
+    loss = client.metrics(job_id, ["train_loss"])
+    if loss:
+        progress.update(task, completed=loss[0]["steps"][-1],
+                        description=f"fine-tuning (loss {loss[0]['values'][-1]:.3f})")
 
 
 def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) -> dict[str, Any]:
