@@ -8,8 +8,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.auth import project_for_key
 from services.db.models import ApiKey, Project
-from services.errors import Conflict, NotFound, Unauthorized
+from services.errors import Conflict, NotFound
 from services.ids import new_id
 from services.security import generate_key, hash_key
 
@@ -55,7 +56,4 @@ class ProjectService:
 
     def authenticate(self, secret: str) -> str:
         """The project id a key belongs to; Unauthorized for unknown or revoked keys."""
-        key = self.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
-        if key is None or key.revoked_at is not None:
-            raise Unauthorized("invalid API key", code="invalid_api_key")
-        return key.project_id
+        return project_for_key(self.session, secret)

@@ -1,20 +1,67 @@
-"""The generation service's app. Health routes only for now; /v1/chat/completions comes later."""
+"""The generation service's app: OpenAI-compatible completions and chat (streaming too) on the
+torch or vLLM engine, with VAS and best-of-N; models, health, readiness and metrics."""
 
 from __future__ import annotations
 
-import uvicorn
-from fastapi import FastAPI
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from inference import routes
+from inference.engines.base import Engine
+from inference.state import InferenceState
+from services.db.engine import ping
 from services.settings import InferenceSettings
 from services.web import health_router, install_error_handlers
 
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
-def create_app(settings: InferenceSettings | None = None) -> FastAPI:
+
+def create_app(settings: InferenceSettings | None = None, engine: Engine | None = None) -> FastAPI:
+    """``engine`` replaces the one `settings.engine` names (tests share one across apps)."""
     settings = settings or InferenceSettings()
-    app = FastAPI(title="alignd inference", version="0.1.0")
-    app.state.settings = settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(InferenceState.build, settings, engine)
+        app.state.alignd = state
+        yield
+        if engine is None:
+            await state.close()
+        else:
+            await state.rewards.aclose()
+
+    async def readiness() -> dict[str, str]:
+        state: InferenceState = app.state.alignd
+        try:
+            await asyncio.to_thread(ping, state.database_url)
+            return {"database": "ok"}
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+            return {"database": f"unreachable ({type(exc).__name__})"}
+
+    app = FastAPI(title="alignd inference", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible generation with Value Augmented Sampling "
+                              "and best-of-N.")
     install_error_handlers(app)
-    app.include_router(health_router())
+    app.include_router(health_router(readiness))
+    app.include_router(routes.router)
+
+    @app.middleware("http")
+    async def count_requests(request: Request,
+                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        endpoint = ENDPOINTS.get(request.url.path)
+        started = time.perf_counter()
+        response = await call_next(request)
+        if endpoint is not None:
+            metrics = app.state.alignd.metrics
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
     return app
 
 

@@ -114,3 +114,15 @@ class RewardSettings(AlignSettings):
 class InferenceSettings(AlignSettings):
     host: str = "127.0.0.1"
     port: int = 8002
+    engine: Literal["torch", "vllm"] = "torch"
+    """torch: transformers with continuous batching (any machine); vllm: vLLM's async engine."""
+    max_batch_size: int = Field(default=64, ge=1, le=4096)
+    """Sequences one model decodes together (torch engine); more wait for a slot."""
+    model_cache_bytes: int = Field(default=8 * 1024**3, ge=1)
+    """Bytes of parameters resident models may take together (least recently used dropped)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    torch_threads: int | None = None
+    require_api_key: bool = True
+    """Generation needs an api key (a project's models are visible to that project only)."""
+    vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    vllm_max_loaded_models: int = Field(default=2, ge=1)

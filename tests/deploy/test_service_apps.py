@@ -47,10 +47,11 @@ def _serve(app: FastAPI) -> Iterator[str]:
 
 
 APPS: dict[str, Callable[[str], FastAPI]] = {
-    # The reward service reads its registry from Postgres, and /readyz checks it answers.
+    # Both services read the model registry from Postgres, and /readyz checks it answers.
     "reward": lambda database_url: create_reward_app(
         RewardSettings(environment="test", database_url=database_url)),
-    "inference": lambda _: create_inference_app(InferenceSettings(environment="test")),
+    "inference": lambda database_url: create_inference_app(
+        InferenceSettings(environment="test", database_url=database_url)),
 }
 
 

@@ -1,0 +1,101 @@
+"""Which registry ids the inference service can serve, and what loading each one takes.
+
+Generation models are `base`, `fine_tuned` and `lora_adapter` rows; `value_model` rows steer
+them (VAS) and are tied to the base model whose tokenizer they share. Registry rows are read on
+each resolve (a cheap primary-key read) so a model a job just registered is servable at once;
+the weights themselves are cached by the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from services.db.engine import session_scope
+from services.db.models import RegisteredModel
+from services.errors import InvalidRequest, NotFound
+from services.registry import visible_models
+
+GENERATION_KINDS = ("base", "fine_tuned", "lora_adapter")
+VALUE_MODEL = "value_model"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    id: str
+    kind: str
+    path: str
+    """The weights: a full model folder, or for `lora_adapter` the adapter folder."""
+    base_path: str
+    """The folder the tokenizer and (for adapters) the base weights load from."""
+    base_model: str | None
+    created: int
+    owned_by: str
+    metadata: dict[str, Any]
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == "lora_adapter"
+
+
+def _served(row: RegisteredModel, base_path: str) -> ServedModel:
+    return ServedModel(id=row.id, kind=row.kind, path=row.path, base_path=base_path,
+                       base_model=row.base_model, created=int(row.created_at.timestamp()),
+                       owned_by=row.project_id or "system", metadata=row.metadata_ or {})
+
+
+class ModelCatalog:
+    """Registry lookups scoped to a project, plus each model's tokenizer and context length."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self._sessions = sessions
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, model_id: str, project_id: str | None, *, param: str = "model",
+                kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel:
+        """The model ``model_id`` as ``project_id`` sees it (None: every project's models)."""
+        with session_scope(self._sessions) as session:
+            row = session.get(RegisteredModel, model_id)
+            if row is None or (project_id is not None and row.project_id not in (None, project_id)):
+                raise NotFound(f"model {model_id!r} does not exist", param=param,
+                               code="model_not_found")
+            if row.kind not in kinds:
+                raise InvalidRequest(f"model {model_id!r} is a {row.kind}; this field takes "
+                                     f"{' or '.join(kinds)} models", param=param,
+                                     code="wrong_model_kind")
+            base_path = row.path
+            if row.kind in ("lora_adapter", VALUE_MODEL) and row.base_model:
+                base = session.get(RegisteredModel, row.base_model)
+                if base is not None:
+                    base_path = base.path
+            return _served(row, base_path)
+
+    def listed(self, project_id: str | None) -> list[ServedModel]:
+        """Generation and value models visible to the project, oldest first."""
+        with session_scope(self._sessions) as session:
+            rows = (visible_models(session, project_id) if project_id is not None
+                    else list(session.query(RegisteredModel).order_by(RegisteredModel.created_at)))
+            kinds = (*GENERATION_KINDS, VALUE_MODEL)
+            return [_served(row, row.path) for row in rows if row.kind in kinds]
+
+    def tokenizer(self, model: ServedModel) -> PreTrainedTokenizerBase:
+        """The model's tokenizer (an adapter's is its base's unless it saved its own)."""
+        folder = model.path if (Path(model.path) / "tokenizer_config.json").exists() \
+            else model.base_path
+        with self._lock:
+            if folder not in self._tokenizers:
+                self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
+            return self._tokenizers[folder]
+
+    @staticmethod
+    def max_model_len(model: ServedModel) -> int:
+        """The context length from the model's config.json (max_position_embeddings)."""
+        config = json.loads((Path(model.base_path) / "config.json").read_text())
+        return int(config.get("max_position_embeddings") or 2048)

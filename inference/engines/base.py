@@ -1,0 +1,81 @@
+"""The contract every generation engine keeps (torch and vLLM), so one test suite runs on both.
+
+An engine turns one `GenerationRequest` (token ids in, sampling options) into a stream of
+`TokenStep`s, ending with a finish reason. Everything textual (detokenising, stop strings,
+OpenAI shapes, `n`, best-of-N) lives above it in `inference.serving`, the same for every engine.
+Closing the stream early (a stop string matched, a client went away) frees the request's slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class ValueGuide:
+    """One value model steering a request (VAS): its registry id and its weight β."""
+
+    model: str
+    beta: float
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 means no top-k cut; with `value_guidance` it is the candidate count k."""
+    seed: int | None = None
+    logprobs: int | None = None
+    """None: no log-probabilities; n >= 0: the sampled token's plus the n most likely."""
+    value_guidance: tuple[ValueGuide, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    """Tokens that end the sequence ("stop"); the model's eos tokens are always among them."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    model: str
+    """A registry id the engine's `ModelResolver` knows."""
+    prompt_ids: list[int]
+    options: SamplingOptions
+
+
+@dataclass(frozen=True)
+class TokenStep:
+    """One generated token; `finish_reason` is set on the last step of a sequence."""
+
+    token_id: int
+    logprob: float | None = None
+    """log p(token) under the distribution it was sampled from (temperature included)."""
+    top_logprobs: dict[int, float] = field(default_factory=dict)
+    finish_reason: FinishReason | None = None
+
+
+class Engine(Protocol):
+    """What `inference.serving` needs of an engine."""
+
+    name: str
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
+        """Stream the request's tokens; closing the iterator cancels the request."""
+        ...
+
+    async def close(self) -> None:
+        """Stop background work and free the models."""
+        ...
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a slot (for /metrics)."""
+        ...
+
+    def running(self) -> int:
+        """Requests holding a slot now (for /metrics; a dropped client's slot leaves this)."""
+        ...

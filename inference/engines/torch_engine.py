@@ -1,0 +1,282 @@
+"""The torch engine: transformers models decoded in continuously batched steps on one thread.
+
+Requests for the same model share one batch: each loop iteration samples one token for every
+row, drops the rows that finished or whose client went away, admits waiting requests (their
+prompts prefilled together, then merged into the batch's KV cache), and runs one forward pass
+for the grown batch. Value-guided rows (VAS) also keep one KV cache per value model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
+from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
+from inference.engines.kv import Forward, KVBatch, extend, prefill
+from inference.engines.models import ResidentModels
+from inference.sampling import sample_token, top_logprobs
+from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
+
+Emit = Callable[[TokenStep | BaseException], None]
+
+
+@dataclass
+class _Guide:
+    """One value model's KV cache for one row, and its values for the current candidates."""
+
+    served: ServedModel
+    forward: Forward
+    beta: float
+    batch: KVBatch
+    expanded: KVBatch | None = None
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    served: ServedModel
+    emit: Emit
+    stop_ids: frozenset[int]
+    pad_id: int
+    generator: torch.Generator
+    generated: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    guides: list[_Guide] = field(default_factory=list)
+
+    @property
+    def options(self) -> SamplingOptions:
+        return self.request.options
+
+
+@dataclass
+class _Group:
+    """The running batch of one served model."""
+
+    served: ServedModel
+    forward: Forward
+    rows: list[_Sequence]
+    batch: KVBatch
+    next_logits: Tensor
+    """(B, V) float32 logits of each row's next token."""
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, catalog: ModelCatalog, *, max_batch_size: int = 64,
+                 cache_bytes: int = 8 << 30, device: str | None = None,
+                 dtype: torch.dtype = torch.float32, step_observer: Callable[[int], None] | None
+                 = None):
+        self._catalog = catalog
+        self._max_batch = max_batch_size
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._models = ResidentModels(self._device, dtype, cache_bytes)
+        self._observe_step = step_observer
+        self._intake: queue.Queue[_Sequence] = queue.Queue()
+        self._waiting: deque[_Sequence] = deque()
+        self._groups: dict[str, _Group] = {}
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
+        self._thread.start()
+
+    # -- the asyncio side -------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
+        served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
+        tokenizer = await asyncio.to_thread(self._catalog.tokenizer, served)
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
+
+        def emit(item: TokenStep | BaseException) -> None:
+            try:
+                loop.call_soon_threadsafe(steps.put_nowait, item)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                sequence.cancelled.set()
+
+        eos = tokenizer.eos_token_id
+        stop_ids = set(request.options.stop_token_ids) | ({eos} if eos is not None else set())
+        seed = request.options.seed
+        generator = torch.Generator().manual_seed(seed if seed is not None
+                                                  else secrets.randbits(63))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
+        sequence = _Sequence(request=request, served=served, emit=emit,
+                             stop_ids=frozenset(stop_ids), pad_id=int(pad), generator=generator)
+        self._intake.put(sequence)
+        self._wake.set()
+        try:
+            while True:
+                item = await steps.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            sequence.cancelled.set()  # a no-op after the last token; frees the slot otherwise
+            self._wake.set()
+
+    def queue_depth(self) -> int:
+        return self._intake.qsize() + len(self._waiting)
+
+    def running(self) -> int:
+        return sum(len(group.rows) for group in list(self._groups.values()))
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await asyncio.to_thread(self._thread.join, 30)
+
+    # -- the decode thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._closing:
+                self._admit()
+                if not self._groups:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                for key in list(self._groups):
+                    self._step(key)
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                self._waiting.append(self._intake.get_nowait())
+            except queue.Empty:
+                break
+        by_model: dict[str, list[_Sequence]] = {}
+        still_waiting: deque[_Sequence] = deque()
+        for sequence in self._waiting:
+            if sequence.cancelled.is_set():
+                continue
+            group = self._groups.get(sequence.served.id)
+            room = self._max_batch - (len(group.rows) if group else 0)
+            admitted = by_model.setdefault(sequence.served.id, [])
+            (admitted if len(admitted) < room else still_waiting).append(sequence)
+        self._waiting = still_waiting
+        for sequences in by_model.values():
+            if sequences:
+                try:
+                    self._join(sequences)
+                except Exception as exc:  # noqa: BLE001 - the requests fail, the engine goes on
+                    for sequence in sequences:
+                        sequence.emit(exc)
+
+    def _join(self, sequences: list[_Sequence]) -> None:
+        served = sequences[0].served
+        group = self._groups.get(served.id)
+        forward = group.forward if group else self._models.acquire(served)
+        try:
+            rows = [s.request.prompt_ids for s in sequences]
+            batch, logits = prefill(forward, rows, sequences[0].pad_id, self._device)
+            for sequence in sequences:
+                self._attach_guides(sequence)
+        except Exception:
+            if group is None:
+                self._models.release(served)
+            raise
+        if group is None:
+            self._groups[served.id] = _Group(served, forward, sequences, batch, logits.cpu())
+        else:
+            group.rows.extend(sequences)
+            group.batch = group.batch.merge(batch)
+            group.next_logits = torch.cat([group.next_logits, logits.cpu()])
+
+    def _attach_guides(self, sequence: _Sequence) -> None:
+        for guide in sequence.options.value_guidance:
+            served = self._catalog.resolve(guide.model, None, kinds=(VALUE_MODEL,))
+            forward = self._models.acquire(served)
+            batch, _ = prefill(forward, [sequence.request.prompt_ids], sequence.pad_id,
+                               self._device)
+            sequence.guides.append(_Guide(served, forward, guide.beta, batch))
+
+    def _step(self, key: str) -> None:
+        group = self._groups[key]
+        tokens: list[int] = []
+        keep: list[int] = []
+        for row, sequence in enumerate(group.rows):
+            if sequence.cancelled.is_set():
+                self._drop(sequence)
+                continue
+            token = self._sample(sequence, group.next_logits[row])
+            sequence.generated += 1
+            finish = ("stop" if token in sequence.stop_ids else
+                      "length" if sequence.generated >= sequence.options.max_tokens else None)
+            sequence.emit(self._token_step(sequence, group.next_logits[row], token, finish))
+            if finish is None:
+                tokens.append(token)
+                keep.append(row)
+            else:
+                self._drop(sequence)
+        if self._observe_step is not None:
+            self._observe_step(len(group.rows))
+        if not keep:
+            self._models.release(group.served)
+            del self._groups[key]
+            return
+        if len(keep) < len(group.rows):
+            group.rows = [group.rows[row] for row in keep]
+            group.batch = group.batch.select(keep)
+        try:
+            group.batch, logits = extend(group.forward, group.batch, torch.tensor(tokens))
+        except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
+            for sequence in group.rows:
+                sequence.emit(exc)
+                self._drop(sequence)
+            self._models.release(group.served)
+            del self._groups[key]
+            return
+        group.next_logits = logits.cpu()
+
+    def _sample(self, sequence: _Sequence, logits: Tensor) -> int:
+        options = sequence.options
+        if not sequence.guides:
+            return sample_token(logits, temperature=options.temperature, top_k=options.top_k,
+                                top_p=options.top_p, generator=sequence.generator)
+        k = options.top_k or DEFAULT_TOP_K
+        candidate_ids = candidates(logits, k)  # (k,)
+        values = torch.stack([self._candidate_values(guide, candidate_ids)
+                              for guide in sequence.guides])  # (M, k)
+        betas = torch.tensor([guide.beta for guide in sequence.guides])  # (M,)
+        steered = guided_logits(logits, candidate_ids, values, betas)
+        token = sample_token(steered, temperature=options.temperature, top_k=k,
+                             top_p=options.top_p, generator=sequence.generator)
+        chosen = int((candidate_ids == token).nonzero()[0])
+        for guide in sequence.guides:  # each value model's cache now holds s ⊕ token
+            assert guide.expanded is not None
+            guide.batch, guide.expanded = guide.expanded.select([chosen]), None
+        return token
+
+    def _candidate_values(self, guide: _Guide, candidate_ids: Tensor) -> Tensor:
+        """(k,) V(s⊕a) for every candidate a, one batched pass over the prefix's cache."""
+        expanded = guide.batch.repeat(len(candidate_ids))
+        guide.expanded, values = extend(guide.forward, expanded, candidate_ids)
+        return values.float().cpu()
+
+    @staticmethod
+    def _token_step(sequence: _Sequence, logits: Tensor, token: int,
+                    finish: str | None) -> TokenStep:
+        wanted = sequence.options.logprobs
+        if wanted is None:
+            return TokenStep(token_id=token, finish_reason=finish)  # type: ignore[arg-type]
+        logprobs = torch.log_softmax(logits, dim=-1)  # (V,) the model's own distribution
+        return TokenStep(token_id=token, logprob=float(logprobs[token]),
+                         top_logprobs=top_logprobs(logprobs, wanted),
+                         finish_reason=finish)  # type: ignore[arg-type]
+
+    def _drop(self, sequence: _Sequence) -> None:
+        sequence.cancelled.set()
+        for guide in sequence.guides:
+            self._models.release(guide.served)
+        sequence.guides.clear()

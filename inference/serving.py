@@ -1,0 +1,249 @@
+"""The generation service's logic, engine-agnostic: requests → engine runs → OpenAI shapes.
+
+`Generator.prepare` validates a request against its model (kind, context length, value models'
+tokenizers) and turns it into `Run`s, one per (prompt, choice). Each run streams `Delta`s;
+`inference.formatting` turns them into completion or chat responses and stream chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
+from inference.engines.base import Engine, GenerationRequest, SamplingOptions, TokenStep, ValueGuide
+from inference.metrics import InferenceMetrics
+from inference.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from inference.text import TextStream
+from services.errors import InvalidRequest
+from services.reward_client import RewardClient
+
+DEFAULT_COMPLETION_TOKENS = 16
+"""OpenAI's default max_tokens for /v1/completions."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of one choice, with the tokens behind it."""
+
+    index: int
+    text: str
+    steps: list[TokenStep]
+    finish_reason: str | None = None
+
+
+@dataclass
+class Run:
+    """One choice of one prompt: what to send the engine, and its running result."""
+
+    index: int
+    prompt_text: str
+    prompt_ids: list[int]
+    request: GenerationRequest
+    stream: TextStream
+    steps: list[TokenStep] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.stream.emitted
+
+
+@dataclass
+class Prepared:
+    id: str
+    served: ServedModel
+    tokenizer: Any
+    runs: list[Run]
+    body: SamplingFields
+
+    @property
+    def prompt_tokens(self) -> int:
+        seen: dict[int, int] = {}
+        for run in self.runs:  # a prompt counts once however many choices it has
+            seen[id(run.prompt_ids)] = len(run.prompt_ids)
+        return sum(seen.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(len(run.steps) for run in self.runs)
+
+
+class Generator:
+    def __init__(self, catalog: ModelCatalog, engine: Engine, rewards: RewardClient,
+                 metrics: InferenceMetrics):
+        self.catalog, self.engine, self.rewards, self.metrics = catalog, engine, rewards, metrics
+
+    # -- preparing -------------------------------------------------------------------------
+
+    async def prepare(self, body: CompletionRequest | ChatCompletionRequest,
+                      project_id: str | None) -> Prepared:
+        return await asyncio.to_thread(self._prepare, body, project_id)
+
+    def _prepare(self, body: CompletionRequest | ChatCompletionRequest,
+                 project_id: str | None) -> Prepared:
+        served = self.catalog.resolve(body.model, project_id)
+        tokenizer = self.catalog.tokenizer(served)
+        prompts = self._prompts(body, tokenizer)
+        limit = self.catalog.max_model_len(served)
+        guides = self._value_guides(body, served, tokenizer, project_id)
+        samples = body.best_of_n.n if body.best_of_n is not None else body.n
+        request_id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-" \
+                     f"{uuid.uuid4().hex}"
+        runs: list[Run] = []
+        for prompt_text, prompt_ids in prompts:
+            options = self._options(body, len(prompt_ids), limit, guides)
+            for choice in range(samples):
+                seed = None if body.seed is None else body.seed + choice
+                index = len(runs)
+                request = GenerationRequest(request_id=f"{request_id}-{index}", model=served.id,
+                                            prompt_ids=prompt_ids,
+                                            options=_with_seed(options, seed))
+                runs.append(Run(index, prompt_text, prompt_ids, request,
+                                TextStream(tokenizer, body.stop_strings)))
+        return Prepared(request_id, served, tokenizer, runs, body)
+
+    @staticmethod
+    def _prompts(body: CompletionRequest | ChatCompletionRequest,
+                 tokenizer: Any) -> list[tuple[str, list[int]]]:
+        if isinstance(body, ChatCompletionRequest):
+            if tokenizer.chat_template is None:
+                raise InvalidRequest(f"model {body.model!r} has no chat template; use "
+                                     "/v1/completions", param="messages", code="no_chat_template")
+            try:
+                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="messages") from exc
+            text = tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True)
+            return [(text, tokenizer(text, add_special_tokens=False)["input_ids"])]
+        prompt: list[Any] = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if all(isinstance(p, int) for p in prompt):
+            prompt = [prompt]
+        out = []
+        vocab = len(tokenizer)
+        for item in prompt:
+            if isinstance(item, str):
+                out.append((item, tokenizer(item)["input_ids"]))
+            else:
+                ids = list(item)
+                if not ids or any(not 0 <= t < vocab for t in ids):
+                    raise InvalidRequest(f"token ids must be in [0, {vocab}) and non-empty",
+                                         param="prompt")
+                out.append((tokenizer.decode(ids), ids))
+        if body.best_of_n is not None and len(out) != 1:
+            raise InvalidRequest("best_of_n takes a single prompt", param="prompt")
+        return out
+
+    def _value_guides(self, body: SamplingFields, served: ServedModel, tokenizer: Any,
+                      project_id: str | None) -> tuple[ValueGuide, ...]:
+        guides = []
+        for i, guide in enumerate(body.value_guidance or []):
+            param = f"value_guidance[{i}].model"
+            value = self.catalog.resolve(guide.model, project_id, param=param,
+                                         kinds=(VALUE_MODEL,))
+            theirs = self.catalog.tokenizer(value)
+            if theirs.get_vocab() != tokenizer.get_vocab():
+                raise InvalidRequest(
+                    f"value model {guide.model!r} uses a different tokenizer from model "
+                    f"{served.id!r} ({len(theirs)} vs {len(tokenizer)} tokens, different "
+                    "vocabularies): VAS scores the base model's candidate tokens, so a value "
+                    "model must share its tokenizer", param=param, code="tokenizer_mismatch")
+            guides.append(ValueGuide(value.id, guide.beta))
+        return tuple(guides)
+
+    @staticmethod
+    def _options(body: CompletionRequest | ChatCompletionRequest, prompt_len: int, limit: int,
+                 guides: tuple[ValueGuide, ...]) -> SamplingOptions:
+        if prompt_len >= limit:
+            raise InvalidRequest(f"the prompt is {prompt_len} tokens; model {body.model!r} takes "
+                                 f"at most {limit} tokens in all, prompt and completion",
+                                 param="prompt" if isinstance(body, CompletionRequest)
+                                 else "messages", code="context_length_exceeded")
+        if isinstance(body, ChatCompletionRequest):
+            asked = body.max_completion_tokens or body.max_tokens
+            max_tokens = asked or limit - prompt_len
+            logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        else:
+            max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
+            logprobs = body.logprobs
+        if prompt_len + max_tokens > limit:
+            raise InvalidRequest(
+                f"max_tokens must be at most {limit - prompt_len} for this {prompt_len}-token "
+                f"prompt (model {body.model!r} takes {limit} tokens in all), got {max_tokens}",
+                param="max_tokens", code="context_length_exceeded")
+        top_k = body.top_k if body.top_k and body.top_k > 0 else 0
+        return SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p, top_k=top_k, seed=body.seed,
+            logprobs=logprobs, value_guidance=guides)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def deltas(self, prepared: Prepared) -> AsyncIterator[Delta]:
+        """Every run's deltas as they come, interleaved; cancelling this cancels every run."""
+        queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
+
+        async def drive(run: Run) -> None:
+            try:
+                async for delta in self._run(run):
+                    await queue.put(delta)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(drive(run)) for run in prepared.runs]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, run: Run) -> AsyncIterator[Delta]:
+        stream = self.engine.generate(run.request)
+        try:
+            async for step in stream:
+                run.steps.append(step)
+                text = run.stream.push(step.token_id)
+                finish = "stop" if run.stream.stopped else step.finish_reason
+                if finish is not None and not run.stream.stopped:
+                    text += run.stream.finish()
+                self.metrics.generated_tokens.inc()
+                if finish is not None:
+                    run.finish_reason = finish
+                    yield Delta(run.index, text, [step], finish)
+                    return
+                yield Delta(run.index, text, [step])
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def complete(self, prepared: Prepared) -> None:
+        """Run every choice to the end (results land on the runs)."""
+        async for _ in self.deltas(prepared):
+            pass
+
+    async def best_of_n(self, prepared: Prepared) -> list[dict[str, Any]]:
+        """Score every run's text with the request's reward; returns the results in run order."""
+        spec = prepared.body.best_of_n
+        assert spec is not None
+        items = [{"prompt": run.prompt_text, "response": run.text, "item": spec.item}
+                 for run in prepared.runs]
+        return await self.rewards.score(items, spec.reward, param="best_of_n.reward")
+
+
+def _with_seed(options: SamplingOptions, seed: int | None) -> SamplingOptions:
+    return replace(options, seed=seed)
