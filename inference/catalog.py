@@ -94,6 +94,16 @@ class ModelCatalog:
                 self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
             return self._tokenizers[folder]
 
+    def eos_token_ids(self, model: ServedModel) -> tuple[int, ...]:
+        """Tokens that end a generation: the tokenizer's eos and the generation config's
+        (a chat model's end-of-turn token among them)."""
+        ids = {self.tokenizer(model).eos_token_id}
+        config_path = Path(model.base_path) / "generation_config.json"
+        if config_path.exists():
+            eos = json.loads(config_path.read_text()).get("eos_token_id")
+            ids.update(eos if isinstance(eos, list) else [eos])
+        return tuple(sorted(i for i in ids if isinstance(i, int)))
+
     @staticmethod
     def max_model_len(model: ServedModel) -> int:
         """The context length from the model's config.json (max_position_embeddings)."""

@@ -59,6 +59,8 @@ class SamplingFields(BaseModel):
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     value_guidance: list[ValueGuidance] | None = Field(default=None, max_length=8)
     best_of_n: BestOfN | None = None
+    ignore_eos: bool = False
+    """Generate max_tokens whatever the model says (vLLM's extension; for benchmarks)."""
 
     @field_validator("stop")
     @classmethod

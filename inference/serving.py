@@ -90,12 +90,14 @@ class Generator:
         prompts = self._prompts(body, tokenizer)
         limit = self.catalog.max_model_len(served)
         guides = self._value_guides(body, served, tokenizer, project_id)
+        stop_ids = () if body.ignore_eos else self.catalog.eos_token_ids(served)
         samples = body.best_of_n.n if body.best_of_n is not None else body.n
         request_id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-" \
                      f"{uuid.uuid4().hex}"
         runs: list[Run] = []
         for prompt_text, prompt_ids in prompts:
-            options = self._options(body, len(prompt_ids), limit, guides)
+            options = replace(self._options(body, len(prompt_ids), limit, guides),
+                              stop_token_ids=stop_ids)
             for choice in range(samples):
                 seed = None if body.seed is None else body.seed + choice
                 index = len(runs)
@@ -180,7 +182,7 @@ class Generator:
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=top_k, seed=body.seed,
-            logprobs=logprobs, value_guidance=guides)
+            logprobs=logprobs, value_guidance=guides, ignore_eos=body.ignore_eos)
 
     # -- running -----------------------------------------------------------------------------
 

@@ -36,7 +36,9 @@ class SamplingOptions:
     """None: no log-probabilities; n >= 0: the sampled token's plus the n most likely."""
     value_guidance: tuple[ValueGuide, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
-    """Tokens that end the sequence ("stop"); the model's eos tokens are always among them."""
+    """Tokens that end the sequence ("stop"): the model's eos tokens, unless the request
+    ignores them (`ignore_eos`, also passed so an engine with eos logic of its own can skip it)."""
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True)

@@ -104,13 +104,12 @@ class TorchEngine:
                 sequence.cancelled.set()
 
         eos = tokenizer.eos_token_id
-        stop_ids = set(request.options.stop_token_ids) | ({eos} if eos is not None else set())
         seed = request.options.seed
         generator = torch.Generator().manual_seed(seed if seed is not None
                                                   else secrets.randbits(63))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         sequence = _Sequence(request=request, served=served, emit=emit,
-                             stop_ids=frozenset(stop_ids), pad_id=int(pad), generator=generator)
+                             stop_ids=frozenset(request.options.stop_token_ids), pad_id=int(pad), generator=generator)
         self._intake.put(sequence)
         self._wake.set()
         try:
