@@ -6,9 +6,9 @@ back from the job row), so both sides agree on names, defaults and ranges.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -93,10 +93,57 @@ class RewardModelMethod(StrictModel):
     )
 
 
-MethodSection = SupervisedMethod | RewardModelMethod
+class ValueModelHyperparameters(TrainingHyperparameters):
+    """A value model for Value Augmented Sampling (Han et al. 2024): completions of the
+    prompts sampled from the frozen base model, scored with `reward` by the reward service,
+    fit by TD(λ). The optimisation knobs count sampled completions, not prompt rows."""
+
+    # "lambda" is a Python keyword: the field is lambda_, read and written as "lambda".
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    reward: dict[str, Any]
+    """The reward spec the reward service scores completions with (as in POST /v1/score), e.g.
+    {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
+    "operation": "eq", "name": "exact"}; a prompt row's fields are its `item`."""
+    gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Discount per token."""
+    lambda_: Annotated[float, Field(ge=0, le=1, alias="lambda")] = 0.95
+    """TD(λ) mixing: 1 is Monte Carlo (every target is the reward), 0 one-step TD."""
+    samples_per_prompt: Annotated[int, Field(ge=1, le=256)] = 4
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 16
+    temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0
+    """Sample from the k likeliest tokens only; 0 samples from the whole vocabulary."""
+    rollout_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    """Sequences generated together in one `generate` call."""
+
+    @field_validator("reward")
+    @classmethod
+    def _reward_spec(cls, reward: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(reward.get("type"), str):
+            raise ValueError(  # noqa: TRY004  (pydantic reports ValueError, not TypeError)
+                "reward must be a reward spec object with a string 'type' "
+                "(reward_model, ensemble, string_check, python, ...)")
+        return reward
+
+    @model_validator(mode="after")
+    def _room_to_sample(self) -> ValueModelHyperparameters:
+        if self.max_new_tokens >= self.max_seq_length:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) must be less than "
+                             f"max_seq_length ({self.max_seq_length}), which bounds prompt "
+                             "and completion together")
+        return self
+
+
+class ValueModelMethod(StrictModel):
+    hyperparameters: ValueModelHyperparameters
+
+
+MethodSection = SupervisedMethod | RewardModelMethod | ValueModelMethod
 METHOD_SECTIONS: dict[str, type[MethodSection]] = {
     "supervised": SupervisedMethod,
     "reward_model": RewardModelMethod,
+    "value_model": ValueModelMethod,
 }
 """The section each method type reads its hyperparameters from, keyed by `method.type`."""
 
@@ -110,22 +157,32 @@ class Method(StrictModel):
     `method.supervised.hyperparameters.n_epochs`) without the tag repeated in them.
     """
 
-    type: Literal["supervised", "reward_model"]
+    type: Literal["supervised", "reward_model", "value_model"]
     supervised: SupervisedMethod | None = None
     reward_model: RewardModelMethod | None = None
+    value_model: ValueModelMethod | None = None
 
-    @model_validator(mode="after")
-    def _fill_section(self) -> Method:
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_section(cls, data: Any) -> Any:
+        """Only the section named by `type` may be given. One left out is validated as an empty
+        one: defaults fill it, and a required hyperparameter is reported at its own path
+        (method.value_model.hyperparameters.reward)."""
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("type")
+        if not isinstance(kind, str) or kind not in METHOD_SECTIONS:
+            return data  # the type's own error names the allowed types
         for name in METHOD_SECTIONS:
-            if name != self.type and getattr(self, name) is not None:
-                raise ValueError(f"method.{name} was given but method.type is {self.type!r}; "
-                                 f"put the hyperparameters in method.{self.type}")
-        if getattr(self, self.type) is None:
-            setattr(self, self.type, METHOD_SECTIONS[self.type]())
-        return self
+            if name != kind and data.get(name) is not None:
+                raise ValueError(f"method.{name} was given but method.type is {kind!r}; "
+                                 f"put the hyperparameters in method.{kind}")
+        return data if data.get(kind) is not None else {**data, kind: {"hyperparameters": {}}}
 
     @property
-    def hyperparameters(self) -> SupervisedHyperparameters | RewardModelHyperparameters:
+    def hyperparameters(
+        self,
+    ) -> SupervisedHyperparameters | RewardModelHyperparameters | ValueModelHyperparameters:
         section: MethodSection | None = getattr(self, self.type)
         assert section is not None
         return section.hyperparameters
@@ -135,4 +192,5 @@ class Method(StrictModel):
 METHOD_PURPOSES: dict[str, tuple[str, ...]] = {
     "supervised": ("supervised", "fine-tune"),
     "reward_model": ("preference", "ratings", "fine-tune"),
+    "value_model": ("prompts",),
 }

@@ -41,6 +41,10 @@ class TrainingContext:
     """An informational job event."""
     check_continue: Callable[[], None] = lambda: None
     """Called once per optimizer step; raises JobStopped when the job must stop."""
+    base_model: str | None = None
+    """The job's `model` id, as the registry knows it (base_model_path is where it lies)."""
+    reward_url: str | None = None
+    """The reward service (`POST {reward_url}/v1/score`), for methods that score samples."""
 
 
 @dataclass

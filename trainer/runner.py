@@ -65,10 +65,11 @@ class MetricsBuffer:
 
 class JobRunner:
     def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
-                 lease_seconds: int, heartbeat_seconds: float):
+                 lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
+        self.reward_url = reward_url
 
     def run(self, job_id: str) -> str:
         outcome = claim(self.sessions, job_id, self.owner, self.lease_seconds)
@@ -127,6 +128,7 @@ class JobRunner:
             training, validation = (self._rows(session, job.training_file),
                                     self._rows(session, job.validation_file))
             method = Method.model_validate(job.method)
+            model_id = job.model
         checkpoint_root = self.store.directory("checkpoints", job_id)
         return method.type, TrainingContext(
             job_id=job_id, base_model_path=Path(base_path), training_rows=training or [],
@@ -138,6 +140,7 @@ class JobRunner:
                                                                       metrics),
             log=lambda message: self._event(job_id, message),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
+            base_model=model_id, reward_url=self.reward_url,
         )
 
     def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:

@@ -29,7 +29,7 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
     sessions = session_factory(url)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     runner = JobRunner(url, LocalArtifactStore(settings.artifacts_dir), owner,
-                       settings.lease_seconds, settings.heartbeat_seconds)
+                       settings.lease_seconds, settings.heartbeat_seconds, settings.reward_url)
     app = make_celery(settings)
 
     @app.task(name=TASK_RUN_JOB)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trainer.context import TrainingContext, TrainingResult
-from trainer.methods import reward_model, supervised
+from trainer.methods import reward_model, supervised, value_model
 
 METHODS: dict[str, Callable[[TrainingContext], TrainingResult]] = {
     "supervised": supervised.run,
     "reward_model": reward_model.run,
+    "value_model": value_model.run,
 }

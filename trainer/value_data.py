@@ -1,0 +1,106 @@
+"""Value-model training data: prompt rows → prompt ids, scored rollouts, and padded batches.
+
+A rollout is one sampled completion of a prompt with its reward. Rollouts are made once per
+job and written to `rollouts.json` in the job's checkpoint folder before the first step, so a
+resumed job (or one restarted before its first checkpoint) trains on the very same data
+without sampling or scoring again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+ROLLOUTS_FILE = "rollouts.json"
+
+
+@dataclass(frozen=True)
+class Rollout:
+    row: int
+    """Index of the prompt row it completes."""
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    """Sampled ids, through the stop token when one was sampled; never empty."""
+    text: str
+    """The completion as the reward saw it."""
+    reward: float
+
+
+@dataclass
+class ValueBatch:
+    input_ids: Tensor  # (B, T) prompt + completion ids, right-padded
+    attention_mask: Tensor  # (B, T) 1 on real tokens
+    value_mask: Tensor  # (B, T) bool: states trained, the prompt's last token .. the last token
+    rewards: Tensor  # (B,) R of each completion
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum().item())
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any],
+                  max_tokens: int) -> list[int]:
+    """A prompts row as the model continues it: `prompt` tokenized with the tokenizer's
+    special tokens, or `messages` rendered by its chat template with the generation prompt.
+    Longer prompts keep their last `max_tokens` ids (the part the completion follows)."""
+    if "messages" in row:
+        if tokenizer.chat_template is None:
+            raise ValueError("rows with 'messages' need a tokenizer with a chat_template")
+        text = tokenizer.apply_chat_template(row["messages"], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    elif "prompt" in row:
+        ids = list(tokenizer(row["prompt"])["input_ids"])
+    else:
+        raise ValueError(f"a prompts row needs 'prompt' or 'messages', got keys {sorted(row)}")
+    if not ids:
+        raise ValueError(f"prompt row {row!r} tokenizes to nothing")
+    return ids[-max_tokens:]
+
+
+def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:
+    """The `/v1/score` item of a completion: the whole row is its `item`, so graders can read
+    `{{item.answer}}` (or any other field of the row)."""
+    if "messages" in row:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return {"messages": [*messages, {"role": "assistant", "content": completion}],
+                "item": row}
+    return {"prompt": row["prompt"], "response": completion, "item": row}
+
+
+def collate_values(rollouts: list[Rollout], pad_id: int, device: torch.device) -> ValueBatch:
+    """Right-pad prompt + completion; the value mask spans the prompt's last token (V before
+    sampling) through the completion's last (V of the finished text, trained towards R)."""
+    length = max(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+    input_ids = torch.full((len(rollouts), length), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(rollouts), length), dtype=torch.long)  # (B, T)
+    value_mask = torch.zeros((len(rollouts), length), dtype=torch.bool)  # (B, T)
+    for row, rollout in enumerate(rollouts):
+        ids = rollout.prompt_ids + rollout.completion_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+        value_mask[row, len(rollout.prompt_ids) - 1 : len(ids)] = True
+    rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)  # (B,)
+    return ValueBatch(input_ids.to(device), attention_mask.to(device), value_mask.to(device),
+                      rewards.to(device))
+
+
+def save_rollouts(path: Path, splits: dict[str, list[Rollout]]) -> None:
+    """Write {split: [rollout, ...]} atomically (a scratch file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps({name: [asdict(r) for r in rollouts]
+                                   for name, rollouts in splits.items()}))
+    os.replace(partial, path)
+
+
+def load_rollouts(path: Path) -> dict[str, list[Rollout]]:
+    return {name: [Rollout(**r) for r in rollouts]
+            for name, rollouts in json.loads(path.read_text()).items()}
