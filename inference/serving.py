@@ -59,6 +59,7 @@ class Prepared:
     tokenizer: Any
     runs: list[Run]
     body: SamplingFields
+    project_id: str | None
 
     @property
     def prompt_tokens(self) -> int:
@@ -106,7 +107,7 @@ class Generator:
                                             options=_with_seed(options, seed))
                 runs.append(Run(index, prompt_text, prompt_ids, request,
                                 TextStream(tokenizer, body.stop_strings)))
-        return Prepared(request_id, served, tokenizer, runs, body)
+        return Prepared(request_id, served, tokenizer, runs, body, project_id)
 
     @staticmethod
     def _prompts(body: CompletionRequest | ChatCompletionRequest,
@@ -244,7 +245,8 @@ class Generator:
         assert spec is not None
         items = [{"prompt": run.prompt_text, "response": run.text, "item": spec.item}
                  for run in prepared.runs]
-        return await self.rewards.score(items, spec.reward, param="best_of_n.reward")
+        return await self.rewards.score(items, spec.reward, param="best_of_n.reward",
+                                        project=prepared.project_id)
 
 
 def _with_seed(options: SamplingOptions, seed: int | None) -> SamplingOptions:

@@ -59,7 +59,8 @@ class InferenceState:
         metrics = InferenceMetrics()
         engine = engine or build_engine(settings, catalog, metrics)
         metrics.watch_engine(engine.queue_depth, engine.running)
-        rewards = RewardClient(settings.reward_url)
+        rewards = RewardClient(settings.reward_url,
+                               service_key=settings.admin_key.get_secret_value())
         return cls(settings=settings, database_url=url, sessions=sessions, catalog=catalog,
                    engine=engine, rewards=rewards, metrics=metrics,
                    generator=Generator(catalog, engine, rewards, metrics))

@@ -35,6 +35,8 @@ class ScoringContext:
     cache: RewardModelCache
     sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
     """CPU, memory and wall-clock limits of each `python` grader item."""
+    project_id: str | None = None
+    """Whose reward models a request may name (set per request); None: every project's."""
 
 
 Evaluator = Callable[[Any, list[ScoreItem], ScoringContext], Awaitable[Evaluation]]

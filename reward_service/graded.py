@@ -61,7 +61,8 @@ def _judge(context: ScoringContext, loop: asyncio.AbstractEventLoop) -> ScoreMod
     """score_model's hook: called from the grading thread, scored on the event loop."""
 
     async def score(model_id: str, prompts: list[str], responses: list[str]) -> list[float]:
-        model = await context.cache.reward_model(model_id, param="reward.model")
+        model = await context.cache.reward_model(model_id, param="reward.model",
+                                                 project_id=context.project_id)
         items = [ScoreItem(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
         outputs, _ = await model_outputs(model, items)
         return [weighted_sum(row, model.default_weights) for row in outputs]

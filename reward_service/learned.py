@@ -38,7 +38,8 @@ def _weights(model: LoadedRewardModel, given: dict[str, float] | None) -> dict[s
 
 async def evaluate_reward_model(spec: RewardModelSpec, items: list[ScoreItem],
                                 context: ScoringContext) -> Evaluation:
-    model = await context.cache.reward_model(spec.model, param="reward.model")
+    model = await context.cache.reward_model(spec.model, param="reward.model",
+                                             project_id=context.project_id)
     weights = _weights(model, spec.objective_weights)
     parts, encoded = await model_outputs(model, items)
     return Evaluation(
@@ -50,11 +51,13 @@ async def evaluate_reward_model(spec: RewardModelSpec, items: list[ScoreItem],
 async def _members(spec: EnsembleSpec, context: ScoringContext
                    ) -> tuple[list[str], list[LoadedRewardModel]]:
     if spec.models is not None:
-        members = [await context.cache.reward_model(model_id, param=f"reward.models.{i}")
+        members = [await context.cache.reward_model(model_id, param=f"reward.models.{i}",
+                                                    project_id=context.project_id)
                    for i, model_id in enumerate(spec.models)]
         return list(spec.models), members
     assert spec.model is not None
-    members = await context.cache.ensemble(spec.model, param="reward.model")
+    members = await context.cache.ensemble(spec.model, param="reward.model",
+                                           project_id=context.project_id)
     return [f"member-{i}" for i in range(len(members))], members
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import (
     AutoModelForSequenceClassification,
@@ -76,6 +76,8 @@ class Registered:
     kind: str
     path: str
     metadata: dict[str, Any]
+    owner: str | None
+    """The owning project; None for an operator's model every project sees."""
 
 
 BatcherFactory = Callable[[Callable[[list[list[int]]], list[list[float]]]], MicroBatcher]
@@ -119,12 +121,15 @@ def load_reward_model(key: str, path: str, metadata: dict[str, Any], max_input_t
     return loaded
 
 
-def registered_reward_models(sessions: sessionmaker[Session]) -> list[RegisteredModel]:
-    """Every reward model and ensemble in the registry, oldest first. The reward service has no
-    per-project authentication yet, so it lists (and scores with) every project's models."""
+def registered_reward_models(sessions: sessionmaker[Session],
+                             project_id: str | None) -> list[RegisteredModel]:
+    """The reward models and ensembles ``project_id`` may use (None: all), oldest first."""
     query = (select(RegisteredModel)
              .where(RegisteredModel.kind.in_((REWARD_MODEL, REWARD_ENSEMBLE)))
              .order_by(RegisteredModel.created_at, RegisteredModel.id))
+    if project_id is not None:
+        query = query.where(or_(RegisteredModel.project_id.is_(None),
+                                RegisteredModel.project_id == project_id))
     with session_scope(sessions) as session:
         return list(session.scalars(query))
 
@@ -144,6 +149,8 @@ class RewardModelCache:
         self._ensembles: dict[str, list[str]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._owners: dict[str, str | None] = {}
+        """Registry id → owning project, for every model looked up so far."""
 
     @property
     def resident_bytes(self) -> int:
@@ -156,16 +163,29 @@ class RewardModelCache:
             except NotFound:
                 raise NotFound(f"model {model_id!r} does not exist", param=param,
                                code="model_not_found") from None
-            return Registered(id=row.id, kind=row.kind, path=path, metadata=row.metadata_ or {})
+            self._owners[row.id] = row.project_id
+            return Registered(id=row.id, kind=row.kind, path=path, metadata=row.metadata_ or {},
+                              owner=row.project_id)
 
-    async def reward_model(self, model_id: str, param: str) -> LoadedRewardModel:
-        """A registered `reward_model`, loaded on first use."""
+    def _check_visible(self, model_id: str, project_id: str | None, param: str) -> None:
+        """A model of another project does not exist, as far as this caller can tell."""
+        owner = self._owners.get(model_id)
+        if project_id is not None and owner is not None and owner != project_id:
+            raise NotFound(f"model {model_id!r} does not exist", param=param,
+                           code="model_not_found")
+
+    async def reward_model(self, model_id: str, param: str,
+                           project_id: str | None = None) -> LoadedRewardModel:
+        """A registered `reward_model` ``project_id`` may use (None: any), loaded on first use."""
         if model_id in self._loaded:
+            self._check_visible(model_id, project_id, param)
             return self._touch(model_id)
         async with self._locks.setdefault(model_id, asyncio.Lock()):
             if model_id in self._loaded:
+                self._check_visible(model_id, project_id, param)
                 return self._touch(model_id)
             row = await asyncio.to_thread(self.lookup, model_id, param)
+            self._check_visible(model_id, project_id, param)
             if row.kind != REWARD_MODEL:
                 hint = (" (use a reward spec of type 'ensemble' with 'model')"
                         if row.kind == REWARD_ENSEMBLE else "")
@@ -173,10 +193,12 @@ class RewardModelCache:
                                      f"{hint}", param=param, code="not_a_reward_model")
             return await self._load(model_id, row.path, row.metadata)
 
-    async def ensemble(self, model_id: str, param: str) -> list[LoadedRewardModel]:
+    async def ensemble(self, model_id: str, param: str,
+                       project_id: str | None = None) -> list[LoadedRewardModel]:
         """The members of a registered `reward_ensemble`, each loaded (and cached) on its own."""
         if model_id not in self._ensembles:
             row = await asyncio.to_thread(self.lookup, model_id, param)
+            self._check_visible(model_id, project_id, param)
             if row.kind != REWARD_ENSEMBLE:
                 raise InvalidRequest(f"model {model_id!r} is a {row.kind}, not a reward_ensemble",
                                      param=param, code="not_a_reward_ensemble")
@@ -185,6 +207,7 @@ class RewardModelCache:
             self._ensembles[model_id] = [
                 str(Path(row.path) / f"member-{i}") for i in range(len(manifest["members"]))]
             self._manifests[model_id] = metadata
+        self._check_visible(model_id, project_id, param)
         members = []
         for index, path in enumerate(self._ensembles[model_id]):
             key = f"{model_id}#member-{index}"

@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter, Response
 
-from reward_service.deps import MetricsDep, ScorerDep, StateDep
+from reward_service.deps import MetricsDep, ProjectId, ScorerDep, StateDep
 from reward_service.model_cache import registered_reward_models
 from reward_service.protocol import RewardModelList, RewardModelObject, ScoreRequest, ScoreResponse
 from services.web import ERROR_RESPONSES
@@ -15,13 +15,13 @@ router = APIRouter(tags=["rewards"], responses=ERROR_RESPONSES)
 
 
 @router.post("/v1/score", response_model=ScoreResponse)
-async def score(request: ScoreRequest, scorer: ScorerDep) -> ScoreResponse:
-    return await scorer.score(request)
+async def score(request: ScoreRequest, scorer: ScorerDep, project: ProjectId) -> ScoreResponse:
+    return await scorer.score(request, project)
 
 
 @router.get("/v1/reward_models", response_model=RewardModelList)
-async def list_reward_models(state: StateDep) -> RewardModelList:
-    rows = await asyncio.to_thread(registered_reward_models, state.sessions)
+async def list_reward_models(state: StateDep, project: ProjectId) -> RewardModelList:
+    rows = await asyncio.to_thread(registered_reward_models, state.sessions, project)
     return RewardModelList(data=[
         RewardModelObject(id=row.id, kind=row.kind,  # type: ignore[arg-type]
                           created=int(row.created_at.timestamp()),

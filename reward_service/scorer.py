@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from reward_service.evaluation import ItemScore, ScoringContext
 from reward_service.kinds import REWARD_KINDS, parse_reward_spec
@@ -18,11 +19,13 @@ class Scorer:
         self.normalizer = normalizer
         self.metrics = metrics
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, project_id: str | None = None) -> ScoreResponse:
+        """Score ``request`` with the reward models ``project_id`` may use (None: any)."""
         started = time.perf_counter()
         spec = parse_reward_spec(request.reward)
+        context = replace(self.context, project_id=project_id)
         try:
-            evaluation = await REWARD_KINDS[spec.type].evaluate(spec, request.items, self.context)
+            evaluation = await REWARD_KINDS[spec.type].evaluate(spec, request.items, context)
         except Exception:
             self.metrics.requests.labels(spec.type, "error").inc()
             raise

@@ -9,17 +9,25 @@ import httpx
 
 from services.errors import InvalidRequest, NotFound, ServiceUnavailable
 
+PROJECT_HEADER = "X-Alignd-Project"
+"""With the service key: the project whose reward models a request may use."""
+
 
 class RewardClient:
-    def __init__(self, base_url: str, timeout: float = 300.0):
+    """``service_key`` (the deployment's admin key) lets an alignd service score on behalf of
+    the project a request or job belongs to, named per call."""
+
+    def __init__(self, base_url: str, timeout: float = 300.0, *,
+                 service_key: str | None = None):
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {service_key}"} if service_key else {}
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=headers)
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
     async def score(self, items: list[dict[str, Any]], reward: dict[str, Any],
-                    param: str = "reward") -> list[dict[str, Any]]:
+                    param: str = "reward", project: str | None = None) -> list[dict[str, Any]]:
         """The service's results (`{"index", "score", "parts", "error"}`), in item order.
 
         Its 4xx errors become this service's, with their param moved under `param` (a spec
@@ -27,7 +35,8 @@ class RewardClient:
         failing service is a ServiceUnavailable naming the URL."""
         url = f"{self.base_url}/v1/score"
         try:
-            response = await self.http.post("/v1/score", json={"items": items, "reward": reward})
+            response = await self.http.post("/v1/score", json={"items": items, "reward": reward},
+                                            headers={PROJECT_HEADER: project} if project else {})
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(
                 f"the reward service at {url} is unavailable: {type(exc).__name__}: {exc}"

@@ -105,6 +105,9 @@ class RewardSettings(AlignSettings):
     """How long a model's batcher waits for more items once one arrives (0: no waiting)."""
     max_batch_tokens: int = Field(default=8192, ge=1)
     """Padded tokens (rows x longest row) one forward pass may take."""
+    require_api_key: bool = True
+    """Scoring needs a project's API key (its reward models only), or the admin key from an
+    alignd service acting for the project named in X-Alignd-Project."""
     max_input_tokens: int = Field(default=2048, ge=2)
     """Longest (prompt, response) sequence scored; capped further by a model's
     max_position_embeddings. Longer items are truncated (see reward_service.encoding)."""

@@ -45,6 +45,10 @@ class TrainingContext:
     """The job's `model` id, as the registry knows it (base_model_path is where it lies)."""
     reward_url: str | None = None
     """The reward service (`POST {reward_url}/v1/score`), for methods that score samples."""
+    reward_key: str | None = None
+    """The service key the worker scores with, on behalf of `project_id`."""
+    project_id: str | None = None
+    """The job's project: its reward models are the ones a reward spec may name."""
 
 
 @dataclass

@@ -24,26 +24,29 @@ class RewardServiceError(RuntimeError):
 
 
 async def _results(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
-                   timeout: float) -> list[dict[str, Any]]:
-    client = RewardClient(reward_url, timeout=timeout)
+                   timeout: float, service_key: str | None,
+                   project: str | None) -> list[dict[str, Any]]:
+    client = RewardClient(reward_url, timeout=timeout, service_key=service_key)
     try:
         results: list[dict[str, Any]] = []
         for start in range(0, len(items), MAX_ITEMS_PER_REQUEST):
             batch = items[start : start + MAX_ITEMS_PER_REQUEST]
             results += [{**row, "index": start + row["index"]}
-                        for row in await client.score(batch, reward)]
+                        for row in await client.score(batch, reward, project=project)]
         return results
     finally:
         await client.aclose()
 
 
 def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
-                timeout: float = 300.0) -> list[float]:
+                timeout: float = 300.0, *, service_key: str | None = None,
+                project: str | None = None) -> list[float]:
     """One scalar per item, in order. Items are `/v1/score` items ({"prompt", "response",
-    "item"} or {"messages", "item"}); `reward` is a reward spec. Raises RewardServiceError."""
+    "item"} or {"messages", "item"}); `reward` is a reward spec, scored with ``project``'s
+    reward models (the service key vouches for it). Raises RewardServiceError."""
     url = f"{reward_url.rstrip('/')}/v1/score"
     try:
-        results = asyncio.run(_results(reward_url, items, reward, timeout))
+        results = asyncio.run(_results(reward_url, items, reward, timeout, service_key, project))
     except ServiceUnavailable as exc:  # unreachable, or a 5xx: its message names URL and status
         raise RewardServiceError(exc.message) from exc
     except AlignError as exc:  # the service refused the request (a bad spec, an unknown model)

@@ -65,11 +65,12 @@ class MetricsBuffer:
 
 class JobRunner:
     def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
-                 lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None):
+                 lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None,
+                 reward_key: str | None = None):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
-        self.reward_url = reward_url
+        self.reward_url, self.reward_key = reward_url, reward_key
 
     def run(self, job_id: str) -> str:
         outcome = claim(self.sessions, job_id, self.owner, self.lease_seconds)
@@ -128,7 +129,7 @@ class JobRunner:
             training, validation = (self._rows(session, job.training_file),
                                     self._rows(session, job.validation_file))
             method = Method.model_validate(job.method)
-            model_id = job.model
+            model_id, project_id = job.model, job.project_id
         checkpoint_root = self.store.directory("checkpoints", job_id)
         return method.type, TrainingContext(
             job_id=job_id, base_model_path=Path(base_path), training_rows=training or [],
@@ -140,7 +141,8 @@ class JobRunner:
                                                                       metrics),
             log=lambda message: self._event(job_id, message),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
-            base_model=model_id, reward_url=self.reward_url,
+            base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
+            project_id=project_id,
         )
 
     def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:

@@ -35,6 +35,8 @@ class RewardWorld:
     ensemble: str
     """A reward_ensemble whose member-<i> folders hold the same weights as `members`."""
     paths: dict[str, Path]
+    project: str
+    """The project that owns every model above."""
 
 
 @pytest.fixture(scope="session")
@@ -75,15 +77,16 @@ def reward_world(tiny_model_dir: Path, database_url: str,
     return RewardWorld(single=ids["single"], multi=ids["multi"],
                        multi_weighted=ids["multi_weighted"],
                        members=[ids[f"m{i}"] for i in range(3)], ensemble=ids["ensemble"],
-                       paths=paths)
+                       paths=paths, project=f"proj-{tag}")
 
 
 @pytest.fixture(scope="session")
 def reward_url(database_url: str, reward_world: RewardWorld) -> Iterator[str]:
     from reward_service.main import create_app
 
+    # Scoring tests call without keys; tests/reward_service/test_auth.py covers them.
     settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
                               database_url=database_url, max_wait_ms=TEST_MAX_WAIT_MS,
-                              max_batch_tokens=4096)
+                              max_batch_tokens=4096, require_api_key=False)
     with ServerThread(create_app(settings)) as server:
         yield server.url

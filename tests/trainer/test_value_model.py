@@ -113,7 +113,8 @@ def reward_service(database_url: str) -> Iterator[str]:
     from reward_service.main import create_app
 
     settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, max_wait_ms=5.0)
+                              database_url=database_url, max_wait_ms=5.0,
+                              require_api_key=False)
     with ServerThread(create_app(settings)) as server:
         yield server.url
 

@@ -142,7 +142,8 @@ class ValueModelTrainer(StepLoop):
         assert self.ctx.reward_url is not None
         rewards = score_items(self.ctx.reward_url,
                               [reward_item(rows[c.prompt], c.text) for c in completions],
-                              hp.reward)
+                              hp.reward, service_key=self.ctx.reward_key,
+                              project=self.ctx.project_id)
         finished = sum(c.finished for c in completions)
         self.ctx.log(f"sampled {len(completions)} completions of {len(rows)} prompts from the "
                      f"base model in {sampled:.1f} s ({finished} ended on a stop token); "

@@ -1,0 +1,254 @@
+"""The vLLM engine: each base model decoded by its own in-process `AsyncLLM`.
+
+One `AsyncLLM` per base-model folder, started on the first request for it and kept in a small
+least-recently-used set. LoRA adapters ride on their base's engine as `LoRARequest`s (vLLM
+batches several adapters with the base in one step), so an adapter costs no second copy of
+the weights. Prompts go in as token ids and tokens come out as ids with their log-probabilities:
+detokenising, stop strings and OpenAI shapes stay in `inference.serving`, as for every engine.
+
+vLLM runs its engine core in a child process it spawns (`AsyncLLM` always does); on CPU we ask
+it to load the model in that same child (the "uni" executor) rather than in a further worker
+process, which halves start-up time and keeps one process per served base model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from inference.catalog import ModelCatalog, ServedModel
+from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
+from services.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.outputs import CompletionOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+
+@dataclass(frozen=True)
+class VllmSettings:
+    """How each base model's `AsyncLLM` is started."""
+
+    gpu_memory_utilization: float = 0.5
+    """Fraction of GPU memory one engine takes; on CPU, of RAM, unless kv_cache_gib is set."""
+    kv_cache_gib: float | None = None
+    """KV cache size per engine in GiB (recommended on CPU); None sizes it from the fraction."""
+    max_model_len: int | None = None
+    """Context length; None takes the model's max_position_embeddings."""
+    max_loaded_models: int = 2
+    """Base models with a running engine; the least recently used one is shut down first."""
+    enable_lora: bool = True
+    max_lora_rank: int = 16
+    """Largest adapter rank served (vLLM accepts 1, 8, 16, 32, 64, 128, 256, 320, 512)."""
+    max_loras: int = 4
+    """Distinct adapters decoded in one batch."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """As InferenceSettings.dtype; "auto" would run a float32 checkpoint in bfloat16/float16."""
+    enforce_eager: bool | None = None
+    """No CUDA graphs or torch.compile; None: eager on CPU (compiling there takes minutes)."""
+    logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    """raw_logprobs: log-probabilities of the model's own distribution, before temperature and
+    top-k/top-p, as the torch engine reports them."""
+
+
+@dataclass
+class _Loaded:
+    """One base model's running engine, and the adapters it has already loaded."""
+
+    llm: AsyncLLM
+    active: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    adapters: set[int] = field(default_factory=set)
+
+    def enter(self) -> None:
+        self.active += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, catalog: ModelCatalog, settings: VllmSettings | None = None,
+                 **overrides: Any):
+        self._catalog = catalog
+        self._settings = replace(settings or VllmSettings(), **overrides)
+        self._engines: OrderedDict[str, _Loaded] = OrderedDict()
+        self._starting = asyncio.Lock()
+        self._adapter_ids: dict[tuple[str, str], int] = {}
+        self._request_numbers = itertools.count()
+        self._waiting = 0
+        self._running = 0
+
+    # -- the Engine protocol ----------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+
+        options = request.options
+        if options.value_guidance:
+            raise InvalidRequest("value_guidance is not available on the vLLM engine yet (VAS "
+                                 "on vLLM comes in a later change); run the inference service "
+                                 "with ALIGND_ENGINE=torch to use it", param="value_guidance",
+                                 code="unsupported_on_engine")
+        served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
+        loaded = await self._acquire(served.base_path if served.is_adapter else served.path)
+        # Our own id per call: the serving layer may reuse its request id for the n choices.
+        vllm_id = f"{request.request_id}-{next(self._request_numbers)}"
+        finished = started = False
+        self._waiting += 1
+        try:
+            lora = await self._adapter(loaded, served) if served.is_adapter else None
+            stream = loaded.llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_ids)),
+                                         sampling_params(options), vllm_id, lora_request=lora)
+            try:
+                async for output in stream:
+                    if not started:
+                        started = True
+                        self._waiting, self._running = self._waiting - 1, self._running + 1
+                    for step in token_steps(output.outputs[0], options.logprobs):
+                        finished = step.finish_reason is not None
+                        yield step
+            except VLLMValidationError as exc:
+                raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
+            finally:
+                if not finished:  # the consumer closed the stream early: free the slot now
+                    await loaded.llm.abort(vllm_id)
+                await stream.aclose()
+        finally:
+            if started:
+                self._running -= 1
+            else:
+                self._waiting -= 1
+            loaded.leave()
+
+    def queue_depth(self) -> int:
+        """Requests sent to vLLM that have no token yet (queued, or in their prefill)."""
+        return self._waiting
+
+    def running(self) -> int:
+        return self._running
+
+    async def close(self) -> None:
+        async with self._starting:
+            while self._engines:
+                _, loaded = self._engines.popitem(last=False)
+                await asyncio.to_thread(loaded.llm.shutdown)
+
+    # -- engines, one per base model --------------------------------------------------------
+
+    async def _acquire(self, folder: str) -> _Loaded:
+        """The running engine of ``folder`` (started if needed), counted as in use."""
+        loaded = self._engines.get(folder)
+        if loaded is None:
+            async with self._starting:
+                loaded = self._engines.get(folder)
+                if loaded is None:
+                    await self._make_room()
+                    llm = await asyncio.to_thread(start_async_llm, folder, self._settings)
+                    loaded = self._engines[folder] = _Loaded(llm)
+        self._engines.move_to_end(folder)
+        loaded.enter()
+        return loaded
+
+    async def _make_room(self) -> None:
+        """Shut engines down, least recently used first, until one more fits; an engine still
+        streaming is shut down once its requests finish."""
+        while len(self._engines) >= self._settings.max_loaded_models:
+            _, victim = self._engines.popitem(last=False)
+            if victim.active:
+                await victim.idle.wait()
+            await asyncio.to_thread(victim.llm.shutdown)
+
+    async def _adapter(self, loaded: _Loaded, served: ServedModel) -> LoRARequest:
+        """The adapter's `LoRARequest`, loaded into the engine once, so that a broken adapter
+        fails its request here instead of inside the engine core."""
+        from vllm.lora.request import LoRARequest
+
+        if not self._settings.enable_lora:
+            raise InvalidRequest(f"model {served.id!r} is a LoRA adapter and this vLLM engine "
+                                 "runs with LoRA disabled", param="model",
+                                 code="unsupported_on_engine")
+        number = self._adapter_ids.setdefault((served.id, served.path),
+                                              len(self._adapter_ids) + 1)
+        lora = LoRARequest(lora_name=served.id, lora_int_id=number, lora_path=served.path)
+        if number not in loaded.adapters:
+            try:
+                await loaded.llm.add_lora(lora)
+            except Exception as exc:
+                raise InvalidRequest(f"LoRA adapter {served.id!r} could not be loaded on its "
+                                     f"base model: {exc}", param="model",
+                                     code="adapter_load_failed") from exc
+            loaded.adapters.add(number)
+        return lora
+
+
+def start_async_llm(folder: str, settings: VllmSettings) -> AsyncLLM:
+    """Start vLLM's engine for one base-model folder (blocking: tens of seconds on CPU)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    on_cpu = current_platform.is_cpu()
+    if on_cpu:
+        # vLLM's CPU platform replaces the "uni" executor by a worker process unless this is
+        # 0; AsyncLLM still runs its engine core in a child process of its own either way.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
+    args = AsyncEngineArgs(
+        model=folder, tokenizer=folder, dtype=settings.dtype,
+        max_model_len=settings.max_model_len,  # type: ignore[arg-type]  # None: from config
+        gpu_memory_utilization=settings.gpu_memory_utilization, kv_cache_memory_bytes=kv_bytes,
+        enforce_eager=on_cpu if settings.enforce_eager is None else settings.enforce_eager,
+        enable_lora=settings.enable_lora, max_lora_rank=settings.max_lora_rank,  # type: ignore[arg-type]
+        max_loras=settings.max_loras,
+        distributed_executor_backend="uni" if on_cpu else None,
+        logprobs_mode=settings.logprobs_mode,
+        disable_log_stats=True,
+    )
+    return AsyncLLM.from_engine_args(args)
+
+
+def sampling_params(options: SamplingOptions) -> SamplingParams:
+    """vLLM's parameters for one sequence; token ids out (no text), one delta per step."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    # temperature 0 is greedy in vLLM too, and top_k 0 means no cut in both.
+    return SamplingParams(temperature=options.temperature, top_p=options.top_p,
+                          top_k=options.top_k, seed=options.seed, max_tokens=options.max_tokens,
+                          logprobs=options.logprobs, stop_token_ids=list(options.stop_token_ids),
+                          detokenize=False, output_kind=RequestOutputKind.DELTA)
+
+
+def token_steps(completion: CompletionOutput, wanted: int | None) -> Iterator[TokenStep]:
+    """One `TokenStep` per token in a delta output; the finish reason goes on the last."""
+    tokens = list(completion.token_ids)
+    reason = completion.finish_reason
+    if reason is not None and reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM ended the sequence with finish reason {reason!r}")
+    if reason is not None and not tokens:
+        raise RuntimeError("vLLM finished a sequence in an output without a token")
+    for position, token in enumerate(tokens):
+        finish = reason if position == len(tokens) - 1 else None
+        if wanted is None or completion.logprobs is None:
+            yield TokenStep(token_id=token, finish_reason=finish)  # type: ignore[arg-type]
+            continue
+        # The sampled token is always present; the others are ranked 1..wanted.
+        entries = completion.logprobs[position]
+        yield TokenStep(token_id=token, logprob=entries[token].logprob,
+                        top_logprobs={tid: lp.logprob for tid, lp in entries.items()
+                                      if lp.rank is not None and lp.rank <= wanted},
+                        finish_reason=finish)  # type: ignore[arg-type]

@@ -1,0 +1,95 @@
+"""Who may score with which reward model: a project's key sees its own models (and the
+operator's), an alignd service with the admin key acts for the project it names."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.db.engine import session_factory, session_scope
+from services.db.models import ApiKey, Project
+from services.security import generate_key, hash_key
+from services.settings import RewardSettings
+from services.web import ServerThread
+from tests.reward_service.conftest import RewardWorld
+
+SERVICE_KEY = "reward-auth-service-key"
+ITEM = [{"prompt": "1+1=", "response": "2"}]
+
+
+def _key(database_url: str, project: str, *, create: bool) -> str:
+    secret = generate_key()
+    with session_scope(session_factory(database_url)) as session:
+        if create:
+            session.add(Project(id=project, name=project))
+            session.flush()
+        session.add(ApiKey(id=f"key-{uuid.uuid4().hex[:8]}", project_id=project, name="t",
+                           key_hash=hash_key(secret), prefix=secret[:12]))
+    return secret
+
+
+@pytest.fixture(scope="module")
+def keys(database_url: str, reward_world: RewardWorld) -> dict[str, str]:
+    return {"owner": _key(database_url, reward_world.project, create=False),
+            "other": _key(database_url, f"proj-other-{uuid.uuid4().hex[:6]}", create=True)}
+
+
+@pytest.fixture(scope="module")
+def guarded_url(database_url: str, reward_world: RewardWorld) -> Iterator[str]:
+    from reward_service.main import create_app
+
+    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
+                              database_url=database_url, admin_key=SERVICE_KEY)
+    with ServerThread(create_app(settings)) as server:
+        yield server.url
+
+
+def score(url: str, key: str | None, model: str, **headers: str) -> httpx.Response:
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(f"{url}/v1/score", timeout=60, headers=headers, json={
+        "items": ITEM, "reward": {"type": "reward_model", "model": model}})
+
+
+def test_a_key_is_needed(guarded_url: str, reward_world: RewardWorld) -> None:
+    response = score(guarded_url, None, reward_world.single)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_api_key"
+    assert score(guarded_url, "sk-alignd-wrong", reward_world.single).status_code == 401
+
+
+def test_a_project_scores_with_its_own_models_only(guarded_url: str, reward_world: RewardWorld,
+                                                   keys: dict[str, str]) -> None:
+    assert score(guarded_url, keys["owner"], reward_world.single).status_code == 200
+    # loaded now: the cached model must still be hidden from the other project
+    hidden = score(guarded_url, keys["other"], reward_world.single)
+    assert hidden.status_code == 404 and hidden.json()["error"]["param"] == "reward.model"
+    ensemble = httpx.post(f"{guarded_url}/v1/score", timeout=60,
+                          headers={"Authorization": f"Bearer {keys['other']}"},
+                          json={"items": ITEM, "reward": {"type": "ensemble",
+                                                          "model": reward_world.ensemble}})
+    assert ensemble.status_code == 404
+
+
+def test_listing_is_per_project(guarded_url: str, reward_world: RewardWorld,
+                                keys: dict[str, str]) -> None:
+    def listed(key: str) -> set[Any]:
+        response = httpx.get(f"{guarded_url}/v1/reward_models", timeout=30,
+                             headers={"Authorization": f"Bearer {key}"})
+        return {m["id"] for m in response.json()["data"]}
+
+    assert reward_world.single in listed(keys["owner"])
+    assert reward_world.single not in listed(keys["other"])
+
+
+def test_the_service_key_acts_for_the_project_it_names(guarded_url: str,
+                                                       reward_world: RewardWorld) -> None:
+    project = {"X-Alignd-Project": reward_world.project}
+    assert score(guarded_url, SERVICE_KEY, reward_world.single, **project).status_code == 200
+    other = {"X-Alignd-Project": "proj-nobody"}
+    assert score(guarded_url, SERVICE_KEY, reward_world.single, **other).status_code == 404
+    assert score(guarded_url, SERVICE_KEY, reward_world.single).status_code == 200
