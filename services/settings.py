@@ -128,4 +128,8 @@ class InferenceSettings(AlignSettings):
     require_api_key: bool = True
     """Generation needs an api key (a project's models are visible to that project only)."""
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+    """Fraction of GPU memory each vLLM engine takes (on CPU: of RAM, unless the next is set)."""
+    vllm_kv_cache_gib: float | None = Field(default=None, gt=0)
+    """KV cache per vLLM engine in GiB; set it on CPU, where the fraction would be of all RAM."""
     vllm_max_loaded_models: int = Field(default=2, ge=1)
+    """Base models with a running vLLM engine (least recently used shut down first)."""

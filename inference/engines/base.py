@@ -56,7 +56,8 @@ class TokenStep:
 
     token_id: int
     logprob: float | None = None
-    """log p(token) under the distribution it was sampled from (temperature included)."""
+    """log p(token) under the model's own distribution: before VAS, temperature, top-k and
+    top-p (vLLM's raw_logprobs; what both engines report)."""
     top_logprobs: dict[int, float] = field(default_factory=dict)
     finish_reason: FinishReason | None = None
 

@@ -17,7 +17,8 @@ import asyncio
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -94,48 +95,34 @@ class VllmEngine:
     # -- the Engine protocol ----------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
-        from vllm.exceptions import VLLMValidationError
-        from vllm.inputs import TokensPrompt
-
-        options = request.options
-        if options.value_guidance:
+        if request.options.value_guidance:
             raise InvalidRequest("value_guidance is not available on the vLLM engine yet (VAS "
                                  "on vLLM comes in a later change); run the inference service "
                                  "with ALIGND_ENGINE=torch to use it", param="value_guidance",
                                  code="unsupported_on_engine")
         served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
-        loaded = await self._acquire(served.base_path if served.is_adapter else served.path)
-        # Our own id per call: the serving layer may reuse its request id for the n choices.
-        vllm_id = f"{request.request_id}-{next(self._request_numbers)}"
-        finished = started = False
         self._waiting += 1
+        started = False
         try:
-            lora = await self._adapter(loaded, served) if served.is_adapter else None
-            stream = loaded.llm.generate(TokensPrompt(prompt_token_ids=list(request.prompt_ids)),
-                                         sampling_params(options), vllm_id, lora_request=lora)
+            loaded = await self._acquire(served.base_path if served.is_adapter else served.path)
             try:
-                async for output in stream:
-                    if not started:
-                        started = True
-                        self._waiting, self._running = self._waiting - 1, self._running + 1
-                    for step in token_steps(output.outputs[0], options.logprobs):
-                        finished = step.finish_reason is not None
+                async with aclosing(self._stream(loaded, served, request)) as steps:
+                    async for step in steps:
+                        if not started:
+                            started = True
+                            self._waiting, self._running = self._waiting - 1, self._running + 1
                         yield step
-            except VLLMValidationError as exc:
-                raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
             finally:
-                if not finished:  # the consumer closed the stream early: free the slot now
-                    await loaded.llm.abort(vllm_id)
-                await stream.aclose()
+                loaded.leave()
         finally:
             if started:
                 self._running -= 1
             else:
                 self._waiting -= 1
-            loaded.leave()
 
     def queue_depth(self) -> int:
-        """Requests sent to vLLM that have no token yet (queued, or in their prefill)."""
+        """Requests without a token yet: waiting for their model's engine, queued in vLLM, or
+        in their prefill."""
         return self._waiting
 
     def running(self) -> int:
@@ -145,20 +132,29 @@ class VllmEngine:
         async with self._starting:
             while self._engines:
                 _, loaded = self._engines.popitem(last=False)
-                await asyncio.to_thread(loaded.llm.shutdown)
+                await shutdown(loaded.llm)
 
     # -- engines, one per base model --------------------------------------------------------
 
     async def _acquire(self, folder: str) -> _Loaded:
         """The running engine of ``folder`` (started if needed), counted as in use."""
         loaded = self._engines.get(folder)
-        if loaded is None:
+        if loaded is None or loaded.llm.errored:
             async with self._starting:
                 loaded = self._engines.get(folder)
+                if loaded is not None and loaded.llm.errored:  # its core died: start anew
+                    del self._engines[folder]
+                    await shutdown(loaded.llm)
+                    loaded = None
                 if loaded is None:
                     await self._make_room()
-                    llm = await asyncio.to_thread(start_async_llm, folder, self._settings)
-                    loaded = self._engines[folder] = _Loaded(llm)
+                    # Through a box: vLLM's first start keeps a traceback of a failed import,
+                    # and with it the calling frames; a frame holding the engine would keep
+                    # it alive after shutdown.
+                    box: list[AsyncLLM] = []
+                    await asyncio.to_thread(
+                        lambda: box.append(start_async_llm(folder, self._settings)))
+                    loaded = self._engines[folder] = _Loaded(box.pop())
         self._engines.move_to_end(folder)
         loaded.enter()
         return loaded
@@ -170,7 +166,31 @@ class VllmEngine:
             _, victim = self._engines.popitem(last=False)
             if victim.active:
                 await victim.idle.wait()
-            await asyncio.to_thread(victim.llm.shutdown)
+            await shutdown(victim.llm)
+
+    async def _stream(self, loaded: _Loaded, served: ServedModel,
+                      request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+        from vllm.exceptions import VLLMValidationError
+        from vllm.inputs import TokensPrompt
+
+        lora = await self._adapter(loaded, served) if served.is_adapter else None
+        # Our own id per call: the serving layer may reuse its request id for the n choices.
+        vllm_id = f"{request.request_id}-{next(self._request_numbers)}"
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+        stream = loaded.llm.generate(prompt, sampling_params(request.options), vllm_id,
+                                     lora_request=lora)
+        finished = False
+        try:
+            async for output in stream:
+                for step in token_steps(output.outputs[0], request.options.logprobs):
+                    finished = step.finish_reason is not None
+                    yield step
+        except VLLMValidationError as exc:
+            raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
+        finally:
+            if not finished:  # the consumer closed the stream early: free the slot now
+                await loaded.llm.abort(vllm_id)
+            await stream.aclose()
 
     async def _adapter(self, loaded: _Loaded, served: ServedModel) -> LoRARequest:
         """The adapter's `LoRARequest`, loaded into the engine once, so that a broken adapter
@@ -219,6 +239,14 @@ def start_async_llm(folder: str, settings: VllmSettings) -> AsyncLLM:
         disable_log_stats=True,
     )
     return AsyncLLM.from_engine_args(args)
+
+
+async def shutdown(llm: AsyncLLM) -> None:
+    """Stop an engine without blocking the event loop for the seconds its core takes to exit."""
+    if llm.output_handler is not None:
+        # First, or it would see the core go away and log that as an engine failure.
+        llm.output_handler.cancel()
+    await asyncio.to_thread(llm.shutdown)
 
 
 def sampling_params(options: SamplingOptions) -> SamplingParams:
