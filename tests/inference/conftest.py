@@ -31,6 +31,8 @@ class InferenceWorld:
     value_paths: list[Path]
     foreign_value: str
     """A value model whose tokenizer has one token more than the base's."""
+    project: str
+    """The first project, which owns the adapter and the value models."""
     key: str
     """The first project's API key."""
     other_key: str
@@ -69,7 +71,7 @@ def inference_world(tiny_model_dir: Path, database_url: str,
                            path=str(path), base_model=base, job_id=f"job-{tag}")
     return InferenceWorld(base=base, base_path=tiny_model_dir, adapter=ids["adapter"],
                           values=[ids["v0"], ids["v1"]], value_paths=values,
-                          foreign_value=ids["foreign"], key=key,
+                          foreign_value=ids["foreign"], project=project, key=key,
                           other_key=other_key)
 
 
