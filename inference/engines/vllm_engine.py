@@ -9,6 +9,12 @@ detokenising, stop strings and OpenAI shapes stay in `inference.serving`, as for
 vLLM runs its engine core in a child process it spawns (`AsyncLLM` always does); on CPU we ask
 it to load the model in that same child (the "uni" executor) rather than in a further worker
 process, which halves start-up time and keeps one process per served base model.
+
+Value Augmented Sampling runs inside vLLM as a logits processor (`inference.engines.vllm_vas`)
+registered on every engine: a guided request carries its value-model folders, betas and k in
+`SamplingParams.extra_args`, and the processor, in the engine-core process, steers those rows
+only. vLLM's V2 model runner (the default on a GPU with Triton) refuses such processors, so an
+engine with value guidance on runs the V1 runner (VLLM_USE_V2_MODEL_RUNNER=0).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import asyncio
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from inference.catalog import ModelCatalog, ServedModel
+from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
+from inference.vas import DEFAULT_TOP_K
 from services.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -57,6 +64,10 @@ class VllmSettings:
     logprobs_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
     """raw_logprobs: log-probabilities of the model's own distribution, before temperature and
     top-k/top-p, as the torch engine reports them."""
+    value_guidance: bool = True
+    """Serve `value_guidance` (VAS) through vLLM's logits processors. This registers the
+    processor on every engine and, on a GPU, runs vLLM's V1 model runner rather than V2
+    (VLLM_USE_V2_MODEL_RUNNER=0); False keeps V2 and refuses guided requests."""
 
 
 @dataclass
@@ -95,18 +106,20 @@ class VllmEngine:
     # -- the Engine protocol ----------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
-        if request.options.value_guidance:
-            raise InvalidRequest("value_guidance is not available on the vLLM engine yet (VAS "
-                                 "on vLLM comes in a later change); run the inference service "
-                                 "with ALIGND_ENGINE=torch to use it", param="value_guidance",
+        if request.options.value_guidance and not self._settings.value_guidance:
+            raise InvalidRequest("value_guidance is turned off on this vLLM engine "
+                                 "(VllmSettings.value_guidance); run the inference service "
+                                 "with it on, or with ALIGND_ENGINE=torch", param="value_guidance",
                                  code="unsupported_on_engine")
         served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
+        value_folders = await asyncio.to_thread(self._value_folders, request.options)
         self._waiting += 1
         started = False
         try:
             loaded = await self._acquire(served.base_path if served.is_adapter else served.path)
             try:
-                async with aclosing(self._stream(loaded, served, request)) as steps:
+                async with aclosing(self._stream(loaded, served, request,
+                                                 value_folders)) as steps:
                     async for step in steps:
                         if not started:
                             started = True
@@ -119,6 +132,12 @@ class VllmEngine:
                 self._running -= 1
             else:
                 self._waiting -= 1
+
+    def _value_folders(self, options: SamplingOptions) -> list[str]:
+        """Each value model's weights folder: the engine core loads them by path."""
+        return [self._catalog.resolve(guide.model, None, param=f"value_guidance[{i}].model",
+                                      kinds=(VALUE_MODEL,)).path
+                for i, guide in enumerate(options.value_guidance)]
 
     def queue_depth(self) -> int:
         """Requests without a token yet: waiting for their model's engine, queued in vLLM, or
@@ -168,8 +187,8 @@ class VllmEngine:
                 await victim.idle.wait()
             await shutdown(victim.llm)
 
-    async def _stream(self, loaded: _Loaded, served: ServedModel,
-                      request: GenerationRequest) -> AsyncGenerator[TokenStep, None]:
+    async def _stream(self, loaded: _Loaded, served: ServedModel, request: GenerationRequest,
+                      value_folders: list[str]) -> AsyncGenerator[TokenStep, None]:
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
@@ -177,8 +196,8 @@ class VllmEngine:
         # Our own id per call: the serving layer may reuse its request id for the n choices.
         vllm_id = f"{request.request_id}-{next(self._request_numbers)}"
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
-        stream = loaded.llm.generate(prompt, sampling_params(request.options), vllm_id,
-                                     lora_request=lora)
+        params = sampling_params(request.options, value_folders)
+        stream = loaded.llm.generate(prompt, params, vllm_id, lora_request=lora)
         finished = False
         try:
             async for output in stream:
@@ -226,6 +245,13 @@ def start_async_llm(folder: str, settings: VllmSettings) -> AsyncLLM:
         # vLLM's CPU platform replaces the "uni" executor by a worker process unless this is
         # 0; AsyncLLM still runs its engine core in a child process of its own either way.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    processors: list[str] = []
+    if settings.value_guidance:
+        from inference.engines.vllm_vas import PROCESSOR
+
+        # The V2 model runner rejects V1 logits processors; read here and in the child.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        processors.append(PROCESSOR)
     kv_bytes = None if settings.kv_cache_gib is None else int(settings.kv_cache_gib * 2**30)
     args = AsyncEngineArgs(
         model=folder, tokenizer=folder, dtype=settings.dtype,
@@ -236,6 +262,7 @@ def start_async_llm(folder: str, settings: VllmSettings) -> AsyncLLM:
         max_loras=settings.max_loras,
         distributed_executor_backend="uni" if on_cpu else None,
         logprobs_mode=settings.logprobs_mode,
+        logits_processors=processors,  # type: ignore[arg-type]
         disable_log_stats=True,
     )
     return AsyncLLM.from_engine_args(args)
@@ -249,16 +276,29 @@ async def shutdown(llm: AsyncLLM) -> None:
     await asyncio.to_thread(llm.shutdown)
 
 
-def sampling_params(options: SamplingOptions) -> SamplingParams:
-    """vLLM's parameters for one sequence; token ids out (no text), one delta per step."""
+def sampling_params(options: SamplingOptions,
+                    value_folders: Sequence[str] = ()) -> SamplingParams:
+    """vLLM's parameters for one sequence; token ids out (no text), one delta per step.
+
+    ``value_folders`` are the folders of ``options.value_guidance``'s models, in order.
+    """
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
+    top_k, extra_args = options.top_k, None
+    if options.value_guidance:
+        from inference.engines.vllm_vas import VasArgs
+
+        # k candidates; vLLM's own top-k cut then keeps exactly the candidates VAS left.
+        top_k = options.top_k or DEFAULT_TOP_K
+        betas = tuple(guide.beta for guide in options.value_guidance)
+        extra_args = VasArgs(tuple(value_folders), betas, top_k).extra_args()
     # temperature 0 is greedy in vLLM too, and top_k 0 means no cut in both.
     return SamplingParams(temperature=options.temperature, top_p=options.top_p,
-                          top_k=options.top_k, seed=options.seed, max_tokens=options.max_tokens,
+                          top_k=top_k, seed=options.seed, max_tokens=options.max_tokens,
                           logprobs=options.logprobs, stop_token_ids=list(options.stop_token_ids),
-                          detokenize=False, output_kind=RequestOutputKind.DELTA)
+                          detokenize=False, output_kind=RequestOutputKind.DELTA,
+                          extra_args=extra_args)
 
 
 def token_steps(completion: CompletionOutput, wanted: int | None) -> Iterator[TokenStep]:

@@ -15,9 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from inference.catalog import ModelCatalog
-from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep, ValueGuide
+from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from services.db.engine import session_factory, session_scope
-from services.errors import InvalidRequest
 from services.registry import declare_base_models
 from tests.inference.conftest import InferenceWorld
 
@@ -183,16 +182,6 @@ def test_a_lora_adapter_changes_the_output(engine: Any, run: Run[Any],
     assert len(engine._engines) == 1  # the adapter rides on its base's engine
     assert tokens(run(collect(engine, request(inference_world.adapter, prompt_ids,
                                               temperature=0.0)))) == tokens(adapted)
-
-
-def test_value_guidance_is_refused_for_now(engine: Any, run: Run[Any],
-                                           inference_world: InferenceWorld,
-                                           prompt_ids: list[int]) -> None:
-    guided = request(inference_world.base, prompt_ids,
-                     value_guidance=(ValueGuide(inference_world.values[0], 1.0),))
-    with pytest.raises(InvalidRequest, match="value_guidance") as error:
-        run(collect(engine, guided))
-    assert error.value.param == "value_guidance"
 
 
 @pytest.mark.slow
