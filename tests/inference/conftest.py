@@ -92,13 +92,21 @@ def inference_settings(database_url: str, reward_url: str, **overrides: object) 
                              torch_threads=2, **overrides)
 
 
-@pytest.fixture(scope="session")
-def inference_server(database_url: str, grader_reward_url: str,
+ENGINES = {
+    "torch": {"engine": "torch"},
+    # On CPU vLLM would size its KV cache from all of RAM; a quarter GiB is plenty here.
+    "vllm": {"engine": "vllm", "vllm_kv_cache_gib": 0.25, "vllm_max_loaded_models": 1},
+}
+
+
+@pytest.fixture(scope="session", params=sorted(ENGINES))
+def inference_server(request: pytest.FixtureRequest, database_url: str, grader_reward_url: str,
                      inference_world: InferenceWorld) -> Iterator[ServerThread]:
+    """The service on each engine in turn: every test of the contract runs against both."""
     from inference.main import create_app
 
-    app = create_app(inference_settings(database_url, grader_reward_url))
-    with ServerThread(app) as server:
+    settings = inference_settings(database_url, grader_reward_url, **ENGINES[request.param])
+    with ServerThread(create_app(settings)) as server:
         yield server
 
 
