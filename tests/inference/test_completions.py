@@ -183,3 +183,15 @@ def test_a_client_that_goes_away_mid_stream_frees_its_slot(
     from tests.conftest import wait_for
 
     wait_for(lambda: engine.running() == 0, timeout=10, message="the slot to be freed")
+
+
+def test_metrics_count_requests_and_tokens(client: openai.OpenAI, inference_url: str,
+                                           inference_world: InferenceWorld) -> None:
+    client.completions.create(model=inference_world.base, prompt=PROMPT, max_tokens=3, seed=0,
+                              extra_body={"ignore_eos": True})
+    text = httpx.get(f"{inference_url}/metrics", timeout=10).text
+    assert 'alignd_inference_requests_total{endpoint="completions",status="200"}' in text
+    generated = next(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("alignd_inference_generated_tokens_total "))
+    assert generated >= 3
+    assert "alignd_inference_queue_depth" in text and "alignd_inference_running_sequences" in text
