@@ -18,6 +18,7 @@ from inference.engines.base import Engine, GenerationRequest, SamplingOptions, T
 from inference.metrics import InferenceMetrics
 from inference.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from inference.text import TextStream
+from inference.vas import DEFAULT_TOP_K
 from services.errors import InvalidRequest
 from services.reward_client import RewardClient
 
@@ -155,7 +156,8 @@ class Generator:
                     f"{served.id!r} ({len(theirs)} vs {len(tokenizer)} tokens, different "
                     "vocabularies): VAS scores the base model's candidate tokens, so a value "
                     "model must share its tokenizer", param=param, code="tokenizer_mismatch")
-            guides.append(ValueGuide(value.id, guide.beta))
+            if guide.beta != 0:  # β = 0 adds nothing: skip the value model's forward passes
+                guides.append(ValueGuide(value.id, guide.beta))
         return tuple(guides)
 
     @staticmethod
@@ -179,6 +181,8 @@ class Generator:
                 f"prompt (model {body.model!r} takes {limit} tokens in all), got {max_tokens}",
                 param="max_tokens", code="context_length_exceeded")
         top_k = body.top_k if body.top_k and body.top_k > 0 else 0
+        if body.value_guidance and not top_k:  # VAS draws from the top-k candidates
+            top_k = DEFAULT_TOP_K
         return SamplingOptions(
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,

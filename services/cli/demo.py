@@ -1,5 +1,6 @@
 """`alignd demo`: build the demo world, start the embedded stack, fine-tune the demo model
-through the HTTP api, and show held-out exact-match accuracy before and after."""
+through the HTTP api, show held-out exact-match accuracy before and after, and ask both models
+a few held-out problems through the inference service."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -99,6 +101,25 @@ def _accuracy_table(settings: AlignSettings, world: Any, job: dict[str, Any]) ->
     return table
 
 
+def _ask(settings: AlignSettings, key: str, world: Any, job: dict[str, Any]) -> Table:
+    """A few held-out problems answered by both models through the inference service."""
+    rows = [json.loads(line) for line in world.eval_prompts.read_text().splitlines() if line]
+    table = Table("prompt", "gold", DEMO_MODEL, job["fine_tuned_model"],
+                  title="answers from the inference service (greedy)")
+    with httpx.Client(base_url=settings.inference_url, timeout=120,
+                      headers={"Authorization": f"Bearer {key}"}) as http:
+        for row in rows[:5]:
+            answers = []
+            for model in (DEMO_MODEL, job["fine_tuned_model"]):
+                response = http.post("/v1/completions", json={
+                    "model": model, "prompt": row["prompt"], "max_tokens": 12,
+                    "temperature": 0})
+                response.raise_for_status()
+                answers.append(response.json()["choices"][0]["text"])
+            table.add_row(row["prompt"], row["answer"], *answers)
+    return table
+
+
 def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
     urls = stack.urls()
     for name, url in urls.items():
@@ -106,6 +127,9 @@ def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
     console.print(f"\nyour demo API key: [bold]{key}[/]")
     console.print(f"try:  curl -H 'Authorization: Bearer {key}' {urls['api']}/v1/fine_tuning/jobs",
                   soft_wrap=True)
+    console.print(f"      curl -H 'Authorization: Bearer {key}' {urls['inference']}/v1/completions "
+                  f"-H 'content-type: application/json' -d '{{\"model\": \"{DEMO_MODEL}\", "
+                  f"\"prompt\": \"12+7=\", \"max_tokens\": 8}}'", soft_wrap=True)
 
 
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
@@ -126,6 +150,7 @@ def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
             console.print(f"[red]job {job['id']} {job['status']}[/]: {job.get('error')}")
             raise SystemExit(1)
         console.print(_accuracy_table(settings, world, job))
+        console.print(_ask(settings, key, world, job))
         _print_next_steps(console, stack, key)
     except BaseException:
         stack.stop()

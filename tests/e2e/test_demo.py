@@ -35,4 +35,5 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
     assert re.search(r"alignd-demo-tiny\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert re.search(r"ft:alignd-demo-tiny:demo:ftjob-\S+\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert "your demo API key: sk-alignd-" in output
+    assert "answers from the inference service" in output
     assert (tmp_path / "world" / "manifest.json").exists()

@@ -1,0 +1,203 @@
+"""Value Augmented Sampling against best-of-N on the demo task: reward, accuracy, wall time.
+
+One run builds (or reuses) the demo world, then, as a user of alignd would:
+  1. trains a reward model on the demo's preference pairs (the `reward_model` method) — the
+     proxy reward, as in the VAS paper; the gold reward is the task's own grader;
+  2. trains a VAS value model on completions of the demo's prompts sampled from the frozen base
+     and scored with that reward model (the `value_model` method, TD(λ));
+  3. serves the base through alignd's inference service (torch engine) and reward service, both
+     on loopback in this process, and generates for the held-out prompts with
+       VAS at several betas (top_k 20; beta 0 is plain top-k sampling), and
+       best-of-N for N = 1, 4, 16, 64 (same sampling, scored by the reward model over HTTP),
+     --concurrency requests in flight.
+Reported per configuration: wall time, gold accuracy (exact answer), mean proxy reward of the
+returned completion, and generated tokens/s; then VAS throughput against plain sampling and
+whether a beta reaches best-of-16's gold accuracy and proxy reward within 1/4 of its time.
+
+    python -m bench.vas_tradeoff            # 200 held-out prompts
+    python -m bench.vas_tradeoff --quick    # 48 prompts, betas 0 and 4, N up to 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from bench._harness import fresh_database, machine_info, print_table, ratio, scratch_dir
+from services.web import ServerThread
+
+BASE_ID = "alignd-demo-tiny"
+RM_ID, VALUE_ID = "bench-demo-rm", "bench-demo-value"
+TOP_K, MAX_TOKENS = 20, 8
+
+
+@dataclass
+class Outcome:
+    name: str
+    seconds: float
+    accuracy: float
+    proxy_reward: float
+    completion_tokens: int
+
+
+def train(method: str, world_base: Path, rows: list[dict[str, Any]], hp: Any, out: Path,
+          **context: Any) -> Path:
+    from trainer.context import TrainingContext
+    from trainer.methods import METHODS
+
+    ctx = TrainingContext(job_id=f"bench-{method}", base_model_path=world_base,
+                          training_rows=rows, validation_rows=None, hyperparameters=hp, seed=0,
+                          output_dir=out / "model", checkpoint_root=out / "checkpoints",
+                          log=lambda message: print(f"  [{method}] {message}"), **context)
+    started = time.perf_counter()
+    result = METHODS[method](ctx)
+    print(f"  [{method}] trained in {time.perf_counter() - started:.0f} s; "
+          f"final metrics {({k: round(v, 4) for k, v in result.final_metrics.items()})}")
+    return Path(result.output_dir)
+
+
+def register(database_url: str, base: Path, rm: Path | None, value: Path | None) -> None:
+    from services.db.engine import session_factory, session_scope
+    from services.db.models import Project
+    from services.registry import declare_base_models, register_model
+
+    with session_scope(session_factory(database_url)) as session:
+        declare_base_models(session, {BASE_ID: str(base)})
+        if session.get(Project, "bench") is None:
+            session.add(Project(id="bench", name="bench"))
+            session.flush()
+        for model_id, kind, path in ((RM_ID, "reward_model", rm),
+                                     (VALUE_ID, "value_model", value)):
+            if path is not None:
+                register_model(session, model_id=model_id, project_id="bench", kind=kind,
+                               path=str(path), base_model=BASE_ID, job_id="bench")
+
+
+async def generate(url: str, rows: list[dict[str, Any]], extra: dict[str, Any],
+                   concurrency: int) -> tuple[list[str], float, int]:
+    limit = asyncio.Semaphore(concurrency)
+    texts: list[str] = [""] * len(rows)
+    tokens = 0
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        async def one(i: int) -> None:
+            nonlocal tokens
+            body = {"model": BASE_ID, "prompt": rows[i]["prompt"], "max_tokens": MAX_TOKENS,
+                    "temperature": 1.0, "top_k": TOP_K, "seed": i, **extra}
+            if "best_of_n" in body:
+                body["best_of_n"] = {**body["best_of_n"], "item": {"answer": rows[i]["answer"]}}
+            async with limit:
+                response = await http.post("/v1/completions", json=body)
+            response.raise_for_status()
+            texts[i] = response.json()["choices"][0]["text"]
+            tokens += response.json()["usage"]["completion_tokens"]
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(len(rows))))
+    return texts, time.perf_counter() - started, tokens
+
+
+def proxy_rewards(reward_url: str, rows: list[dict[str, Any]], texts: list[str]) -> list[float]:
+    items = [{"prompt": r["prompt"], "response": t} for r, t in zip(rows, texts)]
+    response = httpx.post(f"{reward_url}/v1/score", timeout=600, json={
+        "items": items, "reward": {"type": "reward_model", "model": RM_ID}})
+    response.raise_for_status()
+    return [float(row["score"]) for row in response.json()["data"]]
+
+
+def main() -> None:
+    from services.methods import RewardModelHyperparameters, ValueModelHyperparameters
+    from services.settings import InferenceSettings, RewardSettings
+    from trainer.demo_world import build_demo_world, default_demo_root
+    from trainer.demo_world.datasets import read_jsonl
+    from trainer.demo_world.task import gold_grade
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    betas = [0.0, 4.0] if args.quick else [0.0, 1.0, 2.0, 4.0, 8.0]
+    sizes = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    print(f"machine: {machine_info()}")
+    world = build_demo_world(default_demo_root())
+    eval_rows = read_jsonl(world.eval_prompts)[: 48 if args.quick else 200]
+    with scratch_dir("alignd-bench-vas-") as scratch, fresh_database() as database_url:
+        rm_hp = RewardModelHyperparameters(n_epochs=2, batch_size=16, learning_rate=1e-4,
+                                           checkpoint_every=10_000, eval_every=10_000)
+        rm = train("reward_model", world.base_model, read_jsonl(world.preference), rm_hp,
+                   scratch / "rm")
+        register(database_url, world.base_model, rm, None)
+        reward_settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
+                                         database_url=database_url, require_api_key=False)
+        from reward_service.main import create_app as reward_app
+
+        with ServerThread(reward_app(reward_settings)) as reward:
+            value_hp = ValueModelHyperparameters(
+                reward={"type": "reward_model", "model": RM_ID}, samples_per_prompt=4,
+                max_new_tokens=MAX_TOKENS, top_k=TOP_K, n_epochs=2, batch_size=32,
+                learning_rate=3e-4, max_seq_length=64, checkpoint_every=10_000,
+                eval_every=10_000)
+            prompts = read_jsonl(world.prompts)[: 250 if args.quick else 1000]
+            value = train("value_model", world.base_model, prompts, value_hp, scratch / "value",
+                          base_model=BASE_ID, reward_url=reward.url)
+            register(database_url, world.base_model, None, value)
+            from inference.main import create_app as inference_app
+
+            settings = InferenceSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
+                                         database_url=database_url, reward_url=reward.url,
+                                         require_api_key=False)
+            with ServerThread(inference_app(settings)) as inference:
+                configs: dict[str, dict[str, Any]] = {}
+                for beta in betas:
+                    configs[f"VAS beta={beta:g}"] = {"value_guidance": [
+                        {"model": VALUE_ID, "beta": beta}]}
+                for n in sizes:
+                    configs[f"best-of-{n}"] = {"best_of_n": {
+                        "n": n, "reward": {"type": "reward_model", "model": RM_ID}}}
+                configs["plain top-k"] = {}
+                asyncio.run(generate(inference.url, eval_rows[:8], {}, 8))  # warm-up
+                outcomes = []
+                for name, extra in configs.items():
+                    texts, seconds, tokens = asyncio.run(
+                        generate(inference.url, eval_rows, extra, args.concurrency))
+                    accuracy = statistics.mean(gold_grade(t, r["answer"])
+                                               for t, r in zip(texts, eval_rows))
+                    proxy = statistics.mean(proxy_rewards(reward.url, eval_rows, texts))
+                    outcomes.append(Outcome(name, seconds, accuracy, proxy, tokens))
+                    print(f"  {name}: {seconds:.1f} s, accuracy {accuracy:.3f}, "
+                          f"proxy {proxy:.3f}")
+    report(outcomes, len(eval_rows), args.concurrency)
+
+
+def report(outcomes: list[Outcome], prompts: int, concurrency: int) -> None:
+    print(f"\n{prompts} held-out prompts, {concurrency} in flight, temperature 1, top_k "
+          f"{TOP_K}, max_tokens {MAX_TOKENS}")
+    print_table(["configuration", "wall s", "gold accuracy", "mean proxy reward", "tokens/s"],
+                [[o.name, o.seconds, o.accuracy, o.proxy_reward,
+                  o.completion_tokens / o.seconds] for o in outcomes])
+    by_name = {o.name: o for o in outcomes}
+    plain = by_name["plain top-k"]
+    vas = [o for o in outcomes if o.name.startswith("VAS") and not o.name.endswith("=0")]
+    for o in vas:
+        print(f"{o.name}: tokens/s {ratio(o.completion_tokens / o.seconds, plain.completion_tokens / plain.seconds):.2f}x plain sampling")
+    target = by_name.get("best-of-16")
+    if target is not None:
+        for o in vas:
+            print(f"{o.name} vs best-of-16: accuracy {o.accuracy:.3f} vs {target.accuracy:.3f}, "
+                  f"proxy {o.proxy_reward:.3f} vs {target.proxy_reward:.3f}, time "
+                  f"{ratio(o.seconds, target.seconds):.2f} of best-of-16's (goal: reach its "
+                  "reward at <= 0.25)")
+
+
+if __name__ == "__main__":
+    main()
