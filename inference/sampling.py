@@ -11,39 +11,39 @@ import torch
 from torch import Tensor
 
 
-def keep_top_k(logits: Tensor, k: int) -> Tensor:
-    """(V,) logits with everything outside the k largest set to -inf (k <= 0 keeps all).
+def processed_probs(logits: Tensor, temperature: Tensor, top_k: Tensor,
+                    top_p: Tensor) -> Tensor:
+    """(B, V) sampling probabilities of (B, V) logits, every row with its own settings.
 
-    Exactly k survive, ties broken by `torch.topk`, so VAS's k candidates and plain top-k
-    sampling keep the same set.
+    temperature: (B,) > 0; top_k: (B,) 0 = no cut; top_p: (B,) in (0, 1]. One sort serves both
+    cuts: top-k keeps the first k sorted tokens, top-p those whose preceding mass is < top_p.
     """
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kept = torch.full_like(logits, float("-inf"))
-    values, indices = torch.topk(logits, k)
-    return kept.scatter(-1, indices, values)
+    scaled = logits / temperature.unsqueeze(-1)  # (B, V)
+    sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # (B, V)
+    rank = torch.arange(scaled.shape[-1], device=scaled.device).unsqueeze(0)  # (1, V)
+    k = torch.where(top_k > 0, top_k, scaled.shape[-1]).unsqueeze(-1)  # (B, 1)
+    sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
+    probs = torch.softmax(sorted_logits, dim=-1)  # (B, V)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    drop = (mass_before >= top_p.unsqueeze(-1)) & (rank > 0)  # the likeliest always stays
+    probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+    return torch.zeros_like(probs).scatter(-1, order, probs)
 
 
-def keep_top_p(logits: Tensor, top_p: float) -> Tensor:
-    """(V,) logits keeping the smallest set of most likely tokens whose mass reaches top_p."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely tokens
-    drop_sorted = mass_before >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_token(logits: Tensor, *, temperature: float, top_k: int, top_p: float,
-                 generator: torch.Generator | None) -> int:
-    """One token id from (V,) float32 logits (already steered by any logits processor)."""
-    if temperature == 0.0:
-        return int(torch.argmax(logits))
-    processed = keep_top_p(keep_top_k(logits / temperature, top_k), top_p)
-    probs = torch.softmax(processed, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+def sample_rows(logits: Tensor, temperature: list[float], top_k: list[int], top_p: list[float],
+                generators: list[torch.Generator]) -> list[int]:
+    """One token per row of (B, V) float32 logits; temperature 0 rows take the argmax."""
+    greedy = [t == 0.0 for t in temperature]
+    tokens = torch.argmax(logits, dim=-1).tolist()
+    if all(greedy):
+        return [int(t) for t in tokens]
+    probs = processed_probs(
+        logits, torch.tensor([t if t > 0 else 1.0 for t in temperature]),
+        torch.tensor(top_k), torch.tensor(top_p, dtype=logits.dtype))
+    for row, generator in enumerate(generators):
+        if not greedy[row]:
+            tokens[row] = torch.multinomial(probs[row], 1, generator=generator)
+    return [int(t) for t in tokens]
 
 
 def top_logprobs(logprobs: Tensor, n: int) -> dict[int, float]:

@@ -23,7 +23,7 @@ from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from inference.engines.kv import Forward, KVBatch, extend, prefill
 from inference.engines.models import ResidentModels
-from inference.sampling import sample_token, top_logprobs
+from inference.sampling import sample_rows, top_logprobs
 from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
 
 Emit = Callable[[TokenStep | BaseException], None]
@@ -202,13 +202,17 @@ class TorchEngine:
 
     def _step(self, key: str) -> None:
         group = self._groups[key]
-        tokens: list[int] = []
-        keep: list[int] = []
+        live = []
         for row, sequence in enumerate(group.rows):
             if sequence.cancelled.is_set():
                 self._drop(sequence)
-                continue
-            token = self._sample(sequence, group.next_logits[row])
+            else:
+                live.append(row)
+        sequences = [group.rows[row] for row in live]
+        sampled = self._sample(sequences, group.next_logits[live])
+        tokens: list[int] = []
+        keep: list[int] = []
+        for row, sequence, token in zip(live, sequences, sampled, strict=True):
             sequence.generated += 1
             finish = ("stop" if token in sequence.stop_ids else
                       "length" if sequence.generated >= sequence.options.max_tokens else None)
@@ -238,24 +242,37 @@ class TorchEngine:
             return
         group.next_logits = logits.cpu()
 
-    def _sample(self, sequence: _Sequence, logits: Tensor) -> int:
-        options = sequence.options
-        if not sequence.guides:
-            return sample_token(logits, temperature=options.temperature, top_k=options.top_k,
-                                top_p=options.top_p, generator=sequence.generator)
-        k = options.top_k or DEFAULT_TOP_K
+    def _sample(self, sequences: list[_Sequence], logits: Tensor) -> list[int]:
+        """One token for each row of (B, V) logits; value-guided rows are steered first."""
+        if not sequences:
+            return []
+        steered, candidate_ids = logits, {}
+        for row, sequence in enumerate(sequences):
+            if sequence.guides:
+                if steered is logits:
+                    steered = logits.clone()
+                steered[row], candidate_ids[row] = self._steer(sequence, logits[row])
+        options = [s.options for s in sequences]
+        tokens = sample_rows(
+            steered, [o.temperature for o in options],
+            [(o.top_k or DEFAULT_TOP_K) if s.guides else o.top_k
+             for o, s in zip(options, sequences)],
+            [o.top_p for o in options], [s.generator for s in sequences])
+        for row, ids in candidate_ids.items():  # each value model's cache now holds s ⊕ token
+            chosen = int((ids == tokens[row]).nonzero()[0])
+            for guide in sequences[row].guides:
+                assert guide.expanded is not None
+                guide.batch, guide.expanded = guide.expanded.select([chosen]), None
+        return tokens
+
+    def _steer(self, sequence: _Sequence, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(V,) VAS-steered logits of one row, and its (k,) candidate ids."""
+        k = sequence.options.top_k or DEFAULT_TOP_K
         candidate_ids = candidates(logits, k)  # (k,)
         values = torch.stack([self._candidate_values(guide, candidate_ids)
                               for guide in sequence.guides])  # (M, k)
         betas = torch.tensor([guide.beta for guide in sequence.guides])  # (M,)
-        steered = guided_logits(logits, candidate_ids, values, betas)
-        token = sample_token(steered, temperature=options.temperature, top_k=k,
-                             top_p=options.top_p, generator=sequence.generator)
-        chosen = int((candidate_ids == token).nonzero()[0])
-        for guide in sequence.guides:  # each value model's cache now holds s ⊕ token
-            assert guide.expanded is not None
-            guide.batch, guide.expanded = guide.expanded.select([chosen]), None
-        return token
+        return guided_logits(logits, candidate_ids, values, betas), candidate_ids
 
     def _candidate_values(self, guide: _Guide, candidate_ids: Tensor) -> Tensor:
         """(k,) V(s⊕a) for every candidate a, one batched pass over the prefix's cache."""
