@@ -14,9 +14,8 @@ from fastapi import FastAPI, Request, Response
 from inference import routes
 from inference.engines.base import Engine
 from inference.state import InferenceState
-from services.db.engine import ping
 from services.settings import InferenceSettings
-from services.web import health_router, install_error_handlers
+from services.web import database_readiness, health_router, install_error_handlers
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
@@ -35,19 +34,11 @@ def create_app(settings: InferenceSettings | None = None, engine: Engine | None 
         else:
             await state.rewards.aclose()
 
-    async def readiness() -> dict[str, str]:
-        state: InferenceState = app.state.alignd
-        try:
-            await asyncio.to_thread(ping, state.database_url)
-            return {"database": "ok"}
-        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
-            return {"database": f"unreachable ({type(exc).__name__})"}
-
     app = FastAPI(title="alignd inference", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible generation with Value Augmented Sampling "
                               "and best-of-N.")
     install_error_handlers(app)
-    app.include_router(health_router(readiness))
+    app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
 
     @app.middleware("http")

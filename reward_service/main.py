@@ -12,9 +12,8 @@ from fastapi import FastAPI
 
 from reward_service import routes
 from reward_service.state import RewardState
-from services.db.engine import ping
 from services.settings import RewardSettings
-from services.web import health_router, install_error_handlers
+from services.web import database_readiness, health_router, install_error_handlers
 
 
 def create_app(settings: RewardSettings | None = None) -> FastAPI:
@@ -27,18 +26,10 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         yield
         await state.cache.close()
 
-    async def readiness() -> dict[str, str]:
-        state: RewardState = app.state.alignd
-        try:
-            await asyncio.to_thread(ping, state.database_url)
-            return {"database": "ok"}
-        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
-            return {"database": f"unreachable ({type(exc).__name__})"}
-
     app = FastAPI(title="alignd reward service", version="0.1.0", lifespan=lifespan,
                   description="Scores (prompt, response) items with reward models and ensembles.")
     install_error_handlers(app)
-    app.include_router(health_router(readiness))
+    app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
     return app
 

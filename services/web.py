@@ -88,6 +88,21 @@ def install_error_handlers(app: FastAPI) -> None:
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
 
+def database_readiness(database_url: Callable[[], str]) -> ReadinessCheck:
+    """A readiness check reporting whether the app's database answers a ping."""
+    async def readiness() -> dict[str, str]:
+        import asyncio
+
+        from services.db.engine import ping
+
+        try:
+            await asyncio.to_thread(ping, database_url())
+            return {"database": "ok"}
+        except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
+            return {"database": f"unreachable ({type(exc).__name__})"}
+    return readiness
+
+
 def health_router(readiness: ReadinessCheck | None = None) -> APIRouter:
     """/healthz: the process answers. /readyz: its dependencies answer too (503 otherwise)."""
     router = APIRouter(tags=["health"])
