@@ -198,11 +198,11 @@ class Generator:
         async def drive(run: Run) -> None:
             try:
                 async for delta in self._run(run):
-                    await queue.put(delta)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer below
-                await queue.put(exc)
-            finally:
-                await queue.put(None)
+                    queue.put_nowait(delta)
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+                queue.put_nowait(exc)
+            finally:  # cancellation (the consumer went away) propagates after this
+                queue.put_nowait(None)
 
         tasks = [asyncio.create_task(drive(run)) for run in prepared.runs]
         try:
