@@ -18,6 +18,10 @@ from services.settings import InferenceSettings, RewardSettings
 from services.web import ServerThread, free_port
 from tests.inference.models import make_lora_adapter, make_value_model
 
+SERVICE_KEY = "inference-tests-service-key"
+"""The admin key of the reward and inference services started here, set explicitly: the api
+fixtures put another one in the environment, which settings would otherwise read."""
+
 
 @dataclass(frozen=True)
 class InferenceWorld:
@@ -81,7 +85,7 @@ def grader_reward_url(database_url: str) -> Iterator[str]:
     from reward_service.main import create_app
 
     settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url)
+                              database_url=database_url, admin_key=SERVICE_KEY)
     with ServerThread(create_app(settings)) as server:
         yield server.url
 
@@ -89,7 +93,7 @@ def grader_reward_url(database_url: str) -> Iterator[str]:
 def inference_settings(database_url: str, reward_url: str, **overrides: object) -> InferenceSettings:
     return InferenceSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
                              database_url=database_url, reward_url=reward_url,
-                             torch_threads=2, **overrides)
+                             admin_key=SERVICE_KEY, torch_threads=2, **overrides)
 
 
 ENGINES = {

@@ -13,8 +13,7 @@ import pytest
 from services.db.engine import session_factory, session_scope
 from services.methods import ValueModelHyperparameters
 from services.registry import register_model
-from services.settings import DEVELOPMENT_ADMIN_KEY
-from tests.inference.conftest import InferenceWorld
+from tests.inference.conftest import SERVICE_KEY, InferenceWorld
 from trainer.context import TrainingContext
 from trainer.demo_world.task import make_problems
 from trainer.methods import METHODS
@@ -49,7 +48,7 @@ def trained_value_model(inference_world: InferenceWorld, grader_reward_url: str,
         job_id="vas-demo", base_model_path=Path(inference_world.base_path), training_rows=rows,
         validation_rows=None, hyperparameters=hp, seed=0, output_dir=root / "model",
         checkpoint_root=root / "checkpoints", base_model=inference_world.base,
-        reward_url=grader_reward_url, reward_key=DEVELOPMENT_ADMIN_KEY,
+        reward_url=grader_reward_url, reward_key=SERVICE_KEY,
         project_id=inference_world.project)
     result = METHODS["value_model"](ctx)
     print(f"value model: {result.final_metrics}")
