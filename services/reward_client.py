@@ -51,6 +51,10 @@ class RewardClient:
         their_param = error.get("param")
         ours = param if not their_param else (
             param + their_param[len("reward"):] if their_param.startswith("reward") else param)
+        if response.status_code in (401, 403):  # our own key, not the caller's request
+            raise ServiceUnavailable(
+                f"the reward service at {url} refused this service's key ({message}); "
+                "ALIGND_ADMIN_KEY must be the same for every alignd service")
         if response.status_code == 404:
             raise NotFound(message, param=ours, code=error.get("code"))
         if 400 <= response.status_code < 500:
