@@ -29,8 +29,10 @@ def guided_logits(logits: Tensor, candidate_ids: Tensor, values: Tensor, betas: 
     """(V,) steered logits.
 
     logits: (V,) base logits of the next token; candidate_ids: (k,) the top-k token ids;
-    values: (M, k) V_i(s⊕a) for each of M value models; betas: (M,) their weights.
+    values: (M, k) V_i(s⊕a) for each of M value models; betas: (M,) their weights; both are
+    moved to the logits' device.
     """
+    values, betas = values.to(logits.device), betas.to(logits.device)
     centred = values - values.mean(dim=-1, keepdim=True)  # (M, k)
     bonus = (betas.unsqueeze(-1) * centred).sum(dim=0)  # (k,)
     steered = torch.full_like(logits, float("-inf"))

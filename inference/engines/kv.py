@@ -48,21 +48,29 @@ class KVBatch:
                  for k, v in _pairs(self.cache)]
         return KVBatch(DynamicCache(ddp_cache_data=pairs), mask[:, start:])
 
-    def repeat(self, times: int) -> KVBatch:
-        """Each row ``times`` times in a row (row i becomes rows i*times .. i*times+times-1)."""
-        pairs = [(k.repeat_interleave(times, 0), v.repeat_interleave(times, 0))
+    def repeat(self, times: int | Sequence[int]) -> KVBatch:
+        """Each row repeated in place: ``times`` times, or ``times[i]`` times for row i."""
+        counts = times if isinstance(times, int) else torch.tensor(list(times),
+                                                                   device=self.mask.device)
+        pairs = [(k.repeat_interleave(counts, 0), v.repeat_interleave(counts, 0))
                  for k, v in _pairs(self.cache)]
-        return KVBatch(DynamicCache(ddp_cache_data=pairs), self.mask.repeat_interleave(times, 0))
+        return KVBatch(DynamicCache(ddp_cache_data=pairs), self.mask.repeat_interleave(counts, 0))
+
+    @staticmethod
+    def stack(batches: Sequence[KVBatch]) -> KVBatch:
+        """Every batch's rows, in order, in one batch left-padded to the longest."""
+        if len(batches) == 1:
+            return batches[0]
+        length = max(batch.mask.shape[1] for batch in batches)
+        layers = zip(*(_pairs(batch.cache) for batch in batches))
+        pairs = [(torch.cat([_pad_left(k, length) for k, _ in layer]),
+                  torch.cat([_pad_left(v, length) for _, v in layer])) for layer in layers]
+        mask = torch.cat([_pad_left(batch.mask, length) for batch in batches])
+        return KVBatch(DynamicCache(ddp_cache_data=pairs), mask)
 
     def merge(self, other: KVBatch) -> KVBatch:
         """This batch's rows then ``other``'s, the shorter left-padded to the longer."""
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        a_pairs, b_pairs = _pairs(self.cache), _pairs(other.cache)
-        pairs = [(torch.cat([_pad_left(ka, length), _pad_left(kb, length)]),
-                  torch.cat([_pad_left(va, length), _pad_left(vb, length)]))
-                 for (ka, va), (kb, vb) in zip(a_pairs, b_pairs)]
-        mask = torch.cat([_pad_left(self.mask, length), _pad_left(other.mask, length)])
-        return KVBatch(DynamicCache(ddp_cache_data=pairs), mask)
+        return KVBatch.stack([self, other])
 
 
 def _pad_left(tensor: Tensor, length: int) -> Tensor:
@@ -106,3 +114,15 @@ def causal_lm_forward(model: PreTrainedModel) -> Forward:
     def forward(**inputs: Tensor | DynamicCache) -> Tensor:
         return model(**inputs, use_cache=True).logits.float()  # type: ignore[no-any-return]
     return forward
+
+
+def branch(forward: Forward, prefixes: Sequence[KVBatch],
+           tokens: Sequence[Tensor]) -> tuple[KVBatch, Tensor]:
+    """Every prefix extended by each of its candidate tokens, all in one batched pass.
+
+    prefixes: batches of one row each; tokens: a (k_i,) tensor of candidates per prefix. Returns
+    the grown batch, whose rows are prefix 0's candidates in order, then prefix 1's, and so on,
+    and its (Σ k_i, ·) outputs, in the same order.
+    """
+    grown = KVBatch.stack(prefixes).repeat([len(ids) for ids in tokens])
+    return extend(forward, grown, torch.cat(list(tokens)))

@@ -3,7 +3,8 @@
 Requests for the same model share one batch: each loop iteration samples one token for every
 row, drops the rows that finished or whose client went away, admits waiting requests (their
 prompts prefilled together, then merged into the batch's KV cache), and runs one forward pass
-for the grown batch. Value-guided rows (VAS) also keep one KV cache per value model.
+for the grown batch. Value-guided rows (VAS) also keep one KV cache per value model, and each
+value model scores the top-k candidates of all the rows it guides in one batched pass.
 """
 
 from __future__ import annotations
@@ -21,23 +22,13 @@ from torch import Tensor
 
 from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
+from inference.engines.guides import Guide, score_candidates
 from inference.engines.kv import Forward, KVBatch, extend, prefill
 from inference.engines.models import ResidentModels
 from inference.sampling import sample_rows, top_logprobs
 from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
 
 Emit = Callable[[TokenStep | BaseException], None]
-
-
-@dataclass
-class _Guide:
-    """One value model's KV cache for one row, and its values for the current candidates."""
-
-    served: ServedModel
-    forward: Forward
-    beta: float
-    batch: KVBatch
-    expanded: KVBatch | None = None
 
 
 @dataclass
@@ -50,7 +41,9 @@ class _Sequence:
     generator: torch.Generator
     generated: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
-    guides: list[_Guide] = field(default_factory=list)
+    guides: list[Guide] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+    """β_i of each guide."""
 
     @property
     def options(self) -> SamplingOptions:
@@ -179,9 +172,10 @@ class TorchEngine:
         try:
             rows = [s.request.prompt_ids for s in sequences]
             batch, logits = prefill(forward, rows, sequences[0].pad_id, self._device)
-            for sequence in sequences:
-                self._attach_guides(sequence)
+            self._attach_guides(sequences)
         except Exception:
+            for sequence in sequences:
+                self._drop(sequence)
             if group is None:
                 self._models.release(served)
             raise
@@ -192,13 +186,21 @@ class TorchEngine:
             group.batch = group.batch.merge(batch)
             group.next_logits = torch.cat([group.next_logits, logits.cpu()])
 
-    def _attach_guides(self, sequence: _Sequence) -> None:
-        for guide in sequence.options.value_guidance:
-            served = self._catalog.resolve(guide.model, None, kinds=(VALUE_MODEL,))
-            forward = self._models.acquire(served)
-            batch, _ = prefill(forward, [sequence.request.prompt_ids], sequence.pad_id,
-                               self._device)
-            sequence.guides.append(_Guide(served, forward, guide.beta, batch))
+    def _attach_guides(self, sequences: list[_Sequence]) -> None:
+        """Load each row's value models and fill their prefix caches, a batch per model."""
+        by_model: dict[str, list[tuple[Guide, _Sequence]]] = {}
+        for sequence in sequences:
+            for guidance in sequence.options.value_guidance:
+                served = self._catalog.resolve(guidance.model, None, kinds=(VALUE_MODEL,))
+                guide = Guide(served, self._models.acquire(served))
+                sequence.guides.append(guide)
+                sequence.betas.append(guidance.beta)
+                by_model.setdefault(served.id, []).append((guide, sequence))
+        for pairs in by_model.values():
+            prompts = [sequence.request.prompt_ids for _, sequence in pairs]
+            batch, _ = prefill(pairs[0][0].forward, prompts, pairs[0][1].pad_id, self._device)
+            for row, (guide, _) in enumerate(pairs):
+                guide.prefix = batch.select([row])
 
     def _step(self, key: str) -> None:
         group = self._groups[key]
@@ -246,12 +248,20 @@ class TorchEngine:
         """One token for each row of (B, V) logits; value-guided rows are steered first."""
         if not sequences:
             return []
+        guided = [row for row, sequence in enumerate(sequences) if sequence.guides]
         steered, candidate_ids = logits, {}
-        for row, sequence in enumerate(sequences):
-            if sequence.guides:
-                if steered is logits:
-                    steered = logits.clone()
-                steered[row], candidate_ids[row] = self._steer(sequence, logits[row])
+        if guided:
+            steered = logits.clone()
+            for row in guided:
+                candidate_ids[row] = candidates(logits[row],
+                                                sequences[row].options.top_k or DEFAULT_TOP_K)
+            score_candidates([(guide, ids) for row, ids in candidate_ids.items()
+                              for guide in sequences[row].guides])
+            for row in guided:
+                guides = sequences[row].guides
+                values = torch.stack([guide.values for guide in guides])  # type: ignore[misc]
+                betas = torch.tensor(sequences[row].betas)  # (M,)
+                steered[row] = guided_logits(logits[row], candidate_ids[row], values, betas)
         options = [s.options for s in sequences]
         tokens = sample_rows(
             steered, [o.temperature for o in options],
@@ -261,24 +271,8 @@ class TorchEngine:
         for row, ids in candidate_ids.items():  # each value model's cache now holds s ⊕ token
             chosen = int((ids == tokens[row]).nonzero()[0])
             for guide in sequences[row].guides:
-                assert guide.expanded is not None
-                guide.batch, guide.expanded = guide.expanded.select([chosen]), None
+                guide.choose(chosen)
         return tokens
-
-    def _steer(self, sequence: _Sequence, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """(V,) VAS-steered logits of one row, and its (k,) candidate ids."""
-        k = sequence.options.top_k or DEFAULT_TOP_K
-        candidate_ids = candidates(logits, k)  # (k,)
-        values = torch.stack([self._candidate_values(guide, candidate_ids)
-                              for guide in sequence.guides])  # (M, k)
-        betas = torch.tensor([guide.beta for guide in sequence.guides])  # (M,)
-        return guided_logits(logits, candidate_ids, values, betas), candidate_ids
-
-    def _candidate_values(self, guide: _Guide, candidate_ids: Tensor) -> Tensor:
-        """(k,) V(s⊕a) for every candidate a, one batched pass over the prefix's cache."""
-        expanded = guide.batch.repeat(len(candidate_ids))
-        guide.expanded, values = extend(guide.forward, expanded, candidate_ids)
-        return values.float().cpu()
 
     @staticmethod
     def _token_step(sequence: _Sequence, logits: Tensor, token: int,
@@ -296,3 +290,4 @@ class TorchEngine:
         for guide in sequence.guides:
             self._models.release(guide.served)
         sequence.guides.clear()
+        sequence.betas.clear()

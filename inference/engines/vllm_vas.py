@@ -7,8 +7,9 @@ A request asks for guidance through `SamplingParams.extra_args[VAS_KEY]` (built 
 batch `apply` returns at once.
 
 For a guided row each value model keeps a KV cache of the prefix s (prompt ⊕ tokens so far),
-as the torch engine does: `apply` expands it to the k candidates in one batched forward,
-V(s⊕a), and `inference.vas.guided_logits` steers the row. The token vLLM then samples shows up
+as the torch engine does: `apply` branches every guided row's prefix into its k candidates,
+one batched forward per value model for all the rows it guides, V(s⊕a), and
+`inference.vas.guided_logits` steers each row. The token vLLM then samples shows up
 in the request's live output list at the next `apply`, and that candidate's cache becomes the
 new prefix. Anything else seen there (a preempted request resumed, outputs folded into the
 prompt, a discarded sample) is caught by comparing with the tokens the caches hold: a
@@ -40,7 +41,8 @@ from vllm.v1.sample.logits_processor import (
 )
 
 from inference.catalog import VALUE_MODEL, ServedModel
-from inference.engines.kv import Forward, KVBatch, extend, prefill
+from inference.engines.guides import Guide, score_candidates
+from inference.engines.kv import prefill
 from inference.engines.models import ResidentModels
 from inference.vas import candidates, guided_logits
 
@@ -98,32 +100,13 @@ def _value_model(folder: str) -> ServedModel:
 
 
 @dataclass
-class _Guide:
-    """One value model's caches for one request."""
-
-    served: ServedModel
-    forward: Forward
-    prefix: KVBatch | None = None
-    """s: the prompt ⊕ the request's `cached` tokens (1 row)."""
-    expanded: KVBatch | None = None
-    """s ⊕ a for each candidate a of the last step (k rows, in candidate order)."""
-
-    def values(self, candidate_ids: Tensor) -> Tensor:
-        """(k,) V(s⊕a) for the (k,) candidates, one batched pass over the prefix's cache."""
-        assert self.prefix is not None
-        self.expanded, values = extend(self.forward, self.prefix.repeat(len(candidate_ids)),
-                                       candidate_ids)  # values: (k,)
-        return values
-
-
-@dataclass
 class _GuidedRow:
     """One guided request's state, wherever its row is in the batch this step."""
 
     prompt: list[int]
     outputs: list[int]
     """vLLM's live list of the request's output tokens (read, never written)."""
-    guides: list[_Guide]
+    guides: list[Guide]
     betas: Tensor
     """(M,) β_i, on the logits' device."""
     k: int
@@ -132,13 +115,17 @@ class _GuidedRow:
     pending: list[int] = field(default_factory=list)
     """The candidates the guides' `expanded` caches hold, in candidate order."""
 
-    def steer(self, logits: Tensor) -> Tensor:
-        """(V,) guided logits of this row's (V,) base logits."""
+    def propose(self, logits: Tensor) -> Tensor:
+        """(k,) candidate ids for this row's (V,) base logits, prefixes brought up to date."""
         self._sync()
         candidate_ids = candidates(logits, self.k)  # (k,)
-        values = torch.stack([guide.values(candidate_ids) for guide in self.guides])  # (M, k)
         self.pending = candidate_ids.tolist()
-        return guided_logits(logits, candidate_ids, values, self.betas)
+        return candidate_ids
+
+    def steer(self, logits: Tensor, candidate_ids: Tensor) -> Tensor:
+        """(V,) guided logits, once every guide holds its `values` for ``candidate_ids``."""
+        values = torch.stack([guide.values for guide in self.guides])  # type: ignore[misc]
+        return guided_logits(logits, candidate_ids, values, self.betas)  # values: (M, k)
 
     def _sync(self) -> None:
         """Bring every guide's prefix cache up to the prompt ⊕ the outputs so far."""
@@ -149,8 +136,7 @@ class _GuidedRow:
         if in_step and len(outputs) == held + 1 and outputs[-1] in self.pending:
             row = self.pending.index(outputs[-1])  # the sampled candidate's cache
             for guide in self.guides:
-                assert guide.expanded is not None
-                guide.prefix, guide.expanded = guide.expanded.select([row]), None
+                guide.choose(row)
             self.cached.append(outputs[-1])
             return
         self._recompute()
@@ -164,7 +150,7 @@ class _GuidedRow:
         for guide in self.guides:
             guide.prefix, _ = prefill(guide.forward, [self.prompt + outputs], 0,
                                       self.betas.device)
-            guide.expanded = None
+            guide.forget_step()
         self.cached, self.pending = outputs, []
 
 
@@ -204,8 +190,11 @@ class ValueGuidedLogits(LogitsProcessor):
         if not self._rows:
             return logits
         with torch.inference_mode():
+            proposed = {index: row.propose(logits[index]) for index, row in self._rows.items()}
+            score_candidates([(guide, proposed[index]) for index, row in self._rows.items()
+                              for guide in row.guides])
             for index, row in self._rows.items():
-                logits[index] = row.steer(logits[index])
+                logits[index] = row.steer(logits[index], proposed[index])
         return logits
 
     def _admit(self, params: SamplingParams, prompt: list[int] | None,
@@ -218,7 +207,7 @@ class ValueGuidedLogits(LogitsProcessor):
         guides = []
         for folder in args.value_models:
             served = _value_model(folder)
-            guides.append(_Guide(served, self._models.acquire(served)))
+            guides.append(Guide(served, self._models.acquire(served)))
         return _GuidedRow(prompt=list(prompt), outputs=outputs, guides=guides, k=args.k,
                           betas=torch.tensor(args.betas, dtype=torch.float32,
                                              device=self._device))

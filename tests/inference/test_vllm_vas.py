@@ -78,7 +78,7 @@ def eos(catalog: ModelCatalog, inference_world: InferenceWorld) -> tuple[int, ..
     return catalog.eos_token_ids(catalog.resolve(inference_world.base, None))
 
 
-def request(world: InferenceWorld, prompt_ids: list[int], betas: Sequence[float] = (),
+def guided_request(world: InferenceWorld, prompt_ids: list[int], betas: Sequence[float] = (),
             **options: Any) -> GenerationRequest:
     guides = tuple(ValueGuide(model, beta) for model, beta in zip(world.values, betas))
     return GenerationRequest(request_id="vas", model=world.base, prompt_ids=prompt_ids,
@@ -100,8 +100,8 @@ def test_beta_zero_is_vllms_own_top_k_token_for_token(
         prompt_ids: list[int]) -> None:
     samples = []
     for seed in (1, 2, 3):
-        plain = request(inference_world, prompt_ids, top_k=5, seed=seed, max_tokens=16)
-        guided = request(inference_world, prompt_ids, (0.0, 0.0), top_k=5, seed=seed,
+        plain = guided_request(inference_world, prompt_ids, top_k=5, seed=seed, max_tokens=16)
+        guided = guided_request(inference_world, prompt_ids, (0.0, 0.0), top_k=5, seed=seed,
                          max_tokens=16)
         samples.append(tokens(run(collect(vllm, plain))))
         assert tokens(run(collect(vllm, guided))) == samples[-1]
@@ -112,48 +112,51 @@ def test_greedy_vas_equals_the_full_recompute_and_the_torch_engine(
         vllm: Any, torch_engine: Any, run: Run[Any], inference_world: InferenceWorld,
         prompt_ids: list[int], eos: tuple[int, ...]) -> None:
     betas = [1.5, -0.7]
-    guided = request(inference_world, prompt_ids, betas, temperature=0.0, top_k=6,
+    guided = guided_request(inference_world, prompt_ids, betas, temperature=0.0, top_k=6,
                      stop_token_ids=eos)
     on_vllm = tokens(run(collect(vllm, guided)))
     assert on_vllm == tokens(run(collect(torch_engine, guided)))
     tokenizer = AutoTokenizer.from_pretrained(inference_world.base_path)
     expected = _reference_vas_greedy(inference_world, betas, k=6, steps=12)
     assert tokenizer.decode(on_vllm, skip_special_tokens=True) == expected
-    plain = request(inference_world, prompt_ids, temperature=0.0, stop_token_ids=eos)
+    plain = guided_request(inference_world, prompt_ids, temperature=0.0, stop_token_ids=eos)
     assert on_vllm != tokens(run(collect(vllm, plain)))  # the guidance did steer
 
 
 def test_unguided_requests_batched_with_guided_ones_are_unaffected(
         vllm: Any, run: Run[Any], inference_world: InferenceWorld,
         prompt_ids: list[int]) -> None:
-    plain = [request(inference_world, prompt_ids, seed=11, max_tokens=16),
-             request(inference_world, prompt_ids, temperature=0.0, max_tokens=10)]
+    plain = [guided_request(inference_world, prompt_ids, seed=11, max_tokens=16),
+             guided_request(inference_world, prompt_ids, temperature=0.0, max_tokens=10)]
     alone = run(collect_all(vllm, plain))
-    guided = [request(inference_world, prompt_ids, (2.0, -1.0), seed=12, top_k=6,
+    guided = [guided_request(inference_world, prompt_ids, (2.0, -1.0), seed=12, top_k=6,
                       max_tokens=16),
-              request(inference_world, prompt_ids, (1.5, -0.7), temperature=0.0, top_k=6)]
+              guided_request(inference_world, prompt_ids, (1.5, -0.7), temperature=0.0, top_k=6)]
     together = run(collect_all(vllm, [guided[0], plain[0], guided[1], plain[1]]))
     assert [together[1], together[3]] == alone
 
 
+@pytest.mark.parametrize("engine_fixture", ["vllm", "torch_engine"])
 def test_guided_rows_keep_their_state_as_requests_join_and_leave(
-        vllm: Any, run: Run[Any], inference_world: InferenceWorld,
-        prompt_ids: list[int]) -> None:
+        engine_fixture: str, request: pytest.FixtureRequest, run: Run[Any],
+        inference_world: InferenceWorld, prompt_ids: list[int]) -> None:
     """Requests finishing at different steps make vLLM move the last rows into the freed
-    ones: every guided request must decode as it does alone."""
+    ones, and the torch engine drop them from its batches; every value model scores all the
+    rows it guides in one pass: every guided request must decode as it does alone."""
+    engine = request.getfixturevalue(engine_fixture)
     other = AutoTokenizer.from_pretrained(inference_world.base_path)("3+99=")["input_ids"]
     requests = [
-        request(inference_world, prompt_ids, (1.5, -0.7), temperature=0.0, top_k=6,
+        guided_request(inference_world, prompt_ids, (1.5, -0.7), temperature=0.0, top_k=6,
                 max_tokens=3),
-        request(inference_world, other, (0.0, 2.0), temperature=0.0, top_k=4, max_tokens=14),
-        request(inference_world, prompt_ids, temperature=0.0, max_tokens=5),
-        request(inference_world, other, (-1.0, 0.5), temperature=0.0, top_k=8, max_tokens=9),
-        request(inference_world, prompt_ids, (3.0, 0.0), temperature=0.0, top_k=5,
+        guided_request(inference_world, other, (0.0, 2.0), temperature=0.0, top_k=4, max_tokens=14),
+        guided_request(inference_world, prompt_ids, temperature=0.0, max_tokens=5),
+        guided_request(inference_world, other, (-1.0, 0.5), temperature=0.0, top_k=8, max_tokens=9),
+        guided_request(inference_world, prompt_ids, (3.0, 0.0), temperature=0.0, top_k=5,
                 max_tokens=2),
-        request(inference_world, other, (0.7, 0.7), temperature=0.0, top_k=6, max_tokens=12),
+        guided_request(inference_world, other, (0.7, 0.7), temperature=0.0, top_k=6, max_tokens=12),
     ]
-    alone = [run(collect_all(vllm, [req]))[0] for req in requests]
-    assert run(collect_all(vllm, requests)) == alone
+    alone = [run(collect_all(engine, [req]))[0] for req in requests]
+    assert run(collect_all(engine, requests)) == alone
 
 
 def _exact_first_token(world: InferenceWorld, prompt_ids: list[int], k: int,
@@ -194,7 +197,7 @@ def test_sampled_first_tokens_follow_the_exact_guided_distribution_on_both_engin
     bound = math.sqrt(2 * math.log((2**k - 2) / FAILURE_ODDS) / SAMPLES) / 2
     assert _total_variation(exact, plain) > 2 * bound
 
-    requests = [request(inference_world, prompt_ids, (beta,), max_tokens=1, temperature=1.0,
+    requests = [guided_request(inference_world, prompt_ids, (beta,), max_tokens=1, temperature=1.0,
                         top_k=k, seed=seed) for seed in range(SAMPLES)]
     empirical = []
     for engine in (vllm, torch_engine):
@@ -357,5 +360,5 @@ def test_a_value_model_whose_folder_is_gone_fails_its_request_alone(
                                    max_tokens=4, value_guidance=(ValueGuide(gone, 1.0),)))
     with pytest.raises(InvalidRequest, match="config.json"):
         run(collect(vllm, broken))
-    steps = run(collect(vllm, request(inference_world, prompt_ids, (1.0,), max_tokens=4)))
+    steps = run(collect(vllm, guided_request(inference_world, prompt_ids, (1.0,), max_tokens=4)))
     assert len(steps) == 4  # the engine serves on
