@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="generated per request")
     parser.add_argument("--repeats", type=int, default=None, help="runs per side (3; quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads, both sides")
+    parser.add_argument("--stream-interval", type=int, default=1,
+                        help="the server's ALIGND_STREAM_INTERVAL (tokens per event)")
     args = parser.parse_args()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -155,7 +157,8 @@ def main() -> None:
             ["serve", "inference"],
             {"ALIGND_ENVIRONMENT": "test", "ALIGND_DATABASE_URL": database_url,
              "ALIGND_PORT": str(port), "ALIGND_TORCH_THREADS": str(threads),
-             "ALIGND_MAX_BATCH_SIZE": str(args.clients), "ALIGND_LOG_LEVEL": "WARNING"},
+             "ALIGND_MAX_BATCH_SIZE": str(args.clients), "ALIGND_LOG_LEVEL": "WARNING",
+             "ALIGND_STREAM_INTERVAL": str(args.stream_interval)},
             scratch / "inference.log")
         url = f"http://127.0.0.1:{port}"
         runs: dict[str, list[Run]] = {"alignd": [], "offline": []}
@@ -180,7 +183,8 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace, requests: int,
             for name, side in runs.items()}
     print(f"\n{args.clients} streaming clients x {requests} requests x {args.tokens} tokens "
           f"({len(runs['alignd'])} repeats; torch {threads} threads; "
-          f"model {'demo tiny' if args.tiny else '4-layer hidden-256'})")
+          f"model {'demo tiny' if args.tiny else '4-layer hidden-256'}; "
+          f"stream interval {args.stream_interval})")
     table = []
     for name, side in runs.items():
         first = Summary.of([ms for r in side for ms in r.first_token_ms])

@@ -94,9 +94,10 @@ def _event(payload: dict[str, Any]) -> str:
 async def sse(prepared: Prepared, deltas: AsyncIterator[Delta], chat: bool,
               include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk shapes, ending with ``data: [DONE]``."""
-    created = int(time.time())
     head = {"id": prepared.id, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created, "model": prepared.served.id}
+            "created": int(time.time()), "model": prepared.served.id}
+    # Every chunk starts alike: render that part once, and only each choice per event.
+    opening = f"data: {json.dumps(head, separators=(',', ':'))[:-1]},\"choices\":["
     logprobs = _wants_logprobs(prepared)
     if chat:  # the role comes first, once per choice
         for run in prepared.runs:
@@ -117,7 +118,7 @@ async def sse(prepared: Prepared, deltas: AsyncIterator[Delta], chat: bool,
                                                       offsets[delta.index]).model_dump()
                                   if logprobs else None)
             offsets[delta.index] += len(delta.text)
-        yield _event({**head, "choices": [choice]})
+        yield f"{opening}{json.dumps(choice, separators=(',', ':'))}]}}\n\n"
     if include_usage:
         yield _event({**head, "choices": [], "usage": usage(prepared).model_dump()})
     yield DONE

@@ -5,19 +5,52 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference import routes
 from inference.engines.base import Engine
+from inference.metrics import InferenceMetrics
 from inference.state import InferenceState
 from services.settings import InferenceSettings
 from services.web import database_readiness, health_router, install_error_handlers
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+
+class RequestMetrics:
+    """Counts and times the generation endpoints, streams to their last byte.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` would relay every
+    server-sent event of a stream through a task and a memory stream of its own.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Callable[[], InferenceMetrics]):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            metrics = self.metrics()
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def create_app(settings: InferenceSettings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -41,18 +74,7 @@ def create_app(settings: InferenceSettings | None = None, engine: Engine | None 
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
 
-    @app.middleware("http")
-    async def count_requests(request: Request,
-                             call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        endpoint = ENDPOINTS.get(request.url.path)
-        started = time.perf_counter()
-        response = await call_next(request)
-        if endpoint is not None:
-            metrics = app.state.alignd.metrics
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics, metrics=lambda: app.state.alignd.metrics)
     return app
 
 

@@ -26,7 +26,7 @@ class InferenceMetrics:
                                         registry=self.registry)
         self.prompt_tokens = Counter("alignd_inference_prompt_tokens_total", "Prompt tokens",
                                      registry=self.registry)
-        self.latency = Histogram("alignd_inference_request_seconds", "Request latency",
+        self.latency = Histogram("alignd_inference_request_seconds", "Request latency (a stream until its last event)",
                                  ["endpoint"], registry=self.registry)
         self.batch_size = Histogram("alignd_inference_batch_size", "Rows per decode step",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),

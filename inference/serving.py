@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -76,8 +77,10 @@ class Prepared:
 
 class Generator:
     def __init__(self, catalog: ModelCatalog, engine: Engine, rewards: RewardClient,
-                 metrics: InferenceMetrics):
+                 metrics: InferenceMetrics, *, stream_interval: int = 1):
         self.catalog, self.engine, self.rewards, self.metrics = catalog, engine, rewards, metrics
+        self.stream_interval = stream_interval
+        """Tokens per delta after the first (`InferenceSettings.stream_interval`)."""
 
     # -- preparing -------------------------------------------------------------------------
 
@@ -193,6 +196,11 @@ class Generator:
 
     async def deltas(self, prepared: Prepared) -> AsyncIterator[Delta]:
         """Every run's deltas as they come, interleaved; cancelling this cancels every run."""
+        if len(prepared.runs) == 1:  # the common case needs no task or queue in between
+            async with aclosing(self._run(prepared.runs[0])) as deltas:
+                async for delta in deltas:
+                    yield delta
+            return
         queue: asyncio.Queue[Delta | BaseException | None] = asyncio.Queue()
 
         async def drive(run: Run) -> None:
@@ -220,23 +228,31 @@ class Generator:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, run: Run) -> AsyncIterator[Delta]:
-        stream = self.engine.generate(run.request)
-        try:
-            async for step in stream:
-                run.steps.append(step)
-                text = run.stream.push(step.token_id)
-                finish = "stop" if run.stream.stopped else step.finish_reason
+    async def _run(self, run: Run) -> AsyncGenerator[Delta, None]:
+        """The run's deltas: the first token at once, then one delta per `stream_interval`
+        tokens (or more: whatever the engine hands over in one list), and the last."""
+        text, held = "", []
+        async with aclosing(self.engine.generate(run.request)) as stream:
+            async for steps in stream:
+                finish = None
+                for taken, step in enumerate(steps, 1):
+                    text += run.stream.push(step.token_id)
+                    finish = "stop" if run.stream.stopped else step.finish_reason
+                    if finish is not None:
+                        steps = steps[:taken]
+                        break
                 if finish is not None and not run.stream.stopped:
                     text += run.stream.finish()
-                self.metrics.generated_tokens.inc()
+                run.steps.extend(steps)
+                held.extend(steps)
+                self.metrics.generated_tokens.inc(len(steps))
                 if finish is not None:
                     run.finish_reason = finish
-                    yield Delta(run.index, text, [step], finish)
+                    yield Delta(run.index, text, held, finish)
                     return
-                yield Delta(run.index, text, [step])
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+                if len(run.steps) == len(held) or len(held) >= self.stream_interval:
+                    yield Delta(run.index, text, held)
+                    text, held = "", []
 
     async def complete(self, prepared: Prepared) -> None:
         """Run every choice to the end (results land on the runs)."""

@@ -64,7 +64,8 @@ class InferenceState:
                                service_key=settings.admin_key.get_secret_value())
         return cls(settings=settings, database_url=url, sessions=sessions, catalog=catalog,
                    engine=engine, rewards=rewards, metrics=metrics,
-                   generator=Generator(catalog, engine, rewards, metrics))
+                   generator=Generator(catalog, engine, rewards, metrics,
+                                             stream_interval=settings.stream_interval))
 
     async def close(self) -> None:
         await self.engine.close()

@@ -127,6 +127,10 @@ class InferenceSettings(AlignSettings):
     torch_threads: int | None = None
     require_api_key: bool = True
     """Generation needs an api key (a project's models are visible to that project only)."""
+    stream_interval: int = Field(default=1, ge=1, le=1024)
+    """Tokens per streamed event after the first (vLLM's --stream-interval): 1 sends each
+    token as it comes; more cuts the per-event work of many concurrent streams, at the cost of
+    choppier streams. Tokens that pile up while a client reads are sent together either way."""
     vllm_gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
     """Fraction of GPU memory each vLLM engine takes (on CPU: of RAM, unless the next is set)."""
     vllm_kv_cache_gib: float | None = Field(default=None, gt=0)

@@ -8,7 +8,7 @@ Closing the stream early (a stop string matched, a client went away) frees the r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -67,8 +67,10 @@ class Engine(Protocol):
 
     name: str
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
-        """Stream the request's tokens; closing the iterator cancels the request."""
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
+        """Stream the request's tokens in non-empty lists: each list holds every step made
+        since the last one, so a consumer that falls behind takes its backlog in one go. Closing
+        the iterator cancels the request."""
         ...
 
     async def close(self) -> None:

@@ -14,7 +14,7 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,14 +28,16 @@ from inference.engines.models import ResidentModels
 from inference.sampling import sample_rows, top_logprobs
 from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
 
-Emit = Callable[[TokenStep | BaseException], None]
+Outcome = TokenStep | BaseException
 
 
 @dataclass
 class _Sequence:
     request: GenerationRequest
     served: ServedModel
-    emit: Emit
+    loop: asyncio.AbstractEventLoop
+    inbox: asyncio.Queue[Outcome]
+    """Filled on ``loop`` by `_Outbox.flush`, read by `TorchEngine.generate`."""
     stop_ids: frozenset[int]
     pad_id: int
     generator: torch.Generator
@@ -48,6 +50,34 @@ class _Sequence:
     @property
     def options(self) -> SamplingOptions:
         return self.request.options
+
+
+class _Outbox:
+    """Steps and errors on their way from the decode thread to the requests' event loops.
+
+    The decode thread posts as it goes and flushes once per decode step: one wake-up of each
+    event loop per step, however many rows it has, rather than one per token.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[_Sequence, Outcome]]] = {}
+
+    def post(self, sequence: _Sequence, outcome: Outcome) -> None:
+        self._pending.setdefault(sequence.loop, []).append((sequence, outcome))
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for loop, items in pending.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
+                for sequence, _ in items:
+                    sequence.cancelled.set()
+
+
+def _deliver(items: list[tuple[_Sequence, Outcome]]) -> None:
+    for sequence, outcome in items:
+        sequence.inbox.put_nowait(outcome)
 
 
 @dataclass
@@ -77,6 +107,7 @@ class TorchEngine:
         self._intake: queue.Queue[_Sequence] = queue.Queue()
         self._waiting: deque[_Sequence] = deque()
         self._groups: dict[str, _Group] = {}
+        self._outbox = _Outbox()
         self._wake = threading.Event()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
@@ -84,34 +115,34 @@ class TorchEngine:
 
     # -- the asyncio side -------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
         served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
         tokenizer = await asyncio.to_thread(self._catalog.tokenizer, served)
-        loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[TokenStep | BaseException] = asyncio.Queue()
-
-        def emit(item: TokenStep | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(steps.put_nowait, item)
-            except RuntimeError:  # the event loop is gone: nobody is listening any more
-                sequence.cancelled.set()
-
         eos = tokenizer.eos_token_id
         seed = request.options.seed
         generator = torch.Generator().manual_seed(seed if seed is not None
                                                   else secrets.randbits(63))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
-        sequence = _Sequence(request=request, served=served, emit=emit,
-                             stop_ids=frozenset(request.options.stop_token_ids), pad_id=int(pad), generator=generator)
+        sequence = _Sequence(request=request, served=served, loop=asyncio.get_running_loop(),
+                             inbox=asyncio.Queue(),
+                             stop_ids=frozenset(request.options.stop_token_ids), pad_id=int(pad),
+                             generator=generator)
         self._intake.put(sequence)
         self._wake.set()
         try:
             while True:
-                item = await steps.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
+                outcomes = [await sequence.inbox.get()]
+                while not sequence.inbox.empty():  # a backlog goes out as one list
+                    outcomes.append(sequence.inbox.get_nowait())
+                steps: list[TokenStep] = []
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        if steps:
+                            yield steps
+                        raise outcome
+                    steps.append(outcome)
+                yield steps
+                if steps[-1].finish_reason is not None:
                     return
         finally:
             sequence.cancelled.set()  # a no-op after the last token; frees the slot otherwise
@@ -140,6 +171,7 @@ class TorchEngine:
                     continue
                 for key in list(self._groups):
                     self._step(key)
+                    self._outbox.flush()
 
     def _admit(self) -> None:
         while True:
@@ -163,7 +195,8 @@ class TorchEngine:
                     self._join(sequences)
                 except Exception as exc:  # noqa: BLE001 - the requests fail, the engine goes on
                     for sequence in sequences:
-                        sequence.emit(exc)
+                        self._outbox.post(sequence, exc)
+        self._outbox.flush()
 
     def _join(self, sequences: list[_Sequence]) -> None:
         served = sequences[0].served
@@ -218,7 +251,7 @@ class TorchEngine:
             sequence.generated += 1
             finish = ("stop" if token in sequence.stop_ids else
                       "length" if sequence.generated >= sequence.options.max_tokens else None)
-            sequence.emit(self._token_step(sequence, group.next_logits[row], token, finish))
+            self._outbox.post(sequence, self._token_step(sequence, group.next_logits[row], token, finish))
             if finish is None:
                 tokens.append(token)
                 keep.append(row)
@@ -237,7 +270,7 @@ class TorchEngine:
             group.batch, logits = extend(group.forward, group.batch, torch.tensor(tokens))
         except Exception as exc:  # noqa: BLE001 - fail this batch's requests, keep serving
             for sequence in group.rows:
-                sequence.emit(exc)
+                self._outbox.post(sequence, exc)
                 self._drop(sequence)
             self._models.release(group.served)
             del self._groups[key]

@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -105,7 +105,7 @@ class VllmEngine:
 
     # -- the Engine protocol ----------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenStep]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
         if request.options.value_guidance and not self._settings.value_guidance:
             raise InvalidRequest("value_guidance is turned off on this vLLM engine "
                                  "(VllmSettings.value_guidance); run the inference service "
@@ -120,11 +120,11 @@ class VllmEngine:
             try:
                 async with aclosing(self._stream(loaded, served, request,
                                                  value_folders)) as steps:
-                    async for step in steps:
+                    async for new in steps:
                         if not started:
                             started = True
                             self._waiting, self._running = self._waiting - 1, self._running + 1
-                        yield step
+                        yield new
             finally:
                 loaded.leave()
         finally:
@@ -188,7 +188,7 @@ class VllmEngine:
             await shutdown(victim.llm)
 
     async def _stream(self, loaded: _Loaded, served: ServedModel, request: GenerationRequest,
-                      value_folders: list[str]) -> AsyncGenerator[TokenStep, None]:
+                      value_folders: list[str]) -> AsyncGenerator[list[TokenStep], None]:
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
 
@@ -201,9 +201,10 @@ class VllmEngine:
         finished = False
         try:
             async for output in stream:
-                for step in token_steps(output.outputs[0], request.options.logprobs):
-                    finished = step.finish_reason is not None
-                    yield step
+                steps = token_steps(output.outputs[0], request.options.logprobs)
+                if steps:
+                    finished = steps[-1].finish_reason is not None
+                    yield steps
         except VLLMValidationError as exc:
             raise InvalidRequest(str(exc), param=getattr(exc, "parameter", None)) from exc
         finally:
@@ -301,7 +302,7 @@ def sampling_params(options: SamplingOptions,
                           extra_args=extra_args)
 
 
-def token_steps(completion: CompletionOutput, wanted: int | None) -> Iterator[TokenStep]:
+def token_steps(completion: CompletionOutput, wanted: int | None) -> list[TokenStep]:
     """One `TokenStep` per token in a delta output; the finish reason goes on the last."""
     tokens = list(completion.token_ids)
     reason = completion.finish_reason
@@ -309,14 +310,16 @@ def token_steps(completion: CompletionOutput, wanted: int | None) -> Iterator[To
         raise RuntimeError(f"vLLM ended the sequence with finish reason {reason!r}")
     if reason is not None and not tokens:
         raise RuntimeError("vLLM finished a sequence in an output without a token")
+    steps = []
     for position, token in enumerate(tokens):
         finish = reason if position == len(tokens) - 1 else None
         if wanted is None or completion.logprobs is None:
-            yield TokenStep(token_id=token, finish_reason=finish)  # type: ignore[arg-type]
+            steps.append(TokenStep(token_id=token, finish_reason=finish))  # type: ignore[arg-type]
             continue
         # The sampled token is always present; the others are ranked 1..wanted.
         entries = completion.logprobs[position]
-        yield TokenStep(token_id=token, logprob=entries[token].logprob,
-                        top_logprobs={tid: lp.logprob for tid, lp in entries.items()
-                                      if lp.rank is not None and lp.rank <= wanted},
-                        finish_reason=finish)  # type: ignore[arg-type]
+        steps.append(TokenStep(token_id=token, logprob=entries[token].logprob,
+                               top_logprobs={tid: lp.logprob for tid, lp in entries.items()
+                                             if lp.rank is not None and lp.rank <= wanted},
+                               finish_reason=finish))  # type: ignore[arg-type]
+    return steps

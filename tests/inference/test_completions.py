@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import openai
@@ -10,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.inference.conftest import InferenceWorld
+from services.web import ServerThread
+from tests.inference.conftest import InferenceWorld, inference_settings
 
 PROMPT = "12+34="
 
@@ -87,6 +89,29 @@ def test_streaming_completion_matches_the_whole_answer(
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == whole.choices[0].finish_reason and set(finishes[:-1]) == {None}
     assert chunks[-1].usage is not None and chunks[-1].usage == whole.usage
+
+
+def test_a_stream_interval_groups_tokens_after_the_first(
+        database_url: str, grader_reward_url: str, inference_world: InferenceWorld) -> None:
+    from inference.main import create_app
+
+    settings = inference_settings(database_url, grader_reward_url, engine="torch",
+                                  stream_interval=4)
+    body = {"model": inference_world.base, "prompt": PROMPT, "max_tokens": 15, "seed": 2,
+            "ignore_eos": True, "logprobs": 0}
+    headers = {"Authorization": f"Bearer {inference_world.key}"}
+    with ServerThread(create_app(settings)) as server:
+        whole = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers,
+                           timeout=30).json()["choices"][0]
+        with httpx.stream("POST", f"{server.url}/v1/completions", json={**body, "stream": True},
+                          headers=headers, timeout=30) as response:
+            events = [json.loads(line[6:]) for line in response.iter_lines()
+                      if line.startswith("data: {")]
+    # The first event goes out at once; tokens that piled up meanwhile go with it.
+    sizes = [len(event["choices"][0]["logprobs"]["tokens"]) for event in events]
+    assert all(size >= 4 for size in sizes[1:-1]) and sum(sizes) == 15 and len(sizes) <= 5
+    assert "".join(event["choices"][0]["text"] for event in events) == whole["text"]
+    assert [e["choices"][0]["finish_reason"] for e in events][-1] == "length"
 
 
 def test_the_stream_ends_with_done(inference_url: str, inference_world: InferenceWorld) -> None:

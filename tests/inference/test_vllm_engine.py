@@ -59,7 +59,8 @@ def request(model: str, prompt_ids: list[int], **options: Any) -> GenerationRequ
 
 
 async def collect(engine: Any, req: GenerationRequest) -> list[TokenStep]:
-    return [step async for step in engine.generate(req)]
+    """Every step of the request, the engine's lists of steps joined."""
+    return [step async for steps in engine.generate(req) for step in steps]
 
 
 def tokens(steps: list[TokenStep]) -> list[int]:
@@ -141,7 +142,7 @@ def test_closing_the_stream_early_aborts_the_request(engine: Any, run: Run[Any],
                                                      prompt_ids: list[int]) -> None:
     async def read_two_then_close() -> None:
         stream = engine.generate(request(inference_world.base, prompt_ids, max_tokens=200))
-        assert (await anext(stream)).finish_reason is None
+        assert (await anext(stream))[-1].finish_reason is None
         await anext(stream)
         assert engine.running() == 1
         await stream.aclose()
@@ -199,9 +200,9 @@ def test_a_new_base_model_replaces_the_least_recently_used_after_its_streams_end
 
     async def scenario() -> tuple[list[TokenStep], list[TokenStep]]:
         first = engine.generate(request(inference_world.base, prompt_ids, max_tokens=40))
-        steps = [await anext(first)]  # the first base model is busy now
+        steps = list(await anext(first))  # the first base model is busy now
         second = asyncio.create_task(collect(engine, request(other, prompt_ids)))
-        steps += [step async for step in first]
+        steps += [step async for new in first for step in new]
         return steps, await second
 
     first, second = run(scenario())
