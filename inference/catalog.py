@@ -12,7 +12,7 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -43,11 +43,48 @@ class ServedModel:
     def is_adapter(self) -> bool:
         return self.kind == "lora_adapter"
 
+    @classmethod
+    def folder(cls, path: str, kind: str = "base") -> ServedModel:
+        """A model folder outside the registry, its path standing for its id."""
+        return cls(id=path, kind=kind, path=path, base_path=path, base_model=None, created=0,
+                   owned_by="alignd", metadata={})
+
 
 def _served(row: RegisteredModel, base_path: str) -> ServedModel:
     return ServedModel(id=row.id, kind=row.kind, path=row.path, base_path=base_path,
                        base_model=row.base_model, created=int(row.created_at.timestamp()),
                        owned_by=row.project_id or "system", metadata=row.metadata_ or {})
+
+
+class Catalog(Protocol):
+    """What an engine asks of a catalog: a model by id, and its tokenizer."""
+
+    def resolve(self, model_id: str, project_id: str | None, *, param: str = "model",
+                kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel: ...
+
+    def tokenizer(self, model: ServedModel) -> PreTrainedTokenizerBase: ...
+
+
+class FolderCatalog:
+    """Model folders by path, no registry: for an engine run in process on models the caller
+    already has on disk (a worker sampling a job's rollouts from its base model)."""
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, model_id: str, project_id: str | None, *, param: str = "model",
+                kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel:
+        if not (Path(model_id) / "config.json").is_file():
+            raise NotFound(f"model folder {model_id!r} has no config.json", param=param,
+                           code="model_not_found")
+        return ServedModel.folder(model_id, kinds[0])
+
+    def tokenizer(self, model: ServedModel) -> PreTrainedTokenizerBase:
+        with self._lock:
+            if model.path not in self._tokenizers:
+                self._tokenizers[model.path] = AutoTokenizer.from_pretrained(model.path)
+            return self._tokenizers[model.path]
 
 
 class ModelCatalog:

@@ -1,19 +1,25 @@
-"""Completions sampled from a frozen causal LM, batch by batch with `generate`.
+"""Completions sampled from a frozen causal LM through alignd's own inference engine.
 
-The sampler behind value-model training (and, later, online RL): kept to one function with
-plain inputs (token ids in, token ids and text out) so that it can be swapped for the
-inference engine. Sampling is reproducible: the same model, prompts, config and device give
-the same completions, drawn from a generator seeded with `config.seed` inside a forked RNG so
-the caller's global random state is left as it was.
+The sampler behind value-model training (and, later, online RL): the torch engine of the
+inference service (`inference.engines.torch_engine`), run in process on the model's folder, so
+rollouts are decoded by the same continuous-batching loop, sampling code and stop handling that
+serve requests. Sampling is reproducible: every sequence draws from a generator seeded from
+`config.seed` and its own index, so the same model, prompts and config give the same
+completions whatever the batch size or the order the engine finishes them in.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from inference.catalog import FolderCatalog
+from inference.engines.base import GenerationRequest, SamplingOptions
+from inference.engines.torch_engine import TorchEngine
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class SamplingConfig:
     top_k: int
     """0: the whole vocabulary."""
     batch_size: int
-    """Sequences per `generate` call."""
+    """Sequences the engine decodes together."""
     seed: int
 
 
@@ -40,9 +46,12 @@ class Completion:
     """It ended on a stop token rather than at max_new_tokens."""
 
 
-def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def stop_token_ids(model_path: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The model's generation stop tokens (e.g. <eos> and a chat turn's end), else the eos."""
-    configured: Any = model.generation_config.eos_token_id
+    try:
+        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
     if configured is None:
         configured = tokenizer.eos_token_id
     ids = [configured] if isinstance(configured, int) else list(configured or [])
@@ -51,53 +60,42 @@ def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(ids) for ids in prompts)
-    input_ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)  # (B, P)
-    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)  # (B, P)
-    for row, ids in enumerate(prompts):
-        input_ids[row, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, length - len(ids) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
+def sequence_seed(seed: int, index: int) -> int:
+    """The sampling seed of sequence ``index`` of a run seeded with ``seed``."""
+    return random.Random(f"rollout:{seed}:{index}").getrandbits(63)
 
 
-def _cut_at_stop(ids: list[int], stops: set[int]) -> tuple[list[int], bool]:
-    for position, token in enumerate(ids):
-        if token in stops:
-            return ids[: position + 1], True
-    return ids, False
-
-
-@torch.no_grad()
-def sample_completions(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                       prompts: list[list[int]], config: SamplingConfig) -> list[Completion]:
+def sample_completions(model_path: str | Path, tokenizer: PreTrainedTokenizerBase,
+                       prompts: list[list[int]], config: SamplingConfig,
+                       device: str = "cpu") -> list[Completion]:
     """`config.samples_per_prompt` completions of every prompt (token ids, none empty), in
     order: all of prompt 0's, then prompt 1's, ..."""
-    device = model.device
-    stops = stop_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    generation = GenerationConfig(
-        do_sample=True, temperature=config.temperature, top_k=config.top_k, top_p=1.0,
-        max_new_tokens=config.max_new_tokens, pad_token_id=pad_id, eos_token_id=stops,
-    )
-    sequences = [index for index in range(len(prompts))
+    return asyncio.run(_sample(str(model_path), tokenizer, prompts, config, device))
+
+
+async def _sample(model_path: str, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+                  config: SamplingConfig, device: str) -> list[Completion]:
+    stops = tuple(stop_token_ids(model_path, tokenizer))
+    engine = TorchEngine(FolderCatalog(), max_batch_size=config.batch_size, device=device)
+
+    async def one(index: int, prompt: int) -> Completion:
+        options = SamplingOptions(max_tokens=config.max_new_tokens,
+                                  temperature=config.temperature, top_k=config.top_k,
+                                  seed=sequence_seed(config.seed, index), stop_token_ids=stops)
+        request = GenerationRequest(request_id=f"rollout-{index}", model=model_path,
+                                    prompt_ids=prompts[prompt], options=options)
+        ids: list[int] = []
+        finished = False
+        async for steps in engine.generate(request):
+            ids.extend(step.token_id for step in steps)
+            finished = steps[-1].finish_reason == "stop"
+        return Completion(prompt, ids, str(tokenizer.decode(ids, skip_special_tokens=True)),
+                          finished)
+
+    sequences = [prompt for prompt in range(len(prompts))
                  for _ in range(config.samples_per_prompt)]
-    completions: list[Completion] = []
-    was_training = model.training
-    model.eval()
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(config.seed)
-        for start in range(0, len(sequences), config.batch_size):
-            batch = sequences[start : start + config.batch_size]
-            input_ids, attention_mask = _left_padded([prompts[i] for i in batch], pad_id, device)
-            output = model.generate(  # type: ignore[operator]  # transformers' stubs miss it
-                input_ids=input_ids, attention_mask=attention_mask, generation_config=generation,
-            )  # (B, P + new)
-            for index, row in zip(batch, output[:, input_ids.shape[1] :].tolist()):
-                ids, finished = _cut_at_stop(row, set(stops))
-                text = str(tokenizer.decode(ids, skip_special_tokens=True))
-                completions.append(Completion(index, ids, text, finished))
-    model.train(was_training)
-    return completions
+    try:
+        return list(await asyncio.gather(*(one(index, prompt)
+                                           for index, prompt in enumerate(sequences))))
+    finally:
+        await engine.close()

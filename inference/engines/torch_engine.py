@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
+from inference.catalog import VALUE_MODEL, Catalog, ServedModel
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from inference.engines.guides import Guide, score_candidates
 from inference.engines.kv import Forward, KVBatch, extend, prefill
@@ -95,7 +95,7 @@ class _Group:
 class TorchEngine:
     name = "torch"
 
-    def __init__(self, catalog: ModelCatalog, *, max_batch_size: int = 64,
+    def __init__(self, catalog: Catalog, *, max_batch_size: int = 64,
                  cache_bytes: int = 8 << 30, device: str | None = None,
                  dtype: torch.dtype = torch.float32, step_observer: Callable[[int], None] | None
                  = None):

@@ -93,12 +93,6 @@ class VasArgs:
         return cls(tuple(paths), tuple(float(b) for b in betas), k)
 
 
-def _value_model(folder: str) -> ServedModel:
-    """A value-model folder as `ResidentModels` takes it (the registry id stays API-side)."""
-    return ServedModel(id=folder, kind=VALUE_MODEL, path=folder, base_path=folder,
-                       base_model=None, created=0, owned_by="alignd", metadata={})
-
-
 @dataclass
 class _GuidedRow:
     """One guided request's state, wherever its row is in the batch this step."""
@@ -206,7 +200,7 @@ class ValueGuidedLogits(LogitsProcessor):
             raise ValueError("value guidance needs the prompt's token ids (not embeddings)")
         guides = []
         for folder in args.value_models:
-            served = _value_model(folder)
+            served = ServedModel.folder(folder, VALUE_MODEL)
             guides.append(Guide(served, self._models.acquire(served)))
         return _GuidedRow(prompt=list(prompt), outputs=outputs, guides=guides, k=args.k,
                           betas=torch.tensor(args.betas, dtype=torch.float32,

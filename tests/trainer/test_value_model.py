@@ -221,7 +221,9 @@ def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(
     actual = load_file(resumed.output_dir / "model.safetensors")
     assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
-        assert torch.allclose(actual[name], tensor, rtol=1e-5, atol=1e-6), name
+        # Float32 noise only: a wrong resume moves weights by about lr x grad (1e-3 and up),
+        # while BLAS kernels may round differently with the allocator's state (seen: 1.2e-6).
+        assert torch.allclose(actual[name], tensor, rtol=1e-4, atol=1e-5), name
 
 
 def test_a_reward_service_that_is_down_or_refuses_fails_the_job_naming_it(

@@ -1,9 +1,10 @@
 """Value-model training for Value Augmented Sampling (Han et al. 2024), resumable.
 
 1. Rollouts, once per job: `samples_per_prompt` completions of every prompt row sampled from
-   the frozen base model (`trainer.rollout`), each scored by the reward service with the job's
-   reward spec. They are saved in the checkpoint folder (`trainer.value_data`) before the first
-   step, so a resumed job trains on exactly the same data.
+   the frozen base model by the inference service's torch engine (`trainer.rollout`), each
+   scored by the reward service with the job's reward spec. They are saved in the checkpoint
+   folder (`trainer.value_data`) before the first step, so a resumed job trains on exactly the
+   same data.
 2. Fit: the base model's weights under a token-classification head with one output
    (`AutoModelForTokenClassification`, num_labels=1), the head's weight and bias zeroed so that
    V ≡ 0 before training. logits[b, t, 0] = V(s_≤t). Every state from the prompt's last token to
@@ -26,7 +27,6 @@ import transformers
 from torch import Tensor
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -118,18 +118,14 @@ class ValueModelTrainer(StepLoop):
         if not self.ctx.reward_url:
             raise ValueError("no reward service to score completions with; set "
                              "ALIGND_REWARD_URL for the worker")
-        base = AutoModelForCausalLM.from_pretrained(self.ctx.base_model_path,
-                                                    dtype=torch.float32, device_map=self.device)
-        splits = {"train": self._sample_and_score(base, self.ctx.training_rows, self.ctx.seed)}
+        splits = {"train": self._sample_and_score(self.ctx.training_rows, self.ctx.seed)}
         if self.ctx.validation_rows:
-            splits["valid"] = self._sample_and_score(base, self.ctx.validation_rows,
+            splits["valid"] = self._sample_and_score(self.ctx.validation_rows,
                                                      self.ctx.seed + VALIDATION_SEED_OFFSET)
-        del base
         save_rollouts(path, splits)
         return splits
 
-    def _sample_and_score(self, base: PreTrainedModel, rows: list[dict], seed: int
-                          ) -> list[Rollout]:
+    def _sample_and_score(self, rows: list[dict], seed: int) -> list[Rollout]:
         hp = self.hp
         max_prompt = hp.max_seq_length - hp.max_new_tokens
         prompts = [encode_prompt(self.tokenizer, row, max_prompt) for row in rows]
@@ -137,7 +133,8 @@ class ValueModelTrainer(StepLoop):
                                 max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
                                 top_k=hp.top_k, batch_size=hp.rollout_batch_size, seed=seed)
         started = time.perf_counter()
-        completions = sample_completions(base, self.tokenizer, prompts, config)
+        completions = sample_completions(self.ctx.base_model_path, self.tokenizer, prompts,
+                                         config, device=str(self.device))
         sampled = time.perf_counter() - started
         assert self.ctx.reward_url is not None
         rewards = score_items(self.ctx.reward_url,
