@@ -16,7 +16,7 @@ from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailab
 from services.ids import new_id
 from services.job_signals import notify_cancel
 from services.job_states import TERMINAL, JobStatus, record_event, transition
-from services.methods import METHOD_PURPOSES
+from services.methods import allowed_purposes, describe
 from services.registry import get_visible_model
 
 Enqueue = Callable[[str], None]
@@ -60,7 +60,7 @@ class JobService:
         if base.kind == "lora_adapter":
             raise InvalidRequest(f"model {request.model!r} is a LoRA adapter; fine-tune its base "
                                  f"model {base.base_model!r} instead", param="model")
-        allowed = METHOD_PURPOSES[request.method.type]
+        allowed = allowed_purposes(request.method)
         for param in ("training_file", "validation_file"):
             file_id = getattr(request, param)
             if file_id is None:
@@ -68,7 +68,7 @@ class JobService:
             row = self.files.get(file_id, param=param)
             if row.purpose not in allowed:
                 raise InvalidRequest(
-                    f"{param} {file_id} has purpose {row.purpose!r}; a {request.method.type} job "
+                    f"{param} {file_id} has purpose {row.purpose!r}; {describe(request.method)} "
                     f"needs one of {', '.join(allowed)}", param=param)
 
     def get(self, job_id: str) -> Job:

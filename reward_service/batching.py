@@ -10,42 +10,48 @@ its own row. A failed pass fails only the futures of its rows.
 
 The forward function must give a row the same output whatever else shares its pass (for a
 causal model: right padding, pooling at each row's own last token).
+
+A row is whatever the forward function reads, as long as its `len` is its length in tokens:
+token id lists for a sequence classifier, `EncodedItem`s (ids and where the response starts)
+for an implicit reward model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-Forward = Callable[[list[list[int]]], list[list[float]]]
-"""Token id rows (unpadded, any lengths) → one output row per input row, in order."""
+Row = TypeVar("Row", bound=Sized)
+Forward = Callable[[list[Row]], list[list[float]]]
+"""Rows (unpadded, any lengths) → one output row per input row, in order."""
 BatchObserver = Callable[[int, int, float], None]
 """Called after each pass with (rows, padded tokens, seconds)."""
 
 
 @dataclass
-class _Waiting:
-    input_ids: list[int]
+class _Waiting(Generic[Row]):
+    row: Row
     future: asyncio.Future[list[float]] = field(repr=False)
 
 
-class MicroBatcher:
-    def __init__(self, forward: Forward, *, max_wait_ms: float = 5.0,
+class MicroBatcher(Generic[Row]):
+    def __init__(self, forward: Forward[Row], *, max_wait_ms: float = 5.0,
                  max_batch_tokens: int = 8192, observe: BatchObserver | None = None):
         self._forward = forward
         self._max_wait = max_wait_ms / 1000
         self._max_batch_tokens = max_batch_tokens
         self._observe = observe
-        self._queue: asyncio.Queue[_Waiting] | None = None
+        self._queue: asyncio.Queue[_Waiting[Row]] | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def score(self, sequences: list[list[int]]) -> list[list[float]]:
+    async def score(self, sequences: list[Row]) -> list[list[float]]:
         """One output row per sequence, in order; raises what the forward pass raised."""
         queue = self._ensure_running()
         loop = asyncio.get_running_loop()
-        waiting = [_Waiting(ids, loop.create_future()) for ids in sequences]
+        waiting = [_Waiting(row, loop.create_future()) for row in sequences]
         for entry in waiting:
             queue.put_nowait(entry)
         return list(await asyncio.gather(*(entry.future for entry in waiting)))
@@ -59,7 +65,7 @@ class MicroBatcher:
         while self._queue is not None and not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 
-    def _ensure_running(self) -> asyncio.Queue[_Waiting]:
+    def _ensure_running(self) -> asyncio.Queue[_Waiting[Row]]:
         if self._queue is None:
             self._queue = asyncio.Queue()
         if self._task is None or self._task.done():
@@ -75,9 +81,9 @@ class MicroBatcher:
             for rows in self.split(batch, self._max_batch_tokens):
                 await self._pass(rows)
 
-    async def _gather(self, queue: asyncio.Queue[_Waiting]) -> list[_Waiting]:
+    async def _gather(self, queue: asyncio.Queue[_Waiting[Row]]) -> list[_Waiting[Row]]:
         batch = [await queue.get()]
-        tokens = len(batch[0].input_ids)
+        tokens = len(batch[0].row)
         deadline = time.monotonic() + self._max_wait
         while tokens < self._max_batch_tokens:
             if queue.empty():
@@ -91,17 +97,17 @@ class MicroBatcher:
             else:
                 entry = queue.get_nowait()
             batch.append(entry)
-            tokens += len(entry.input_ids)
+            tokens += len(entry.row)
         return batch
 
     @staticmethod
-    def split(batch: list[_Waiting], max_batch_tokens: int) -> list[list[_Waiting]]:
+    def split(batch: list[_Waiting[Row]], max_batch_tokens: int) -> list[list[_Waiting[Row]]]:
         """Sorted by length; consecutive rows while rows x longest fits the budget (a row longer
         than the budget goes alone)."""
-        passes: list[list[_Waiting]] = []
-        current: list[_Waiting] = []
-        for entry in sorted(batch, key=lambda e: len(e.input_ids)):
-            longest = len(entry.input_ids)  # sorted: the newcomer is the longest
+        passes: list[list[_Waiting[Row]]] = []
+        current: list[_Waiting[Row]] = []
+        for entry in sorted(batch, key=lambda e: len(e.row)):
+            longest = len(entry.row)  # sorted: the newcomer is the longest
             if current and (len(current) + 1) * longest > max_batch_tokens:
                 passes.append(current)
                 current = []
@@ -110,20 +116,20 @@ class MicroBatcher:
             passes.append(current)
         return passes
 
-    async def _pass(self, rows: list[_Waiting]) -> None:
+    async def _pass(self, rows: list[_Waiting[Row]]) -> None:
         live = [row for row in rows if not row.future.done()]  # a caller may have gone away
         if not live:
             return
         started = time.perf_counter()
         try:
-            outputs = await asyncio.to_thread(self._forward, [row.input_ids for row in live])
+            outputs = await asyncio.to_thread(self._forward, [row.row for row in live])
         except Exception as exc:  # noqa: BLE001 - handed to exactly the callers of this pass
             for row in live:
                 if not row.future.done():
                     row.future.set_exception(exc)
             return
         if self._observe is not None:
-            longest = max(len(row.input_ids) for row in live)
+            longest = max(len(row.row) for row in live)
             self._observe(len(live), len(live) * longest, time.perf_counter() - started)
         for row, output in zip(live, outputs, strict=True):
             if not row.future.done():

@@ -64,8 +64,8 @@ def _judge(context: ScoringContext, loop: asyncio.AbstractEventLoop) -> ScoreMod
         model = await context.cache.reward_model(model_id, param="reward.model",
                                                  project_id=context.project_id)
         items = [ScoreItem(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
-        outputs, _ = await model_outputs(model, items)
-        return [weighted_sum(row, model.default_weights) for row in outputs]
+        outputs = await model_outputs(model, items, context)
+        return [weighted_sum(row, model.default_weights) for row in outputs.parts]
 
     def score_model_fn(model_id: str, prompts: list[str], responses: list[str]) -> list[float]:
         return asyncio.run_coroutine_threadsafe(score(model_id, prompts, responses), loop).result()

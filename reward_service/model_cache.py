@@ -2,7 +2,10 @@
 
 A `reward_model` row's path is a `save_pretrained` folder of an
 `AutoModelForSequenceClassification` (num_labels = number of objectives, their names in the
-row's metadata `objectives`). A `reward_ensemble` row's path holds `ensemble.json`
+row's metadata `objectives`), or, when it holds `alignd_reward.json` (`trainer.reward_head`), of
+a causal LM read as an implicit reward β·(Σ log π(y|x) − Σ log π_ref(y|x)) over the response's
+tokens; its reference, if any, is loaded into this cache like any model (key
+``reference:<path>``). A `reward_ensemble` row's path holds `ensemble.json`
 (`{"members": [...], "objectives": [...]}`) and one such folder per member, `member-<i>/`.
 
 Registry rows are read on a cache miss only: a model stays served from memory, as it was
@@ -23,6 +26,7 @@ import torch
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -30,16 +34,22 @@ from transformers import (
 )
 
 from reward_service.batching import BatchObserver, MicroBatcher
+from reward_service.encoding import EncodedItem
 from services.db.engine import session_scope
 from services.db.models import RegisteredModel
 from services.errors import InvalidRequest, NotFound
 from services.registry import resolve_base_path
+from trainer.algorithms.reward import response_logps
+from trainer.reward_data import pad_right, response_labels
+from trainer.reward_head import ImplicitHead, read_head
 
 REWARD_MODEL, REWARD_ENSEMBLE = "reward_model", "reward_ensemble"
 
 
 @dataclass
-class LoadedRewardModel:
+class LoadedModel:
+    """A model resident in the cache, with the micro-batcher its forward passes go through."""
+
     key: str
     model: PreTrainedModel = field(repr=False)
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
@@ -47,11 +57,19 @@ class LoadedRewardModel:
     default_weights: dict[str, float]
     max_input_tokens: int
     nbytes: int
-    batcher: MicroBatcher = field(repr=False)
+    batcher: MicroBatcher[Any] = field(repr=False)
 
-    async def score(self, sequences: list[list[int]]) -> list[list[float]]:
-        """(N, K) outputs: K objectives per sequence, batched with whoever else is waiting."""
-        return await self.batcher.score(sequences)
+    async def score(self, encoded: list[EncodedItem]) -> list[list[float]]:
+        """(N, K) outputs per item, batched with whoever else is waiting."""
+        raise NotImplementedError
+
+
+@dataclass
+class LoadedRewardModel(LoadedModel):
+    """A sequence classifier: K objectives read at each sequence's last token."""
+
+    async def score(self, encoded: list[EncodedItem]) -> list[list[float]]:
+        return await self.batcher.score([e.input_ids for e in encoded])
 
     def forward(self, sequences: list[list[int]]) -> list[list[float]]:
         """One right-padded pass; a sequence classifier pools each row at its last non-pad token,
@@ -70,6 +88,30 @@ class LoadedRewardModel:
         return logits.float().tolist()
 
 
+@dataclass
+class LoadedLogProbModel(LoadedModel):
+    """A causal LM whose one output per item is Σ_t log π(y_t | x, y_<t) over the response's
+    tokens (`EncodedItem.response_start` on): an implicit reward model, whose reward is
+    `head.beta` times that less its reference's, or (head None) such a reference."""
+
+    head: ImplicitHead | None = None
+
+    async def score(self, encoded: list[EncodedItem]) -> list[list[float]]:
+        return await self.batcher.score(encoded)
+
+    def forward(self, rows: list[EncodedItem]) -> list[list[float]]:
+        """One right-padded pass; causal attention never looks at a row's padding, so a row's
+        sum does not depend on its neighbours. Masked as in training (`response_labels`)."""
+        pad_id = int(self.model.config.pad_token_id)
+        texts = pad_right([row.input_ids for row in rows], pad_id, self.model.device)  # (B, T)
+        labels = response_labels(texts, [row.response_start for row in rows])  # (B, T)
+        with torch.inference_mode():
+            logits = self.model(input_ids=texts.input_ids,
+                                attention_mask=texts.attention_mask).logits  # (B, T, V)
+            logps = response_logps(logits, labels)  # (B,) in float32
+        return [[value] for value in logps.tolist()]
+
+
 @dataclass(frozen=True)
 class Registered:
     id: str
@@ -80,7 +122,7 @@ class Registered:
     """The owning project; None for an operator's model every project sees."""
 
 
-BatcherFactory = Callable[[Callable[[list[list[int]]], list[list[float]]]], MicroBatcher]
+BatcherFactory = Callable[[Callable[[list[Any]], list[list[float]]]], MicroBatcher[Any]]
 
 
 def objective_names(metadata: dict[str, Any], num_labels: int) -> list[str]:
@@ -99,9 +141,40 @@ def default_weights(metadata: dict[str, Any], objectives: list[str]) -> dict[str
 
 
 def load_reward_model(key: str, path: str, metadata: dict[str, Any], max_input_tokens: int,
-                      make_batcher: BatcherFactory) -> LoadedRewardModel:
+                      make_batcher: BatcherFactory) -> LoadedModel:
+    """The reward model in `path`: an implicit one if it says so (`alignd_reward.json`), else a
+    sequence classifier."""
+    head = read_head(Path(path))
+    if head is not None:
+        return load_log_prob_model(key, path, head, max_input_tokens, make_batcher)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model = _prepared(key, AutoModelForSequenceClassification.from_pretrained(path), tokenizer)
+    objectives = objective_names(metadata, int(model.config.num_labels or 1))
+    loaded = LoadedRewardModel(
+        key=key, model=model, tokenizer=tokenizer, objectives=objectives,
+        default_weights=default_weights(metadata, objectives),
+        max_input_tokens=_input_limit(model, max_input_tokens), nbytes=_nbytes(model),
+        batcher=None)  # type: ignore[arg-type]
+    loaded.batcher = make_batcher(loaded.forward)
+    return loaded
+
+
+def load_log_prob_model(key: str, path: str, head: ImplicitHead | None, max_input_tokens: int,
+                        make_batcher: BatcherFactory) -> LoadedLogProbModel:
+    """The causal LM in `path`: an implicit reward model (`head`) or a reference (None)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = _prepared(key, AutoModelForCausalLM.from_pretrained(path), tokenizer)
+    loaded = LoadedLogProbModel(
+        key=key, model=model, tokenizer=tokenizer, objectives=["reward"],
+        default_weights={"reward": 1.0}, max_input_tokens=_input_limit(model, max_input_tokens),
+        nbytes=_nbytes(model), batcher=None, head=head)  # type: ignore[arg-type]
+    loaded.batcher = make_batcher(loaded.forward)
+    return loaded
+
+
+def _prepared(key: str, model: Any, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """In eval mode, on the GPU if there is one, with the pad id that right padding uses."""
+    model = model.eval()
     if torch.cuda.is_available():  # the batched forward is where a GPU pays off
         model = model.to("cuda")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -109,16 +182,16 @@ def load_reward_model(key: str, path: str, metadata: dict[str, Any], max_input_t
         raise InvalidRequest(f"reward model {key!r} has a tokenizer with neither a pad nor an eos "
                              "token; it cannot be batched")
     model.config.pad_token_id = pad_id
+    return model
+
+
+def _input_limit(model: PreTrainedModel, max_input_tokens: int) -> int:
     positions = getattr(model.config, "max_position_embeddings", None) or max_input_tokens
-    objectives = objective_names(metadata, int(model.config.num_labels))
-    nbytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    loaded = LoadedRewardModel(
-        key=key, model=model, tokenizer=tokenizer, objectives=objectives,
-        default_weights=default_weights(metadata, objectives),
-        max_input_tokens=min(max_input_tokens, int(positions)), nbytes=nbytes,
-        batcher=None)  # type: ignore[arg-type]
-    loaded.batcher = make_batcher(loaded.forward)
-    return loaded
+    return min(max_input_tokens, int(positions))
+
+
+def _nbytes(model: PreTrainedModel) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
 
 
 def registered_reward_models(sessions: sessionmaker[Session],
@@ -145,7 +218,7 @@ class RewardModelCache:
         self._max_input_tokens = max_input_tokens
         self._batcher_options = {"max_wait_ms": max_wait_ms, "max_batch_tokens": max_batch_tokens,
                                  "observe": observe}
-        self._loaded: OrderedDict[str, LoadedRewardModel] = OrderedDict()
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._ensembles: dict[str, list[str]] = {}
         self._manifests: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -175,7 +248,7 @@ class RewardModelCache:
                            code="model_not_found")
 
     async def reward_model(self, model_id: str, param: str,
-                           project_id: str | None = None) -> LoadedRewardModel:
+                           project_id: str | None = None) -> LoadedModel:
         """A registered `reward_model` ``project_id`` may use (None: any), loaded on first use."""
         if model_id in self._loaded:
             self._check_visible(model_id, project_id, param)
@@ -194,7 +267,7 @@ class RewardModelCache:
             return await self._load(model_id, row.path, row.metadata)
 
     async def ensemble(self, model_id: str, param: str,
-                       project_id: str | None = None) -> list[LoadedRewardModel]:
+                       project_id: str | None = None) -> list[LoadedModel]:
         """The members of a registered `reward_ensemble`, each loaded (and cached) on its own."""
         if model_id not in self._ensembles:
             row = await asyncio.to_thread(self.lookup, model_id, param)
@@ -218,15 +291,33 @@ class RewardModelCache:
                     members.append(await self._load(key, path, self._manifests[model_id]))
         return members
 
-    async def _load(self, key: str, path: str, metadata: dict[str, Any]) -> LoadedRewardModel:
+    async def reference(self, head: ImplicitHead) -> LoadedModel:
+        """The reference an implicit reward model subtracts (its frozen base), loaded on first
+        use and evicted like any model."""
+        assert head.reference is not None
+        key = f"reference:{head.reference.path}"
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if key in self._loaded:
+                return self._touch(key)
+            loaded = await asyncio.to_thread(
+                load_log_prob_model, key, head.reference.path, None, self._max_input_tokens,
+                self._make_batcher)
+            return self._keep(key, loaded)
+
+    async def _load(self, key: str, path: str, metadata: dict[str, Any]) -> LoadedModel:
         loaded = await asyncio.to_thread(
-            load_reward_model, key, path, metadata, self._max_input_tokens,
-            lambda forward: MicroBatcher(forward, **self._batcher_options))  # type: ignore[arg-type]
+            load_reward_model, key, path, metadata, self._max_input_tokens, self._make_batcher)
+        return self._keep(key, loaded)
+
+    def _make_batcher(self, forward: Callable[[list[Any]], list[list[float]]]) -> MicroBatcher[Any]:
+        return MicroBatcher(forward, **self._batcher_options)  # type: ignore[arg-type]
+
+    def _keep(self, key: str, loaded: LoadedModel) -> LoadedModel:
         self._loaded[key] = loaded
         self._evict(keep=key)
         return loaded
 
-    def _touch(self, key: str) -> LoadedRewardModel:
+    def _touch(self, key: str) -> LoadedModel:
         self._loaded.move_to_end(key)
         return self._loaded[key]
 

@@ -130,7 +130,10 @@ class ScoreResult(BaseModel):
     parts: dict[str, float] = Field(default_factory=dict)
     """Per objective (reward_model) or per member (ensemble), before normalize and clip."""
     error: str | None = None
-    truncated: bool = False
+    truncated: bool = Field(default=False, description=(
+        "The item was cut to fit the model (the prompt keeps its end, the response its start). "
+        "An implicit (log-probability) reward model then scores only the response tokens "
+        "kept, which raises the reward: compare it with care."))
 
 
 class Usage(BaseModel):
@@ -153,6 +156,9 @@ class RewardModelObject(BaseModel):
     owned_by: str
     base_model: str | None = None
     objectives: list[str] | None = None
+    head: str | None = None
+    """How the reward is read (as the training job recorded it): a sequence-classification head,
+    or the implicit log-probability of the response; None when not recorded."""
 
 
 class RewardModelList(BaseModel):

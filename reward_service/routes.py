@@ -26,7 +26,8 @@ async def list_reward_models(state: StateDep, project: ProjectId) -> RewardModel
         RewardModelObject(id=row.id, kind=row.kind,  # type: ignore[arg-type]
                           created=int(row.created_at.timestamp()),
                           owned_by=row.project_id or "system", base_model=row.base_model,
-                          objectives=(row.metadata_ or {}).get("objectives"))
+                          objectives=(row.metadata_ or {}).get("objectives"),
+                          head=(row.metadata_ or {}).get("head"))
         for row in rows])
 
 

@@ -62,12 +62,33 @@ class SupervisedMethod(StrictModel):
     hyperparameters: SupervisedHyperparameters = Field(default_factory=SupervisedHyperparameters)
 
 
+IMPLICIT_ONLY = ("beta", "reference", "sft_coefficient")
+"""Hyperparameters of the implicit head only; given with the classifier head they are refused."""
+IMPLICIT_DEFAULTS: dict[str, Any] = {"beta": 0.5, "reference": "none", "sft_coefficient": 1.0}
+
+
 class RewardModelHyperparameters(TrainingHyperparameters):
     """A scalar (preference rows) or per-objective (ratings rows) reward head on the base model.
 
     With `ensemble_size` k > 1 the job trains k members one after another, member i seeded
     with seed + i; `max_steps` and the epochs apply to each member.
+
+    `head` "implicit" reads the reward off the causal LM itself (preference rows only):
+    r(x, y) = beta * (sum over y's tokens of log pi(y_t | x, y_<t) - the same sum under the
+    reference), the DPO implicit reward (Rafailov et al. 2023, eq. 5), reference-free by default.
     """
+
+    head: Literal["classifier", "implicit"] = "classifier"
+    """"classifier": a sequence-classification head reads the last token's hidden state.
+    "implicit": the summed log-probability of the response under the trained causal LM."""
+    beta: Annotated[float, Field(gt=0, le=100)] | None = None
+    """Implicit head: the reward's scale (default 0.5)."""
+    reference: Literal["none", "base"] | None = None
+    """Implicit head: "none" (default) scores beta * log pi(y|x); "base" subtracts the log-
+    probability under the frozen base model, beta * log(pi(y|x) / pi_base(y|x))."""
+    sft_coefficient: Annotated[float, Field(ge=0, le=100)] | None = None
+    """Implicit head: weight of the per-token negative log-likelihood of the chosen responses
+    added to the Bradley-Terry loss (default 1.0); it keeps pi a language model of good answers."""
 
     margin: Annotated[float, Field(ge=-100, le=100)] | None = None
     """Bradley-Terry with a margin: −log σ(r_chosen − r_rejected − margin) (Llama 2)."""
@@ -84,6 +105,25 @@ class RewardModelHyperparameters(TrainingHyperparameters):
     def _check_weights(self) -> RewardModelHyperparameters:
         if self.objective_weights is not None and not self.objective_weights:
             raise ValueError("objective_weights must name at least one objective, or be null")
+        return self
+
+    @model_validator(mode="after")
+    def _check_head(self) -> RewardModelHyperparameters:
+        """Each head's own hyperparameters only; the implicit head's defaults filled in."""
+        if self.head == "classifier":
+            given = [name for name in IMPLICIT_ONLY if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for head 'implicit', and head is "
+                                 "'classifier'; set head to 'implicit' or leave them out")
+            return self
+        refused = [name for name in ("objective_weights", "center_rewards_coefficient")
+                   if getattr(self, name) is not None]
+        if refused:
+            raise ValueError(f"{', '.join(refused)}: only for head 'classifier'; the "
+                             "implicit head's one reward is a log-probability of the response")
+        for name, default in IMPLICIT_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
         return self
 
 
@@ -194,3 +234,22 @@ METHOD_PURPOSES: dict[str, tuple[str, ...]] = {
     "reward_model": ("preference", "ratings", "fine-tune"),
     "value_model": ("prompts",),
 }
+
+IMPLICIT_PURPOSES = ("preference", "fine-tune")
+"""The implicit reward head scores a response by its likelihood: it trains on pairs only."""
+
+
+def allowed_purposes(method: Method) -> tuple[str, ...]:
+    """The file purposes a job with this method accepts (its type's, narrowed by its head)."""
+    hp = method.hyperparameters
+    if isinstance(hp, RewardModelHyperparameters) and hp.head == "implicit":
+        return IMPLICIT_PURPOSES
+    return METHOD_PURPOSES[method.type]
+
+
+def describe(method: Method) -> str:
+    """"a reward_model job" (with its head when it narrows what the job accepts)."""
+    hp = method.hyperparameters
+    if isinstance(hp, RewardModelHyperparameters) and hp.head != "classifier":
+        return f"a {method.type} job with head {hp.head!r}"
+    return f"a {method.type} job"

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -75,6 +76,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainer.demo_world.model import save_random_base_model
 
     return save_random_base_model(tmp_path_factory.mktemp("tiny-base"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_world() -> Any:
+    """The full demo world (seed 0, pretrained base), built once and kept where `alignd demo`
+    keeps it ($ALIGND_DEMO_DIR, else ~/.cache/alignd/demo): a couple of CPU minutes the first
+    time, a manifest check afterwards."""
+    from trainer.demo_world import build_demo_world, default_demo_root
+
+    return build_demo_world(default_demo_root())
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from services.db.models import Project
 from services.registry import register_model
 from services.settings import RewardSettings
 from services.web import ServerThread
-from tests.reward_service.models import make_reward_model
+from tests.reward_service.models import make_implicit_reward_model, make_reward_model
 
 TEST_MAX_WAIT_MS = 20.0
 
@@ -34,6 +34,10 @@ class RewardWorld:
     """Three num_labels=1 models with different seeds."""
     ensemble: str
     """A reward_ensemble whose member-<i> folders hold the same weights as `members`."""
+    implicit: str
+    """An implicit (log-probability) reward model, reference-free, beta 0.5."""
+    implicit_ref: str
+    """An implicit reward model with the demo base as its reference, beta 2.0."""
     paths: dict[str, Path]
     project: str
     """The project that owns every model above."""
@@ -45,7 +49,8 @@ def reward_world(tiny_model_dir: Path, database_url: str,
     root = tmp_path_factory.mktemp("reward-models")
     tag = uuid.uuid4().hex[:8]
     ids = {name: f"rm-{name}-{tag}" for name in ("single", "multi", "multi_weighted",
-                                                  "m0", "m1", "m2", "ensemble")}
+                                                  "m0", "m1", "m2", "ensemble", "implicit",
+                                                  "implicit_ref")}
     paths = {
         ids["single"]: make_reward_model(tiny_model_dir, root / "single", 1, seed=1),
         ids["multi"]: make_reward_model(tiny_model_dir, root / "multi", 2, seed=2),
@@ -57,6 +62,10 @@ def reward_world(tiny_model_dir: Path, database_url: str,
     (root / "ens" / "ensemble.json").write_text(json.dumps(
         {"members": [ids[f"m{i}"] for i in range(3)], "objectives": ["reward"]}))
     paths[ids["ensemble"]] = root / "ens"
+    paths[ids["implicit"]] = make_implicit_reward_model(tiny_model_dir, root / "implicit", seed=20,
+                                                        beta=0.5, reference=False)
+    paths[ids["implicit_ref"]] = make_implicit_reward_model(
+        tiny_model_dir, root / "implicit-ref", seed=21, beta=2.0, reference=True)
     objectives = ["helpful", "harmless"]
     rows: list[tuple[str, str, dict[str, Any] | None]] = [
         (ids["single"], "reward_model", None),
@@ -65,6 +74,8 @@ def reward_world(tiny_model_dir: Path, database_url: str,
          {"objectives": objectives, "objective_weights": {"helpful": 0.8, "harmless": 0.2}}),
         *[(ids[f"m{i}"], "reward_model", None) for i in range(3)],
         (ids["ensemble"], "reward_ensemble", {"objectives": ["reward"]}),
+        (ids["implicit"], "reward_model", {"objectives": ["reward"], "head": "implicit"}),
+        (ids["implicit_ref"], "reward_model", {"objectives": ["reward"], "head": "implicit"}),
     ]
     with session_scope(session_factory(database_url)) as session:
         project = Project(id=f"proj-{tag}", name=f"reward-{tag}")
@@ -77,6 +88,7 @@ def reward_world(tiny_model_dir: Path, database_url: str,
     return RewardWorld(single=ids["single"], multi=ids["multi"],
                        multi_weighted=ids["multi_weighted"],
                        members=[ids[f"m{i}"] for i in range(3)], ensemble=ids["ensemble"],
+                       implicit=ids["implicit"], implicit_ref=ids["implicit_ref"],
                        paths=paths, project=f"proj-{tag}")
 
 

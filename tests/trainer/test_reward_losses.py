@@ -1,4 +1,5 @@
-"""Reward-model losses against numbers worked by hand and against plain Python loops."""
+"""Reward-model losses and the implicit head's log-probability sums, against numbers worked by
+hand and against plain Python loops."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from trainer.algorithms.reward import (
     per_objective_correlation,
     per_objective_mse,
     regression_loss,
+    response_logps,
+    response_token_counts,
 )
+from trainer.algorithms.sft import IGNORE_INDEX
 
 
 def test_bradley_terry_by_hand() -> None:
@@ -103,3 +107,42 @@ def test_correlation_is_zero_where_undefined() -> None:
 def test_the_registry_picks_the_loss_by_data_kind() -> None:
     assert REWARD_LOSSES["preference"] is bradley_terry_loss
     assert REWARD_LOSSES["ratings"] is regression_loss
+
+
+def plain_response_logps(logits: list[list[list[float]]], labels: list[list[int]]) -> list[float]:
+    """Σ_t log softmax(logits[t−1])[labels[t]] over the labelled positions t ≥ 1, row by row."""
+    sums = []
+    for row_logits, row_labels in zip(logits, labels):
+        total = 0.0
+        for t in range(1, len(row_labels)):
+            if row_labels[t] == IGNORE_INDEX:
+                continue
+            scores = row_logits[t - 1]
+            log_normaliser = math.log(sum(math.exp(s) for s in scores))
+            total += scores[row_labels[t]] - log_normaliser
+        sums.append(total)
+    return sums
+
+
+def test_response_logps_match_a_python_loop() -> None:
+    rng = random.Random(2)
+    rows, length, vocab = 5, 9, 7
+    logits = [[[rng.gauss(0, 2) for _ in range(vocab)] for _ in range(length)] for _ in range(rows)]
+    starts = [1, 4, 8, 9, 0]  # row 3 has no response token; row 0's first token is unscorable
+    labels = [[rng.randrange(vocab) if t >= start else IGNORE_INDEX for t in range(length)]
+              for start in starts]
+    labels[1][length - 2:] = [IGNORE_INDEX] * 2  # right padding
+    got = response_logps(torch.tensor(logits, dtype=torch.float64), torch.tensor(labels))
+    assert got.shape == (rows,)
+    assert got.tolist() == pytest.approx(plain_response_logps(logits, labels), rel=1e-9)
+    assert got[3].item() == 0.0
+    counts = response_token_counts(torch.tensor(labels)).tolist()
+    assert counts == [sum(label != IGNORE_INDEX for label in row[1:]) for row in labels]
+
+
+def test_response_logps_are_float32_from_half_precision_logits() -> None:
+    logits = torch.randn(2, 4, 11, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, 5], [IGNORE_INDEX, IGNORE_INDEX, 1, 2]])
+    half = response_logps(logits.to(torch.bfloat16), labels)
+    assert half.dtype == torch.float32
+    assert half.tolist() == pytest.approx(response_logps(logits, labels).tolist(), abs=0.1)

@@ -15,12 +15,14 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from services.methods import METHOD_PURPOSES, Method, RewardModelHyperparameters
 from tests.trainer.test_supervised import Recorder, context
+from trainer.algorithms.sft import IGNORE_INDEX
 from trainer.checkpoint import latest_checkpoint
 from trainer.context import JobStopped
 from trainer.demo_world import build_tokenizer, make_problems, save_random_base_model
 from trainer.demo_world.datasets import preference_rows, rating_rows
 from trainer.methods import METHODS
 from trainer.reward_data import collate_pairs, data_kind, tokenize_pair
+from trainer.reward_head import HEAD_FILE
 
 # -- the method object ---------------------------------------------------------------------
 
@@ -48,6 +50,30 @@ def test_method_rejects_bad_reward_model_sections(method: dict, where: tuple) ->
     assert error.value.errors()[0]["loc"] == where
 
 
+def test_the_implicit_head_fills_its_defaults_and_the_classifier_leaves_them_null() -> None:
+    implicit = RewardModelHyperparameters(head="implicit")
+    assert (implicit.beta, implicit.reference, implicit.sft_coefficient) == (0.5, "none", 1.0)
+    classifier = RewardModelHyperparameters()
+    assert classifier.head == "classifier" and classifier.beta is None
+    again = RewardModelHyperparameters.model_validate(implicit.model_dump())  # the trainer's read
+    assert again == implicit
+
+
+@pytest.mark.parametrize("hyperparameters, words", [
+    ({"beta": 0.1}, "beta: only for head 'implicit'"),
+    ({"reference": "base", "sft_coefficient": 0}, "reference, sft_coefficient: only for head"),
+    ({"head": "implicit", "center_rewards_coefficient": 0.1}, "only for head 'classifier'"),
+    ({"head": "implicit", "beta": 0}, "greater than 0"),
+    ({"head": "implicit", "reference": "policy"}, "'none' or 'base'"),
+    ({"head": "regressor"}, "'classifier' or 'implicit'"),
+])
+def test_head_specific_hyperparameters_are_refused_with_the_other_head(
+    hyperparameters: dict, words: str
+) -> None:
+    with pytest.raises(ValidationError, match=words):
+        RewardModelHyperparameters.model_validate(hyperparameters)
+
+
 # -- data ------------------------------------------------------------------------------------
 
 
@@ -71,6 +97,25 @@ def test_pairs_are_prompt_plus_response_right_padded() -> None:
             "non_preferred_output": [{"role": "assistant", "content": "3"}]}
     chat_pair = tokenize_pair(tokenizer, chat, 64)
     assert tokenizer.decode(chat_pair.chosen_ids).endswith("2<|end|>")
+
+
+def test_the_response_is_the_completion_or_the_last_assistant_turn() -> None:
+    tokenizer = build_tokenizer()
+    pair = tokenize_pair(tokenizer, {"prompt": "1+1=", "chosen": "2", "rejected": "1+1=3"}, 64)
+    batch = collate_pairs([pair], tokenizer.pad_token_id, torch.device("cpu"))
+    labels = batch.labels  # (2, T)
+    responses = [tokenizer.decode([t for t in row.tolist() if t != IGNORE_INDEX]) for row in labels]
+    assert responses == ["2<eos>", "1+1=3<eos>"]
+    chat = {"input": {"messages": [{"role": "user", "content": "1+1="},
+                                   {"role": "assistant", "content": "2"},
+                                   {"role": "user", "content": "and 2+2?"}]},
+            "preferred_output": [{"role": "assistant", "content": "4"}],
+            "non_preferred_output": [{"role": "assistant", "content": "5"}]}
+    chat_pair = tokenize_pair(tokenizer, chat, 64)
+    assert tokenizer.decode(chat_pair.chosen_ids[chat_pair.chosen_start:]) == "4<|end|>"
+    assert chat_pair.rejected_start == chat_pair.chosen_start
+    cut = tokenize_pair(tokenizer, {"prompt": "12+34=", "chosen": "46", "rejected": "4"}, 4)
+    assert cut.chosen_ids == cut.chosen_ids[:4] and cut.chosen_start == 4  # only prompt fits
 
 
 def test_data_kind_refuses_mixed_or_supervised_rows() -> None:
@@ -145,6 +190,41 @@ def test_two_objectives_train_two_heads(base_model_path: Path, tmp_path: Path) -
     assert tuned.config.id2label == {0: "brevity", 1: "correctness"}
 
 
+IMPLICIT = RewardModelHyperparameters.model_validate(
+    {**FAST.model_dump(exclude={"beta", "reference", "sft_coefficient"}), "head": "implicit",
+     "reference": "base", "learning_rate": 1e-3})
+
+
+def test_the_implicit_head_trains_the_causal_lm_and_records_its_head(
+    base_model_path: Path, tmp_path: Path
+) -> None:
+    result, recorder = train(tmp_path, base_model_path, IMPLICIT, preference(48),
+                             validation_rows=preference(16, 1), base_model="tiny-base")
+    losses = recorder.losses()
+    assert mean(losses[-4:]) < 0.85 * mean(losses[:4]), losses
+    first, last = recorder.metrics[1], recorder.metrics[18]
+    assert {"pairwise_accuracy", "mean_margin", "chosen_nll", "train_loss"} <= set(first)
+    assert {"valid_loss", "valid_pairwise_accuracy", "valid_mean_margin"} <= set(last)
+    # The policy starts as its own reference: every implicit reward is 0 before the first step.
+    assert first["mean_margin"] == 0.0 and first["pairwise_accuracy"] == 0.0
+    margins = [recorder.metrics[step]["mean_margin"] for step in sorted(recorder.metrics)]
+    assert mean(margins[-4:]) > mean(margins[:4]), margins
+    head = {"head": "implicit", "beta": 0.5, "reduction": "sum",
+            "reference": {"model": "tiny-base", "path": str(base_model_path)}}
+    assert json.loads((result.output_dir / HEAD_FILE).read_text()) == head
+    assert result.kind == "reward_model" and result.metadata["head"] == "implicit"
+    assert result.metadata["reference"] == head["reference"]
+    tuned = AutoModelForCausalLM.from_pretrained(result.output_dir).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(base_model_path).state_dict()
+    assert tuned.keys() == base.keys()
+    assert all(not torch.equal(base[name], tuned[name]) for name in base)
+
+
+def test_the_implicit_head_refuses_ratings(base_model_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="preference rows only"):
+        train(tmp_path, base_model_path, IMPLICIT, ratings(8))
+
+
 def test_objective_weights_must_name_objectives_of_the_data(
     base_model_path: Path, tmp_path: Path
 ) -> None:
@@ -182,16 +262,22 @@ def weights(output: Path) -> dict[str, torch.Tensor]:
     return {f"{path.parent.name}/{name}": t for path in found for name, t in load_file(path).items()}
 
 
-@pytest.mark.parametrize("ensemble_size, stop_after", [
-    pytest.param(1, 3, id="single"),
-    pytest.param(2, 4, id="ensemble-between-members", marks=pytest.mark.slow),
-    pytest.param(2, 9, id="ensemble-mid-member", marks=pytest.mark.slow),
+@pytest.mark.parametrize("ensemble_size, stop_after, head", [
+    pytest.param(1, 3, "classifier", id="single"),
+    pytest.param(2, 4, "classifier", id="ensemble-between-members", marks=pytest.mark.slow),
+    pytest.param(2, 9, "classifier", id="ensemble-mid-member", marks=pytest.mark.slow),
+    pytest.param(2, 7, "implicit", id="implicit-ensemble-mid-member"),
 ])
 def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(
-    base_model_path: Path, tmp_path: Path, ensemble_size: int, stop_after: int
+    base_model_path: Path, tmp_path: Path, ensemble_size: int, stop_after: int, head: str
 ) -> None:
     # 14 pairs, 6 a step, 2 epochs: 5 steps a member; checkpoints every 2 steps and at 5, 10.
     hp = RESUMABLE.model_copy(update={"ensemble_size": ensemble_size})
+    if head == "implicit":
+        hp = RewardModelHyperparameters.model_validate(
+            {**hp.model_dump(exclude={"center_rewards_coefficient", "beta", "reference",
+                                      "sft_coefficient"}), "head": "implicit",
+             "reference": "base"})
     rows = preference(14)
     uninterrupted, run_a = train(tmp_path / "a", base_model_path, hp, rows)
 

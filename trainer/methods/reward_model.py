@@ -1,9 +1,13 @@
-"""Reward-model training: a sequence-classification head on the base model, resumable.
+"""Reward-model training: a classifier or an implicit (log-probability) reward head, resumable.
 
 Preference rows train one scalar head with the Bradley-Terry loss; ratings rows train one head
-per objective (sorted names) by masked regression (`trainer.algorithms.reward`). The step loop,
-optimizer and schedule are the supervised method's (`trainer.loop`): an optimizer step reads
-the next `batch_size * gradient_accumulation_steps` rows (pairs) of the seeded row stream.
+per objective (sorted names) by masked regression (`trainer.algorithms.reward`). With `head`
+"implicit" the model stays a causal LM and the reward is β·Σ log π(y|x) over the response
+(`trainer.methods.reward_objectives.ImplicitPreferenceObjective`); its folders carry
+`alignd_reward.json` (`trainer.reward_head`), which tells the reward service how to read it.
+The step loop, optimizer and schedule are the supervised method's (`trainer.loop`): an
+optimizer step reads the next `batch_size * gradient_accumulation_steps` rows (pairs) of the
+seeded row stream.
 
 Ensembles (`ensemble_size` k > 1) train k members one after another inside the job, member i
 from seed + i (its head's initialisation and its row order). Step numbers continue across
@@ -26,7 +30,7 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from services.methods import RewardModelHyperparameters
 from trainer.checkpoint import TrainingState, load_checkpoint, model_dir, read_training_state
@@ -43,6 +47,7 @@ from trainer.loop import (
 )
 from trainer.methods.reward_objectives import OBJECTIVES, RewardObjective, detach
 from trainer.reward_data import PREFERENCE_OBJECTIVES, data_kind, rating_objectives
+from trainer.reward_head import ImplicitHead, implicit_head, write_head
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"
@@ -51,32 +56,20 @@ ENSEMBLE_FILE = "ensemble.json"
 # -- the model ----------------------------------------------------------------------------------
 
 
-def load_reward_model(
-    source: Path, objectives: list[str], pad_id: int, device: torch.device
-) -> PreTrainedModel:
-    """A sequence-classification model with one head per objective, in float32.
-
-    From a base causal LM the score head is new (randomly initialised from the current seed);
-    from a checkpoint it is loaded. pad_token_id must be set: the head pools the last non-pad
-    token of each right-padded row.
-    """
-    return AutoModelForSequenceClassification.from_pretrained(
-        source,
-        num_labels=len(objectives),
-        id2label=dict(enumerate(objectives)),
-        label2id={name: index for index, name in enumerate(objectives)},
-        pad_token_id=pad_id,
-        dtype=torch.float32,
-        device_map=device,
-    )
+def save_reward_model(model: PreTrainedModel, tokenizer: Any, head: ImplicitHead | None,
+                      target: Path) -> None:
+    """Weights, tokenizer and (implicit head) `alignd_reward.json` into `target`."""
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    write_head(target, head)
 
 
-def save_member(model: PreTrainedModel, tokenizer: Any, target: Path) -> None:
-    """save_pretrained into `target` atomically (written under a scratch name, then renamed)."""
+def save_member(model: PreTrainedModel, tokenizer: Any, head: ImplicitHead | None,
+                target: Path) -> None:
+    """save_reward_model into `target` atomically (written under a scratch name, renamed)."""
     partial = target.with_name(target.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    tokenizer.save_pretrained(str(partial))
+    save_reward_model(model, tokenizer, head, partial)
     if target.exists():
         shutil.rmtree(target)
     os.replace(partial, target)
@@ -102,10 +95,14 @@ class RewardModelTrainer(StepLoop):
         self.kind = data_kind(ctx.training_rows)
         if ctx.validation_rows and data_kind(ctx.validation_rows) != self.kind:
             raise ValueError(f"the validation rows must be {self.kind} rows, like training's")
+        if (hp.head, self.kind) not in OBJECTIVES:
+            raise ValueError(f"head {hp.head!r} trains on preference rows only, not {self.kind}")
         objectives = (PREFERENCE_OBJECTIVES if self.kind == "preference"
                       else rating_objectives(ctx.training_rows))
         self._check_weights(objectives)
-        self.objective = OBJECTIVES[self.kind](hp, self.pad_id, self.device, objectives)
+        self.objective = OBJECTIVES[hp.head, self.kind](hp, self.pad_id, self.device, objectives,
+                                                        ctx.base_model_path)
+        self.head = implicit_head(hp, ctx.base_model, ctx.base_model_path)
         self.train_examples = self._tokenize(ctx.training_rows)
         self.valid_examples = self._tokenize(ctx.validation_rows or [])
         self.member_steps = count_steps(len(self.train_examples), hp)
@@ -147,7 +144,7 @@ class RewardModelTrainer(StepLoop):
         self.loaded_member = self.member
         transformers.set_seed(self.member_seed)
         source = model_dir(checkpoint) if checkpoint is not None else self.ctx.base_model_path
-        self.model = load_reward_model(source, self.objective.objectives, self.pad_id, self.device)
+        self.model = self.objective.load_model(source)
         self.model.train()
         self.optimizer = build_optimizer(self.model, self.hp)
         self.scheduler = build_scheduler(self.optimizer, self.hp, self.member_steps)
@@ -182,7 +179,7 @@ class RewardModelTrainer(StepLoop):
         if self.hp.ensemble_size > 1:
             metrics["member"] = float(member)
             if self.state.step % self.member_steps == 0:
-                save_member(self.model, self.tokenizer, self._member_dir(member))
+                save_member(self.model, self.tokenizer, self.head, self._member_dir(member))
         return metrics
 
     def _optimizer_step(self, indices: list[int]) -> tuple[dict[str, float], int]:
@@ -230,8 +227,7 @@ class RewardModelTrainer(StepLoop):
         out.mkdir(parents=True, exist_ok=True)
         objectives = self.objective.objectives
         if self.hp.ensemble_size == 1:
-            self.model.save_pretrained(str(out))
-            self.tokenizer.save_pretrained(out)
+            save_reward_model(self.model, self.tokenizer, self.head, out)
         else:
             members = [f"member-{i}" for i in range(self.hp.ensemble_size)]
             for i, name in enumerate(members):
@@ -245,7 +241,9 @@ class RewardModelTrainer(StepLoop):
             kind="reward_model" if self.hp.ensemble_size == 1 else "reward_ensemble",
             final_metrics=metrics,
             metadata={"objectives": objectives, "objective_weights": self.hp.objective_weights,
-                      "ensemble_size": self.hp.ensemble_size, "data_kind": self.kind},
+                      "ensemble_size": self.hp.ensemble_size, "data_kind": self.kind,
+                      "head": self.hp.head,
+                      **(self.head.to_json() if self.head is not None else {})},
         )
 
 

@@ -1,18 +1,26 @@
-"""What each kind of reward data trains: how rows are tokenized, scored and turned into a loss.
+"""What each head and kind of reward data trains: the model, how rows are tokenized and scored,
+and the loss.
 
-`OBJECTIVES` maps the data kind (`trainer.reward_data.data_kind`) to its objective:
-preference pairs → Bradley-Terry on a scalar head; ratings → masked regression, one head per
-objective. Both report their loss and statistics through `statistics`, used for training steps
-and validation alike.
+`OBJECTIVES` maps (head, data kind) (`trainer.reward_data.data_kind`) to its objective:
+classifier head: preference pairs → Bradley-Terry on a scalar head; ratings → masked
+regression, one head per objective. Implicit head: preference pairs → Bradley-Terry on
+β·Σ log π(y|x) (minus the reference's) plus NLL of the chosen responses. Each reports its loss
+and statistics through `statistics`, used for training steps and validation alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 
 from services.methods import RewardModelHyperparameters
 from trainer.algorithms.reward import (
@@ -22,6 +30,8 @@ from trainer.algorithms.reward import (
     pairwise_accuracy,
     per_objective_correlation,
     per_objective_mse,
+    response_logps,
+    response_token_counts,
 )
 from trainer.reward_data import (
     PairExample,
@@ -46,11 +56,17 @@ class ObjectiveScores:
     mask: Tensor  # (B, K) 1 where the row rates the objective
 
 
+@dataclass
+class ImplicitPairRewards(PairRewards):
+    chosen_nll: Tensor  # (B,) −Σ log π(y_c|x) / |y_c|, the chosen response's per-token NLL
+
+
 class RewardObjective(Protocol):
     """How one kind of data is tokenized, scored by the model, and turned into a loss."""
 
     objectives: list[str]
 
+    def load_model(self, source: Path) -> PreTrainedModel: ...
     def tokenize(self, tokenizer: Any, row: dict[str, Any], max_len: int) -> Any: ...
     def forward(self, model: nn.Module, examples: list[Any]) -> Any: ...
     def weight(self, examples: list[Any]) -> float: ...
@@ -58,6 +74,30 @@ class RewardObjective(Protocol):
     def loss(self, outputs: Any) -> Tensor: ...
     def concat(self, outputs: list[Any]) -> Any: ...
     def statistics(self, outputs: Any) -> dict[str, float]: ...
+
+
+def load_classifier(source: Path, objectives: list[str], pad_id: int,
+                    device: torch.device) -> PreTrainedModel:
+    """A sequence-classification model with one head per objective, in float32.
+
+    From a base causal LM the score head is new (randomly initialised from the current seed);
+    from a checkpoint it is loaded. pad_token_id must be set: the head pools the last non-pad
+    token of each right-padded row.
+    """
+    return AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(objectives),
+        id2label=dict(enumerate(objectives)),
+        label2id={name: index for index, name in enumerate(objectives)},
+        pad_token_id=pad_id,
+        dtype=torch.float32,
+        device_map=device,
+    )
+
+
+def load_causal_lm(source: Path, device: torch.device) -> PreTrainedModel:
+    """The causal LM at `source` (the base model or a checkpoint's), in float32."""
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, device_map=device)
 
 
 @dataclass
@@ -68,6 +108,11 @@ class PreferenceObjective:
     pad_id: int
     device: torch.device
     objectives: list[str]
+    base_model: Path
+    """The job's starting model (the implicit head's reference)."""
+
+    def load_model(self, source: Path) -> PreTrainedModel:
+        return load_classifier(source, self.objectives, self.pad_id, self.device)
 
     def tokenize(self, tokenizer: Any, row: dict[str, Any], max_len: int) -> PairExample:
         return tokenize_pair(tokenizer, row, max_len)
@@ -106,6 +151,60 @@ class PreferenceObjective:
 
 
 @dataclass
+class ImplicitPreferenceObjective(PreferenceObjective):
+    """Bradley-Terry on r = β·(Σ log π(y|x) − Σ log π_ref(y|x)) over response tokens, plus
+    `sft_coefficient` times the chosen responses' per-token NLL. The model is the causal LM
+    itself; the reference, when `hp.reference` is "base", is the frozen starting model."""
+
+    reference: PreTrainedModel | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.hp.reference == "base":
+            self.reference = load_causal_lm(self.base_model, self.device).eval()
+            self.reference.requires_grad_(False)
+
+    def load_model(self, source: Path) -> PreTrainedModel:
+        return load_causal_lm(source, self.device)
+
+    def forward(self, model: nn.Module, examples: list[PairExample]) -> ImplicitPairRewards:
+        batch = collate_pairs(examples, self.pad_id, self.device)
+        texts, labels = batch.texts, batch.labels  # (2B, T) each
+        logps = self._logps(model, texts.input_ids, texts.attention_mask, labels)  # (2B,)
+        rewards = logps
+        if self.reference is not None:
+            with torch.no_grad():
+                reference_logps = self._logps(self.reference, texts.input_ids,
+                                              texts.attention_mask, labels)  # (2B,)
+            rewards = logps - reference_logps
+        assert self.hp.beta is not None
+        rewards = self.hp.beta * rewards  # (2B,)
+        nll = -logps / response_token_counts(labels).clamp(min=1.0)  # (2B,)
+        pairs = batch.num_pairs
+        return ImplicitPairRewards(rewards[:pairs], rewards[pairs:], nll[:pairs])
+
+    @staticmethod
+    def _logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+               labels: Tensor) -> Tensor:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, T, V)
+        return response_logps(logits, labels)  # (N,)
+
+    def loss(self, outputs: PairRewards) -> Tensor:
+        """Bradley-Terry plus the chosen responses' NLL, as in Iterative RPO (Pang et al. 2024,
+        eq. 1): without it likelihood can fall on both responses while their gap widens."""
+        assert isinstance(outputs, ImplicitPairRewards) and self.hp.sft_coefficient is not None
+        loss = REWARD_LOSSES["preference"](outputs.chosen, outputs.rejected, self.hp.margin)
+        return loss + self.hp.sft_coefficient * outputs.chosen_nll.mean()
+
+    def concat(self, outputs: list[PairRewards]) -> ImplicitPairRewards:
+        return ImplicitPairRewards(*(torch.cat([getattr(o, f) for o in outputs])
+                                     for f in ("chosen", "rejected", "chosen_nll")))
+
+    def statistics(self, outputs: PairRewards) -> dict[str, float]:
+        assert isinstance(outputs, ImplicitPairRewards)
+        return {**super().statistics(outputs), "chosen_nll": outputs.chosen_nll.mean().item()}
+
+
+@dataclass
 class RatingsObjective:
     """Masked mean-squared error of one head per objective."""
 
@@ -113,6 +212,10 @@ class RatingsObjective:
     pad_id: int
     device: torch.device
     objectives: list[str]
+    base_model: Path
+
+    def load_model(self, source: Path) -> PreTrainedModel:
+        return load_classifier(source, self.objectives, self.pad_id, self.device)
 
     def tokenize(self, tokenizer: Any, row: dict[str, Any], max_len: int) -> RatedExample:
         return tokenize_rated(tokenizer, row, self.objectives, max_len)
@@ -146,10 +249,12 @@ class RatingsObjective:
         return values
 
 
-OBJECTIVES: dict[str, type[PreferenceObjective | RatingsObjective]] = {
-    "preference": PreferenceObjective,
-    "ratings": RatingsObjective,
+OBJECTIVES: dict[tuple[str, str], type[PreferenceObjective | RatingsObjective]] = {
+    ("classifier", "preference"): PreferenceObjective,
+    ("classifier", "ratings"): RatingsObjective,
+    ("implicit", "preference"): ImplicitPreferenceObjective,
 }
+"""The objective of each (head, data kind); the implicit head reads one scalar, so no ratings."""
 
 
 def detach(outputs: Any) -> Any:
