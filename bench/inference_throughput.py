@@ -8,11 +8,13 @@ generating exactly --tokens tokens per prompt (`ignore_eos`), sampling at temper
   alignd   `alignd serve inference` (torch engine) in a process of its own, registry row in a
            throwaway Postgres database, driven over HTTP by --clients concurrent streaming clients
            (/v1/completions, stream: true), each sending --requests sequential requests;
+  engine   a diagnosis: the same torch engine in this process, no HTTP, the same requests
+           with --clients of them in flight at a time;
   offline  the limit: transformers' batched `model.generate` on the same prompts, --clients
            prompts per batch (left-padded), in this process, no HTTP.
 
 Reported: generated tokens/s over the wall time, time to first token and request latency
-(p50/p99), and alignd/offline (goal >= 0.90). Each side runs once untimed as a warm-up, then
+(p50/p99), alignd/offline (goal >= 0.90) and engine/offline. Each side runs once untimed as a warm-up, then
 --repeats times alternating; medians are printed.
 
     python -m bench.inference_throughput            # 32 clients x 4 requests x 64 tokens, 3 repeats
@@ -114,6 +116,38 @@ async def drive(url: str, key: str, prompts: list[str], clients: int, requests: 
     return Run(generated / elapsed, first, latencies)
 
 
+async def engine_only(database_url: str, path: Path, prompts: list[str], clients: int,
+                      tokens: int) -> Run:
+    """alignd's torch engine in this process, no HTTP: --clients concurrent `generate` calls at
+    a time, the same requests as the clients send (a diagnosis: engine vs serving overhead)."""
+    from transformers import AutoTokenizer
+
+    from inference.catalog import ModelCatalog
+    from inference.engines.base import GenerationRequest, SamplingOptions
+    from inference.engines.torch_engine import TorchEngine
+    from services.db.engine import session_factory
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    engine = TorchEngine(ModelCatalog(session_factory(database_url)), max_batch_size=clients,
+                         device="cpu")
+    slots = asyncio.Semaphore(clients)
+
+    async def one(index: int) -> None:
+        options = SamplingOptions(max_tokens=tokens, temperature=1.0, seed=index, ignore_eos=True)
+        request = GenerationRequest(request_id=str(index), model=MODEL_ID, options=options,
+                                    prompt_ids=tokenizer(prompts[index])["input_ids"])
+        async with slots:
+            async for _ in engine.generate(request):
+                pass
+
+    await one(0)  # the model loaded before the clock starts
+    started = time.perf_counter()
+    await asyncio.gather(*(one(index) for index in range(len(prompts))))
+    elapsed = time.perf_counter() - started
+    await engine.close()
+    return Run(len(prompts) * tokens / elapsed)
+
+
 def offline(path: Path, prompts: list[str], batch_size: int, tokens: int) -> Run:
     """transformers' batched generate on the same prompts: the engine's own offline speed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -161,18 +195,21 @@ def main() -> None:
              "ALIGND_STREAM_INTERVAL": str(args.stream_interval)},
             scratch / "inference.log")
         url = f"http://127.0.0.1:{port}"
-        runs: dict[str, list[Run]] = {"alignd": [], "offline": []}
+        runs: dict[str, list[Run]] = {"alignd": [], "engine": [], "offline": []}
         with server:
             wait_healthy(url, 120, alive=server.alive)
             sides = {
                 "alignd": lambda: asyncio.run(drive(url, key, prompts, args.clients, requests,
                                                     args.tokens)),
+                "engine": lambda: asyncio.run(engine_only(database_url, path, prompts,
+                                                          args.clients, args.tokens)),
                 "offline": lambda: offline(path, prompts, args.clients, args.tokens),
             }
             for side in sides.values():  # warm-up: model load, first-touch allocations
                 side()
             for repeat in range(repeats):
-                for name in (["alignd", "offline"] if repeat % 2 == 0 else ["offline", "alignd"]):
+                order = ["alignd", "engine", "offline"]
+                for name in (order if repeat % 2 == 0 else order[::-1]):
                     runs[name].append(sides[name]())
     report(runs, args, requests, threads)
 
@@ -189,10 +226,11 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace, requests: int,
     for name, side in runs.items():
         first = Summary.of([ms for r in side for ms in r.first_token_ms])
         total = Summary.of([ms for r in side for ms in r.latencies_ms])
-        table.append([name, rate[name], *(("-",) * 4 if name == "offline" else
+        table.append([name, rate[name], *(("-",) * 4 if name != "alignd" else
                                           (first.median, first.p99, total.median, total.p99))])
     print_table(["side", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "p50 ms", "p99 ms"], table)
-    print(f"alignd/offline: {ratio(rate['alignd'], rate['offline']):.2f} (goal >= 0.90)")
+    print(f"alignd/offline: {ratio(rate['alignd'], rate['offline']):.2f} (goal >= 0.90); "
+          f"engine/offline: {ratio(rate['engine'], rate['offline']):.2f} (no HTTP)")
 
 
 if __name__ == "__main__":
