@@ -13,6 +13,7 @@ import asyncio
 import queue
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from inference.sampling import sample_rows, top_logprobs
 from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
 
 Outcome = TokenStep | BaseException
+RESOLVED_FOR_S = 30.0
+"""How long a model id's registry row is reused before it is read again (the serving layer
+checks each request's model against the registry and the caller's project first)."""
 
 
 @dataclass
@@ -109,23 +113,34 @@ class TorchEngine:
         self._groups: dict[str, _Group] = {}
         self._outbox = _Outbox()
         self._wake = threading.Event()
+        self._resolved: dict[str, tuple[ServedModel, int, float]] = {}
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
         self._thread.start()
 
     # -- the asyncio side -------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
-        served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
+    async def _model(self, model_id: str) -> tuple[ServedModel, int]:
+        """The served model and its padding id, looked up once per `RESOLVED_FOR_S`: a
+        registry read and two thread hops per request delay when a request joins the batch."""
+        known = self._resolved.get(model_id)
+        if known is not None and time.monotonic() - known[2] < RESOLVED_FOR_S:
+            return known[0], known[1]
+        served = await asyncio.to_thread(self._catalog.resolve, model_id, None)
         tokenizer = await asyncio.to_thread(self._catalog.tokenizer, served)
         eos = tokenizer.eos_token_id
+        pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0))
+        self._resolved[model_id] = (served, pad, time.monotonic())
+        return served, pad
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
+        served, pad = await self._model(request.model)
         seed = request.options.seed
         generator = torch.Generator().manual_seed(seed if seed is not None
                                                   else secrets.randbits(63))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
         sequence = _Sequence(request=request, served=served, loop=asyncio.get_running_loop(),
                              inbox=asyncio.Queue(),
-                             stop_ids=frozenset(request.options.stop_token_ids), pad_id=int(pad),
+                             stop_ids=frozenset(request.options.stop_token_ids), pad_id=pad,
                              generator=generator)
         self._intake.put(sequence)
         self._wake.set()
