@@ -27,6 +27,7 @@ apply_logits_processors`), the order the torch engine keeps. Output token lists 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,28 @@ class VasArgs:
         if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
             raise ValueError(f"{VAS_KEY}.k must be an integer >= 1, got {k!r}")
         return cls(tuple(paths), tuple(float(b) for b in betas), k)
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_loadable(folder: Path) -> None:
+    """ValueError unless ``folder`` looks like a model `from_pretrained` can load: a readable
+    config.json naming its model type, and weights. Checked in the API process, because a load
+    that fails inside the engine core takes the core down with every request it holds."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"value model folder {str(folder)!r} has no config.json") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"value model folder {str(folder)!r}: config.json is not readable "
+                         f"JSON ({exc})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"value model folder {str(folder)!r}: config.json names no model_type")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"value model folder {str(folder)!r} has no weights "
+                         f"({' or '.join(WEIGHT_FILES)})")
 
 
 @dataclass
@@ -164,8 +187,7 @@ class ValueGuidedLogits(LogitsProcessor):
         which cannot fail one request alone)."""
         args = VasArgs.of(sampling_params)
         for folder in args.value_models if args else ():
-            if not (Path(folder) / "config.json").is_file():
-                raise ValueError(f"value model folder {folder!r} has no config.json")
+            check_loadable(Path(folder))
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token greedy decoding picks

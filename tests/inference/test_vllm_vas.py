@@ -345,20 +345,30 @@ def test_rows_follow_removals_additions_moves_and_resyncs(
     assert all(r.users == 0 for r in rows.processor._models._resident.values())
 
 
-def test_a_value_model_whose_folder_is_gone_fails_its_request_alone(
-        vllm: Any, run: Run[Any], inference_world: InferenceWorld, prompt_ids: list[int],
-        database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("damage", "message"), [
+    ("gone", "config.json"), ("no weights", "no weights"), ("bad config", "not readable")])
+def test_a_value_model_that_cannot_load_fails_its_request_alone(
+        damage: str, message: str, vllm: Any, run: Run[Any], inference_world: InferenceWorld,
+        prompt_ids: list[int], database_url: str, tmp_path: Path) -> None:
     from services.db.engine import session_scope
     from services.db.models import RegisteredModel
 
-    gone = f"vm:{inference_world.base}:gone:{tmp_path.name}"
+    folder = tmp_path / "value"
+    if damage == "no weights":
+        folder.mkdir()
+        (folder / "config.json").write_text('{"model_type": "llama"}')
+    elif damage == "bad config":
+        folder.mkdir()
+        (folder / "config.json").write_text("{not json")
+        (folder / "model.safetensors").write_bytes(b"x")
+    broken_id = f"vm:{inference_world.base}:{damage}:{tmp_path.name}"
     with session_scope(session_factory(database_url)) as session:
-        session.add(RegisteredModel(id=gone, kind="value_model", path=str(tmp_path / "gone"),
+        session.add(RegisteredModel(id=broken_id, kind="value_model", path=str(folder),
                                     base_model=inference_world.base))
-    broken = GenerationRequest(request_id="gone", model=inference_world.base,
+    broken = GenerationRequest(request_id="broken", model=inference_world.base,
                                prompt_ids=prompt_ids, options=SamplingOptions(
-                                   max_tokens=4, value_guidance=(ValueGuide(gone, 1.0),)))
-    with pytest.raises(InvalidRequest, match="config.json"):
+                                   max_tokens=4, value_guidance=(ValueGuide(broken_id, 1.0),)))
+    with pytest.raises(InvalidRequest, match=message):
         run(collect(vllm, broken))
     steps = run(collect(vllm, guided_request(inference_world, prompt_ids, (1.0,), max_tokens=4)))
     assert len(steps) == 4  # the engine serves on
