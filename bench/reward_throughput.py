@@ -76,16 +76,22 @@ def make_reward_model(scratch: Path) -> Path:
     return out
 
 
-def register(database_url: str, path: Path) -> None:
+def register(database_url: str, path: Path) -> str:
+    """The reward model in a project of its own, and that project's API key (returned)."""
     from services.db.engine import session_factory, session_scope
-    from services.db.models import Project
+    from services.db.models import ApiKey, Project
     from services.registry import register_model
+    from services.security import generate_key, hash_key
 
+    key = generate_key()
     with session_scope(session_factory(database_url)) as session:
         session.add(Project(id="bench", name="bench"))
         session.flush()
+        session.add(ApiKey(id="bench-key", project_id="bench", name="bench",
+                           key_hash=hash_key(key), prefix=key[:12]))
         register_model(session, model_id=MODEL_ID, project_id="bench", kind="reward_model",
                        path=str(path), base_model="bench-base", job_id="bench")
+    return key
 
 
 def items(n: int) -> list[dict[str, str]]:
@@ -145,12 +151,15 @@ def server_processes(scratch: Path, path: Path, database_url: str) -> tuple[Serv
     return (naive, f"http://127.0.0.1:{naive_port}"), (ours, f"http://127.0.0.1:{alignd_port}")
 
 
-async def drive(url: str, rows: list[dict[str, str]], clients: int, requests: int) -> Run:
+async def drive(url: str, rows: list[dict[str, str]], clients: int, requests: int,
+                key: str) -> Run:
     reward = {"type": "reward_model", "model": MODEL_ID}
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    headers = {"Authorization": f"Bearer {key}"}  # the naive server ignores it
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
+                                 headers=headers) as http:
         async def client(c: int) -> None:
             for r in range(requests):
                 item = rows[(c * requests + r) % len(rows)]
@@ -204,7 +213,7 @@ def main() -> None:
     print(f"machine: {machine_info()}")
     with scratch_dir("alignd-bench-reward-") as scratch, fresh_database() as database_url:
         path = make_reward_model(scratch)
-        register(database_url, path)
+        key = register(database_url, path)
         rows = items(args.clients * requests)
         runs: dict[str, list[Run]] = {"naive": [], "alignd": [], "offline": []}
         (naive, naive_url), (ours, ours_url) = server_processes(scratch, path, database_url)
@@ -212,8 +221,10 @@ def main() -> None:
             wait_healthy(naive_url, 120, alive=naive.alive)
             wait_healthy(ours_url, 120, alive=ours.alive)
             sides = {
-                "naive": lambda: asyncio.run(drive(naive_url, rows, args.clients, requests)),
-                "alignd": lambda: asyncio.run(drive(ours_url, rows, args.clients, requests)),
+                "naive": lambda: asyncio.run(drive(naive_url, rows, args.clients, requests,
+                                                   key)),
+                "alignd": lambda: asyncio.run(drive(ours_url, rows, args.clients, requests,
+                                                    key)),
                 "offline": lambda: offline(path, rows),
             }
             for side in sides.values():  # warm-up: model load, first-touch allocations
