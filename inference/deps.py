@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,8 +9,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from inference.serving import Generator
 from inference.state import InferenceState
-from services.auth import project_for_key
-from services.db.engine import session_scope
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 
@@ -24,17 +21,12 @@ StateDep = Annotated[InferenceState, Depends(get_state)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def _project(state: InferenceState, secret: str | None) -> str:
-    with session_scope(state.sessions) as session:
-        return project_for_key(session, secret)
-
-
 async def get_project_id(state: StateDep, credentials: Credentials) -> str | None:
     """The caller's project, or None (every model visible) when keys are not required."""
     if not state.settings.require_api_key:
         return None
     secret = credentials.credentials if credentials is not None else None
-    return await asyncio.to_thread(_project, state, secret)
+    return await state.keys.project(secret)
 
 
 def get_generator(state: StateDep) -> Generator:

@@ -11,6 +11,7 @@ from inference.catalog import ModelCatalog
 from inference.engines.base import Engine
 from inference.metrics import InferenceMetrics
 from inference.serving import Generator
+from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
@@ -46,6 +47,7 @@ class InferenceState:
     rewards: RewardClient
     metrics: InferenceMetrics
     generator: Generator
+    keys: KeyCache
 
     @classmethod
     def build(cls, settings: InferenceSettings, engine: Engine | None = None) -> InferenceState:
@@ -65,7 +67,8 @@ class InferenceState:
         return cls(settings=settings, database_url=url, sessions=sessions, catalog=catalog,
                    engine=engine, rewards=rewards, metrics=metrics,
                    generator=Generator(catalog, engine, rewards, metrics,
-                                             stream_interval=settings.stream_interval))
+                                             stream_interval=settings.stream_interval),
+                   keys=KeyCache(sessions))
 
     async def close(self) -> None:
         await self.engine.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -11,8 +10,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from reward_service.metrics import RewardMetrics
 from reward_service.scorer import Scorer
 from reward_service.state import RewardState
-from services.auth import project_for_key
-from services.db.engine import session_scope
 from services.security import same_secret
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -24,11 +21,6 @@ def get_state(request: Request) -> RewardState:
 
 StateDep = Annotated[RewardState, Depends(get_state)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
-def _project(state: RewardState, secret: str | None) -> str:
-    with session_scope(state.sessions) as session:
-        return project_for_key(session, secret)
 
 
 async def get_project_id(
@@ -43,7 +35,7 @@ async def get_project_id(
     admin = state.settings.admin_key.get_secret_value()
     if not state.settings.require_api_key or (secret and same_secret(secret, admin)):
         return acting_for
-    return await asyncio.to_thread(_project, state, secret)
+    return await state.keys.project(secret)
 
 
 def get_scorer(state: StateDep) -> Scorer:

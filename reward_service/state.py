@@ -12,6 +12,7 @@ from reward_service.metrics import RewardMetrics
 from reward_service.model_cache import RewardModelCache
 from reward_service.normalize import RunningNormalizer
 from reward_service.scorer import Scorer
+from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
@@ -26,6 +27,7 @@ class RewardState:
     cache: RewardModelCache
     metrics: RewardMetrics
     scorer: Scorer
+    keys: KeyCache
 
     @classmethod
     def build(cls, settings: RewardSettings) -> RewardState:
@@ -43,4 +45,4 @@ class RewardState:
             max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch)
         scorer = Scorer(ScoringContext(cache=cache), RunningNormalizer(), metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
-                   metrics=metrics, scorer=scorer)
+                   metrics=metrics, scorer=scorer, keys=KeyCache(sessions))

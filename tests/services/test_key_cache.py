@@ -1,0 +1,61 @@
+"""`services.auth.KeyCache`: API key → project on the services' request path, against the real
+database, each answer kept for its time-to-live."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import update
+
+from services.auth import KeyCache
+from services.db.engine import session_factory, session_scope
+from services.db.models import ApiKey, Project
+from services.errors import Unauthorized
+from services.security import generate_key, hash_key
+
+
+def make_key(database_url: str) -> tuple[str, str, str]:
+    """A new project and key: (project id, key id, secret)."""
+    tag = uuid.uuid4().hex[:8]
+    project, key_id, secret = f"p-{tag}", f"k-{tag}", generate_key()
+    with session_scope(session_factory(database_url)) as session:
+        session.add(Project(id=project, name=project))
+        session.flush()
+        session.add(ApiKey(id=key_id, project_id=project, name="test", key_hash=hash_key(secret),
+                           prefix=secret[:12]))
+    return project, key_id, secret
+
+
+def revoke(database_url: str, key_id: str) -> None:
+    with session_scope(session_factory(database_url)) as session:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id)
+                        .values(revoked_at=datetime.now(UTC)))
+
+
+def test_a_key_is_read_once_per_interval_and_a_revoked_key_ends_with_it(
+        database_url: str) -> None:
+    project, key_id, secret = make_key(database_url)
+    keys = KeyCache(session_factory(database_url), ttl=0.5)
+    assert asyncio.run(keys.project(secret)) == project
+    revoke(database_url, key_id)
+    started = time.monotonic()
+    assert asyncio.run(keys.project(secret)) == project  # still trusted within the interval
+    time.sleep(max(0.0, 0.5 - (time.monotonic() - started)) + 0.05)
+    with pytest.raises(Unauthorized, match="invalid API key"):
+        asyncio.run(keys.project(secret))
+
+
+def test_missing_and_unknown_keys_are_refused_every_time(database_url: str) -> None:
+    keys = KeyCache(session_factory(database_url), ttl=60)
+    with pytest.raises(Unauthorized, match="missing API key"):
+        asyncio.run(keys.project(None))
+    unknown = generate_key()
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="invalid API key"):
+            asyncio.run(keys.project(unknown))
+    _, _, secret = make_key(database_url)  # nothing about a key is remembered before it exists
+    assert asyncio.run(keys.project(secret))
