@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--samples-per-prompt", type=int, default=4,
+                        help="completions per prompt the value model is trained on")
+    parser.add_argument("--value-epochs", type=int, default=2)
     parser.add_argument("--reward-head", choices=["classifier", "implicit"], default="classifier",
                         help="the proxy reward model's head (the implicit one is ~96%% accurate "
                              "on held-out pairs, the classifier ~77%%)")
@@ -150,8 +153,9 @@ def main() -> None:
 
         with ServerThread(reward_app(reward_settings)) as reward:
             value_hp = ValueModelHyperparameters(
-                reward={"type": "reward_model", "model": RM_ID}, samples_per_prompt=4,
-                max_new_tokens=MAX_TOKENS, top_k=TOP_K, n_epochs=2, batch_size=32,
+                reward={"type": "reward_model", "model": RM_ID},
+                samples_per_prompt=args.samples_per_prompt, max_new_tokens=MAX_TOKENS,
+                top_k=TOP_K, n_epochs=args.value_epochs, batch_size=32,
                 learning_rate=3e-4, max_seq_length=64, checkpoint_every=10_000,
                 eval_every=10_000)
             prompts = read_jsonl(world.prompts)[: 250 if args.quick else 1000]

@@ -3,10 +3,12 @@ value models, with two projects' API keys; a reward service for best-of-N."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -122,3 +124,22 @@ def inference_url(inference_server: ServerThread) -> str:
 @pytest.fixture
 def dead_reward_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
+
+
+T = TypeVar("T")
+Run = Callable[[Awaitable[T]], T]
+"""The `run` fixture: an awaitable run to completion on the module's event loop."""
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop per test module that drives engines directly: their background work
+    lives on it."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def run(loop: asyncio.AbstractEventLoop) -> Run[Any]:
+    return loop.run_until_complete

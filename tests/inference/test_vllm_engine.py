@@ -6,9 +6,9 @@ to guard a `__main__`; the engine loads the model in that same child ("uni" exec
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import torch
@@ -18,19 +18,9 @@ from inference.catalog import ModelCatalog
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from services.db.engine import session_factory, session_scope
 from services.registry import declare_base_models
-from tests.inference.conftest import InferenceWorld
+from tests.inference.conftest import InferenceWorld, Run
 
 PROMPT = "12+34="
-T = TypeVar("T")
-Run = Callable[[Awaitable[T]], T]
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module: the engine's background tasks live on it."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +31,6 @@ def engine(loop: asyncio.AbstractEventLoop, database_url: str) -> Iterator[Any]:
                         max_lora_rank=8, max_loaded_models=1)
     yield engine
     loop.run_until_complete(engine.close())
-
-
-@pytest.fixture(scope="module")
-def run(loop: asyncio.AbstractEventLoop) -> Run[Any]:
-    return loop.run_until_complete
 
 
 @pytest.fixture(scope="module")

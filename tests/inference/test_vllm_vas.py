@@ -21,27 +21,14 @@ from inference.engines.base import GenerationRequest, SamplingOptions, ValueGuid
 from inference.vas import candidates, guided_logits
 from services.db.engine import session_factory
 from services.errors import InvalidRequest
-from tests.inference.conftest import InferenceWorld
+from tests.inference.conftest import InferenceWorld, Run
 from tests.inference.test_vas_and_best_of_n import PROMPT, _reference_vas_greedy
-from tests.inference.test_vllm_engine import Run, collect, tokens
+from tests.inference.test_vllm_engine import collect, tokens
 
 SAMPLES = 300
 """First tokens drawn per engine in the distribution test."""
 FAILURE_ODDS = 1e-6
 """How often the distribution test may fail on a correct engine (its bound's δ)."""
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """One event loop for the module: both engines' background work lives on it."""
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def run(loop: asyncio.AbstractEventLoop) -> Run[Any]:
-    return loop.run_until_complete
 
 
 @pytest.fixture(scope="module")
