@@ -4,9 +4,13 @@ One `MicroBatcher` per loaded model. Callers `await score(sequences)`; each sequ
 queue with a future of its own. A single task per batcher takes the first waiting sequence,
 gathers more for up to `max_wait_ms` (or until `max_batch_tokens` tokens wait), sorts them by
 length so rows of similar length share a pass, cuts them into passes whose padded size
-(rows x longest row) stays within `max_batch_tokens`, runs each pass in a worker thread (the
-event loop keeps serving meanwhile, and queues the next batch) and resolves every future with
-its own row. A failed pass fails only the futures of its rows.
+(rows x longest row) stays within `max_batch_tokens`, runs each pass on the process's one
+forward thread (the event loop keeps serving meanwhile, and queues the next batch) and resolves
+every future with its own row. A failed pass fails only the futures of its rows.
+
+One thread, `FORWARD_THREAD`, runs every batcher's passes: torch gives each thread that calls
+it an OpenMP team of its own, and the idle teams of other threads then slow the one at work
+(here, torch on a second thread ran about 30% slower once a first had used it).
 
 The forward function must give a row the same output whatever else shares its pass (for a
 causal model: right padding, pooling at each row's own last token).
@@ -21,8 +25,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sized
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+FORWARD_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-forward")
+"""Where every forward pass of this process runs (see the module's docstring)."""
 
 Row = TypeVar("Row", bound=Sized)
 Forward = Callable[[list[Row]], list[list[float]]]
@@ -122,7 +130,8 @@ class MicroBatcher(Generic[Row]):
             return
         started = time.perf_counter()
         try:
-            outputs = await asyncio.to_thread(self._forward, [row.row for row in live])
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                FORWARD_THREAD, self._forward, [row.row for row in live])
         except Exception as exc:  # noqa: BLE001 - handed to exactly the callers of this pass
             for row in live:
                 if not row.future.done():

@@ -33,7 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from reward_service.batching import BatchObserver, MicroBatcher
+from reward_service.batching import FORWARD_THREAD, BatchObserver, MicroBatcher
 from reward_service.encoding import EncodedItem
 from services.db.engine import session_scope
 from services.db.models import RegisteredModel
@@ -299,14 +299,16 @@ class RewardModelCache:
         async with self._locks.setdefault(key, asyncio.Lock()):
             if key in self._loaded:
                 return self._touch(key)
-            loaded = await asyncio.to_thread(
-                load_log_prob_model, key, head.reference.path, None, self._max_input_tokens,
-                self._make_batcher)
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                FORWARD_THREAD, load_log_prob_model, key, head.reference.path, None,
+                self._max_input_tokens, self._make_batcher)
             return self._keep(key, loaded)
 
     async def _load(self, key: str, path: str, metadata: dict[str, Any]) -> LoadedModel:
-        loaded = await asyncio.to_thread(
-            load_reward_model, key, path, metadata, self._max_input_tokens, self._make_batcher)
+        # Loaded on the forward thread too, so that no other thread ever runs torch.
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            FORWARD_THREAD, load_reward_model, key, path, metadata, self._max_input_tokens,
+            self._make_batcher)
         return self._keep(key, loaded)
 
     def _make_batcher(self, forward: Callable[[list[Any]], list[list[float]]]) -> MicroBatcher[Any]:
