@@ -1,6 +1,7 @@
 """`alignd demo`: build the demo world, start the embedded stack, fine-tune the demo model
-through the HTTP api, show held-out exact-match accuracy before and after, and ask both models
-a few held-out problems through the inference service."""
+through the HTTP api, show held-out exact-match accuracy before and after, ask both models
+a few held-out problems through the inference service, then train a reward model on the
+preference pairs and show how well it ranks held-out pairs through the reward service."""
 
 from __future__ import annotations
 
@@ -51,26 +52,28 @@ def _project_key(settings: AlignSettings) -> str:
         return admin.create_api_key(project["id"], name="demo")["key"]
 
 
-def _follow(client: AlignClient, job_id: str, steps: int, console: Console) -> dict[str, Any]:
+def _follow(client: AlignClient, job_id: str, steps: int, console: Console,
+            label: str = "fine-tuning") -> dict[str, Any]:
     """Print the job's events and drive a progress bar from its train_loss series."""
     job: dict[str, Any] = {}
     with _progress(console) as progress:
-        task = progress.add_task("fine-tuning", total=steps)
+        task = progress.add_task(label, total=steps)
         for event, job in client.follow(job_id):
             if event is not None:
                 if event["type"] != "checkpoint":
                     progress.console.log(event["message"])
                 continue
-            _show_loss(client, job_id, progress, task)
-        _show_loss(client, job_id, progress, task)
+            _show_loss(client, job_id, progress, task, label)
+        _show_loss(client, job_id, progress, task, label)
     return job
 
 
-def _show_loss(client: AlignClient, job_id: str, progress: Progress, task: TaskID) -> None:
+def _show_loss(client: AlignClient, job_id: str, progress: Progress, task: TaskID,
+               label: str) -> None:
     loss = client.metrics(job_id, ["train_loss"])
     if loss:
         progress.update(task, completed=loss[0]["steps"][-1],
-                        description=f"fine-tuning (loss {loss[0]['values'][-1]:.3f})")
+                        description=f"{label} (loss {loss[0]['values'][-1]:.3f})")
 
 
 def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) -> dict[str, Any]:
@@ -86,6 +89,48 @@ def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) ->
                                     "supervised": {"hyperparameters": hyperparameters}})
     console.print(f"created job [bold]{job['id']}[/]")
     return _follow(client, job["id"], steps, console)
+
+
+REWARD_EPOCHS, REWARD_BATCH = 3, 32
+
+
+def _reward_model(client: AlignClient, world: Any, console: Console) -> dict[str, Any]:
+    """A reward model with the implicit head on the demo's preference pairs."""
+    training = client.upload_file(world.preference, "preference")
+    hyperparameters = {"head": "implicit", "n_epochs": REWARD_EPOCHS,
+                       "batch_size": REWARD_BATCH, "learning_rate": 3e-4, "max_seq_length": 64,
+                       "eval_every": 1000, "checkpoint_every": 100}
+    job = client.create_job(model=DEMO_MODEL, training_file=training["id"], suffix="rm", seed=0,
+                            method={"type": "reward_model",
+                                    "reward_model": {"hyperparameters": hyperparameters}})
+    console.print(f"created reward-model job [bold]{job['id']}[/] on {training['id']} "
+                  f"({training['line_count']} preference pairs)")
+    steps = -(-training["line_count"] * REWARD_EPOCHS // REWARD_BATCH)
+    return _follow(client, job["id"], steps, console, label="reward model")
+
+
+def _ranking_table(settings: AlignSettings, key: str, world: Any, job: dict[str, Any]) -> Table:
+    """Held-out preference pairs (the evaluation problems, rejected answers drawn anew) scored
+    through the reward service: how often the gold answer outscores the rejected one."""
+    import random
+
+    from trainer.demo_world.datasets import preference_rows, split_problems
+
+    seed = json.loads((world.root / "manifest.json").read_text())["config"]["seed"]
+    pairs = preference_rows(split_problems(seed)["eval_prompts"], random.Random("demo-held-out"))
+    items = [{"prompt": row["prompt"], "response": row[side]}
+             for row in pairs for side in ("chosen", "rejected")]
+    with httpx.Client(base_url=settings.reward_url, timeout=300,
+                      headers={"Authorization": f"Bearer {key}"}) as http:
+        response = http.post("/v1/score", json={"items": items, "reward": {
+            "type": "reward_model", "model": job["fine_tuned_model"]}})
+        response.raise_for_status()
+    scores = [row["score"] for row in response.json()["data"]]
+    right = sum(chosen > rejected for chosen, rejected in zip(scores[::2], scores[1::2]))
+    table = Table("reward model", "held-out pairs ranked right",
+                  title=f"{len(pairs)} held-out preference pairs (reward service)")
+    table.add_row(job["fine_tuned_model"], f"{right / len(pairs):.1%}")
+    return table
 
 
 def _accuracy_table(settings: AlignSettings, world: Any, job: dict[str, Any]) -> Table:
@@ -151,6 +196,13 @@ def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
             raise SystemExit(1)
         console.print(_accuracy_table(settings, world, job))
         console.print(_ask(settings, key, world, job))
+        with AlignClient(settings.api_url, key) as client:
+            reward_job = _reward_model(client, world, console)
+        if reward_job["status"] != "succeeded":
+            console.print(f"[red]job {reward_job['id']} {reward_job['status']}[/]: "
+                          f"{reward_job.get('error')}")
+            raise SystemExit(1)
+        console.print(_ranking_table(settings, key, world, reward_job))
         _print_next_steps(console, stack, key)
     except BaseException:
         stack.stop()

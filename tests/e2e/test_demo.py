@@ -36,4 +36,5 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
     assert re.search(r"ft:alignd-demo-tiny:demo:ftjob-\S+\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert "your demo API key: sk-alignd-" in output
     assert "answers from the inference service" in output
+    assert re.search(r"ft:alignd-demo-tiny:rm:ftjob-\S*\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert (tmp_path / "world" / "manifest.json").exists()
