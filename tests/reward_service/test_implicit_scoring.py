@@ -5,7 +5,6 @@ score; a long item keeps its response's start and scores the tokens kept."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from functools import cache
 from pathlib import Path
@@ -16,7 +15,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.reward_service.test_scoring import ITEMS, _batch_rows, _random_item, score
+from tests.reward_service.test_scoring import (
+    ITEMS,
+    _batch_rows,
+    _random_item,
+    score,
+    score_at_once,
+)
 from trainer.reward_head import read_head
 
 TOL = 1e-4
@@ -86,15 +91,8 @@ def test_concurrent_requests_score_as_each_item_alone(reward_url: str, reward_wo
     requests = [[_random_item(rng) for _ in range(rng.randrange(1, 4))] for _ in range(24)]
     spec = {"type": "reward_model", "model": reward_world.implicit_ref}
 
-    async def all_at_once() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=reward_url, timeout=60) as http:
-            responses = await asyncio.gather(*(
-                http.post("/v1/score", json={"items": items, "reward": spec})
-                for items in requests))
-        return [r.json() for r in responses]
-
     before = _batch_rows(reward_url)
-    bodies = asyncio.run(all_at_once())
+    bodies = score_at_once(reward_url, spec, requests)
     after = _batch_rows(reward_url)
     for items, body in zip(requests, bodies, strict=True):
         for item, result in zip(items, body["data"], strict=True):

@@ -120,21 +120,27 @@ def _random_item(rng: random.Random) -> dict[str, Any]:
     return {"prompt": f"{context} {a}+{b}=", "response": str(a + b)[: rng.randrange(5)]}
 
 
+def score_at_once(url: str, spec: dict[str, Any], requests: list[list[dict[str, str]]]
+                  ) -> list[dict[str, Any]]:
+    """Every request's items posted at once, so the service batches them; bodies in order."""
+    async def all_at_once() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            responses = await asyncio.gather(*(
+                http.post("/v1/score", json={"items": items, "reward": spec})
+                for items in requests))
+        return [r.json() for r in responses]
+
+    return asyncio.run(all_at_once())
+
+
 def test_concurrent_requests_batch_without_changing_scores(reward_url: str,
                                                            reward_world: Any) -> None:
     rng = random.Random(0)
     requests = [[_random_item(rng) for _ in range(rng.randrange(1, 4))] for _ in range(32)]
     spec = {"type": "reward_model", "model": reward_world.single}
 
-    async def all_at_once() -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=reward_url, timeout=60) as http:
-            responses = await asyncio.gather(*(
-                http.post("/v1/score", json={"items": items, "reward": spec})
-                for items in requests))
-        return [r.json() for r in responses]
-
     before = _batch_rows(reward_url)
-    bodies = asyncio.run(all_at_once())
+    bodies = score_at_once(reward_url, spec, requests)
     after = _batch_rows(reward_url)
     path = reward_world.paths[reward_world.single]
     for items, body in zip(requests, bodies, strict=True):
