@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,15 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, message: str = "
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@contextmanager
+def reward_service(database_url: str, **settings: Any) -> Iterator[str]:
+    """The real reward service on a loopback port (its URL), test defaults plus ``settings``."""
+    from reward_service.main import create_app
+    from services.settings import RewardSettings
+
+    configured = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
+                                database_url=database_url, **settings)
+    with ServerThread(create_app(configured)) as server:
+        yield server.url

@@ -16,8 +16,9 @@ from services.db.engine import session_factory, session_scope
 from services.db.models import ApiKey, Project
 from services.registry import declare_base_models, register_model
 from services.security import generate_key, hash_key
-from services.settings import InferenceSettings, RewardSettings
+from services.settings import InferenceSettings
 from services.web import ServerThread, free_port
+from tests.conftest import reward_service
 from tests.inference.models import make_lora_adapter, make_value_model
 
 SERVICE_KEY = "inference-tests-service-key"
@@ -84,12 +85,8 @@ def inference_world(tiny_model_dir: Path, database_url: str,
 @pytest.fixture(scope="session")
 def grader_reward_url(database_url: str) -> Iterator[str]:
     """A reward service for grader specs (no reward models needed)."""
-    from reward_service.main import create_app
-
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, admin_key=SERVICE_KEY)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
+    with reward_service(database_url, admin_key=SERVICE_KEY) as url:
+        yield url
 
 
 def inference_settings(database_url: str, reward_url: str, **overrides: object) -> InferenceSettings:

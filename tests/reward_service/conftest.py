@@ -15,8 +15,7 @@ import pytest
 from services.db.engine import session_factory, session_scope
 from services.db.models import Project
 from services.registry import register_model
-from services.settings import RewardSettings
-from services.web import ServerThread
+from tests.conftest import reward_service
 from tests.reward_service.models import make_implicit_reward_model, make_reward_model
 
 TEST_MAX_WAIT_MS = 20.0
@@ -94,11 +93,7 @@ def reward_world(tiny_model_dir: Path, database_url: str,
 
 @pytest.fixture(scope="session")
 def reward_url(database_url: str, reward_world: RewardWorld) -> Iterator[str]:
-    from reward_service.main import create_app
-
-    # Scoring tests call without keys; tests/reward_service/test_auth.py covers them.
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, max_wait_ms=TEST_MAX_WAIT_MS,
-                              max_batch_tokens=4096, require_api_key=False)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
+    # Scoring tests call without keys; tests/reward_service/test_reward_auth.py covers them.
+    with reward_service(database_url, max_wait_ms=TEST_MAX_WAIT_MS, max_batch_tokens=4096,
+                        require_api_key=False) as url:
+        yield url

@@ -13,8 +13,7 @@ import pytest
 from services.db.engine import session_factory, session_scope
 from services.db.models import ApiKey, Project
 from services.security import generate_key, hash_key
-from services.settings import RewardSettings
-from services.web import ServerThread
+from tests.conftest import reward_service
 from tests.reward_service.conftest import RewardWorld
 
 SERVICE_KEY = "reward-auth-service-key"
@@ -40,12 +39,8 @@ def keys(database_url: str, reward_world: RewardWorld) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def guarded_url(database_url: str, reward_world: RewardWorld) -> Iterator[str]:
-    from reward_service.main import create_app
-
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, admin_key=SERVICE_KEY)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
+    with reward_service(database_url, admin_key=SERVICE_KEY) as url:
+        yield url
 
 
 def score(url: str, key: str | None, model: str, **headers: str) -> httpx.Response:

@@ -18,10 +18,8 @@ from sqlalchemy import create_engine, text
 from services.db.engine import session_factory, session_scope
 from services.db.models import RegisteredModel
 from services.registry import BASE
-from services.settings import RewardSettings
-from services.web import ServerThread
 from tests.api.test_files import upload
-from tests.conftest import new_project
+from tests.conftest import new_project, reward_service
 from tests.data import jsonl
 from tests.trainer.test_worker import series, service_path, wait_status
 from trainer.demo_world.datasets import preference_rows, split_problems
@@ -50,12 +48,8 @@ def demo_client(api_url: str, admin: httpx.Client, demo_world: Any,
 
 @pytest.fixture(scope="module")
 def scoring_url(database_url: str) -> Iterator[str]:
-    from reward_service.main import create_app
-
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, require_api_key=False)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
+    with reward_service(database_url, require_api_key=False) as url:
+        yield url
 
 
 def pairs(split: str, tag: str) -> list[dict[str, Any]]:

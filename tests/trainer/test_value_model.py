@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from services.methods import METHOD_PURPOSES, Method, ValueModelHyperparameters
-from services.settings import RewardSettings
-from services.web import ServerThread
+from tests.conftest import reward_service as reward_service_at
 from tests.trainer.test_supervised import Recorder, context
 from trainer.checkpoint import latest_checkpoint
 from trainer.context import JobStopped
@@ -110,13 +109,8 @@ def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def reward_service(database_url: str) -> Iterator[str]:
     """The real reward service on a loopback port (graders need no registered model)."""
-    from reward_service.main import create_app
-
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, max_wait_ms=5.0,
-                              require_api_key=False)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
+    with reward_service_at(database_url, max_wait_ms=5.0, require_api_key=False) as url:
+        yield url
 
 
 def prompt_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
