@@ -8,9 +8,12 @@ the weights themselves are cached by the engines.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,8 +39,13 @@ class ServedModel:
     """The folder the tokenizer and (for adapters) the base weights load from."""
     base_model: str | None
     created: int
-    owned_by: str
+    project_id: str | None
+    """The owning project; None for the operator's models, which every project sees."""
     metadata: dict[str, Any]
+
+    @property
+    def owned_by(self) -> str:
+        return self.project_id or "alignd"
 
     @property
     def is_adapter(self) -> bool:
@@ -47,13 +55,27 @@ class ServedModel:
     def folder(cls, path: str, kind: str = "base") -> ServedModel:
         """A model folder outside the registry, its path standing for its id."""
         return cls(id=path, kind=kind, path=path, base_path=path, base_model=None, created=0,
-                   owned_by="alignd", metadata={})
+                   project_id=None, metadata={})
 
 
 def _served(row: RegisteredModel, base_path: str) -> ServedModel:
     return ServedModel(id=row.id, kind=row.kind, path=row.path, base_path=base_path,
                        base_model=row.base_model, created=int(row.created_at.timestamp()),
-                       owned_by=row.project_id or "system", metadata=row.metadata_ or {})
+                       project_id=row.project_id, metadata=row.metadata_ or {})
+
+
+def checked(served: ServedModel | None, model_id: str, project_id: str | None, param: str,
+            kinds: tuple[str, ...]) -> ServedModel:
+    """``served`` if ``project_id`` may use it (None: any project) as one of ``kinds``;
+    NotFound when it is missing or another project's, InvalidRequest for another kind."""
+    if served is None or (project_id is not None
+                          and served.project_id not in (None, project_id)):
+        raise NotFound(f"model {model_id!r} does not exist", param=param, code="model_not_found")
+    if served.kind not in kinds:
+        raise InvalidRequest(f"model {model_id!r} is a {served.kind}; this field takes "
+                             f"{' or '.join(kinds)} models", param=param,
+                             code="wrong_model_kind")
+    return served
 
 
 class Catalog(Protocol):
@@ -63,6 +85,40 @@ class Catalog(Protocol):
                 kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel: ...
 
     def tokenizer(self, model: ServedModel) -> PreTrainedTokenizerBase: ...
+
+
+RESOLVED_FOR_S = 5.0
+"""How long a registry row is reused before it is read again, as API keys are
+(`services.auth.KeyCache`): a model taken out of the registry stops being served within this."""
+RESOLVED_ENTRIES = 4096
+"""Past this many remembered rows the memory starts afresh."""
+
+
+class ResolvedModels:
+    """Registry rows as a request path reads them: each model id resolved through the catalog
+    once per `RESOLVED_FOR_S`, in a worker thread, and checked against each caller's project and
+    the kinds it asks for. Misses are never kept, so a model a job has just registered is
+    servable at once. A registry read per request would cost the serving layer three database
+    round trips, and an engine a delay for every row of its batch.
+    """
+
+    def __init__(self, catalog: Catalog, ttl_s: float = RESOLVED_FOR_S):
+        self.catalog, self._ttl_s = catalog, ttl_s
+        self._known: dict[tuple[str, tuple[str, ...]], tuple[ServedModel, float]] = {}
+
+    async def resolve(self, model_id: str, project_id: str | None = None, *,
+                      param: str = "model",
+                      kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel:
+        """The row as ``project_id`` (None: any project) may use it, NotFound or
+        InvalidRequest as `checked` raises them."""
+        known = self._known.get((model_id, kinds))
+        if known is None or time.monotonic() - known[1] >= self._ttl_s:
+            served = await asyncio.to_thread(self.catalog.resolve, model_id, None, param=param,
+                                             kinds=kinds)
+            if len(self._known) >= RESOLVED_ENTRIES:
+                self._known.clear()
+            known = self._known[(model_id, kinds)] = (served, time.monotonic())
+        return checked(known[0], model_id, project_id, param, kinds)
 
 
 class FolderCatalog:
@@ -100,19 +156,15 @@ class ModelCatalog:
         """The model ``model_id`` as ``project_id`` sees it (None: every project's models)."""
         with session_scope(self._sessions) as session:
             row = session.get(RegisteredModel, model_id)
-            if row is None or (project_id is not None and row.project_id not in (None, project_id)):
-                raise NotFound(f"model {model_id!r} does not exist", param=param,
-                               code="model_not_found")
-            if row.kind not in kinds:
-                raise InvalidRequest(f"model {model_id!r} is a {row.kind}; this field takes "
-                                     f"{' or '.join(kinds)} models", param=param,
-                                     code="wrong_model_kind")
-            base_path = row.path
-            if row.kind in ("lora_adapter", VALUE_MODEL) and row.base_model:
-                base = session.get(RegisteredModel, row.base_model)
-                if base is not None:
-                    base_path = base.path
-            return _served(row, base_path)
+            served = None
+            if row is not None:
+                base_path = row.path
+                if row.kind in ("lora_adapter", VALUE_MODEL) and row.base_model:
+                    base = session.get(RegisteredModel, row.base_model)
+                    if base is not None:
+                        base_path = base.path
+                served = _served(row, base_path)
+        return checked(served, model_id, project_id, param, kinds)
 
     def listed(self, project_id: str | None) -> list[ServedModel]:
         """Generation and value models visible to the project, oldest first."""
@@ -134,15 +186,27 @@ class ModelCatalog:
     def eos_token_ids(self, model: ServedModel) -> tuple[int, ...]:
         """Tokens that end a generation: the tokenizer's eos and the generation config's
         (a chat model's end-of-turn token among them)."""
-        ids = {self.tokenizer(model).eos_token_id}
-        config_path = Path(model.base_path) / "generation_config.json"
-        if config_path.exists():
-            eos = json.loads(config_path.read_text()).get("eos_token_id")
-            ids.update(eos if isinstance(eos, list) else [eos])
+        ids = {self.tokenizer(model).eos_token_id, *_generation_eos_ids(model.base_path)}
         return tuple(sorted(i for i in ids if isinstance(i, int)))
 
     @staticmethod
     def max_model_len(model: ServedModel) -> int:
         """The context length from the model's config.json (max_position_embeddings)."""
-        config = json.loads((Path(model.base_path) / "config.json").read_text())
-        return int(config.get("max_position_embeddings") or 2048)
+        return _max_position_embeddings(model.base_path)
+
+
+# Read once per folder and process, as the folder's tokenizer (above) and weights (the
+# engines) are: every request needs them.
+@lru_cache(maxsize=1024)
+def _generation_eos_ids(folder: str) -> tuple[object, ...]:
+    config_path = Path(folder) / "generation_config.json"
+    if not config_path.exists():
+        return ()
+    eos = json.loads(config_path.read_text()).get("eos_token_id")
+    return tuple(eos) if isinstance(eos, list) else (eos,)
+
+
+@lru_cache(maxsize=1024)
+def _max_position_embeddings(folder: str) -> int:
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 2048)

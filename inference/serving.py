@@ -14,7 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
+from inference.catalog import VALUE_MODEL, ModelCatalog, ResolvedModels, ServedModel
 from inference.engines.base import Engine, GenerationRequest, SamplingOptions, TokenStep, ValueGuide
 from inference.metrics import InferenceMetrics
 from inference.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -79,6 +79,8 @@ class Generator:
     def __init__(self, catalog: ModelCatalog, engine: Engine, rewards: RewardClient,
                  metrics: InferenceMetrics, *, stream_interval: int = 1):
         self.catalog, self.engine, self.rewards, self.metrics = catalog, engine, rewards, metrics
+        self.models = ResolvedModels(catalog)
+        self._vocabularies_compared: dict[tuple[int, int], bool] = {}
         self.stream_interval = stream_interval
         """Tokens per delta after the first (`InferenceSettings.stream_interval`)."""
 
@@ -86,15 +88,18 @@ class Generator:
 
     async def prepare(self, body: CompletionRequest | ChatCompletionRequest,
                       project_id: str | None) -> Prepared:
-        return await asyncio.to_thread(self._prepare, body, project_id)
+        served = await self.models.resolve(body.model, project_id)
+        values = [await self.models.resolve(guide.model, project_id, kinds=(VALUE_MODEL,),
+                                            param=f"value_guidance[{i}].model")
+                  for i, guide in enumerate(body.value_guidance or [])]
+        return await asyncio.to_thread(self._prepare, body, project_id, served, values)
 
-    def _prepare(self, body: CompletionRequest | ChatCompletionRequest,
-                 project_id: str | None) -> Prepared:
-        served = self.catalog.resolve(body.model, project_id)
+    def _prepare(self, body: CompletionRequest | ChatCompletionRequest, project_id: str | None,
+                 served: ServedModel, values: list[ServedModel]) -> Prepared:
         tokenizer = self.catalog.tokenizer(served)
         prompts = self._prompts(body, tokenizer)
         limit = self.catalog.max_model_len(served)
-        guides = self._value_guides(body, served, tokenizer, project_id)
+        guides = self._value_guides(body, served, tokenizer, values)
         stop_ids = () if body.ignore_eos else self.catalog.eos_token_ids(served)
         samples = body.best_of_n.n if body.best_of_n is not None else body.n
         request_id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-" \
@@ -146,14 +151,13 @@ class Generator:
         return out
 
     def _value_guides(self, body: SamplingFields, served: ServedModel, tokenizer: Any,
-                      project_id: str | None) -> tuple[ValueGuide, ...]:
+                      values: list[ServedModel]) -> tuple[ValueGuide, ...]:
+        """The guides the engine runs, ``values`` being each guide's resolved model."""
         guides = []
-        for i, guide in enumerate(body.value_guidance or []):
+        for i, (guide, value) in enumerate(zip(body.value_guidance or [], values, strict=True)):
             param = f"value_guidance[{i}].model"
-            value = self.catalog.resolve(guide.model, project_id, param=param,
-                                         kinds=(VALUE_MODEL,))
             theirs = self.catalog.tokenizer(value)
-            if theirs.get_vocab() != tokenizer.get_vocab():
+            if not self._same_vocabulary(theirs, tokenizer):
                 raise InvalidRequest(
                     f"value model {guide.model!r} uses a different tokenizer from model "
                     f"{served.id!r} ({len(theirs)} vs {len(tokenizer)} tokens, different "
@@ -162,6 +166,14 @@ class Generator:
             if guide.beta != 0:  # β = 0 adds nothing: skip the value model's forward passes
                 guides.append(ValueGuide(value.id, guide.beta))
         return tuple(guides)
+
+    def _same_vocabulary(self, one: Any, other: Any) -> bool:
+        """Compared once per pair: `get_vocab` builds a dict of every token, and the catalog
+        hands out one tokenizer object per folder."""
+        pair = (id(one), id(other))
+        if pair not in self._vocabularies_compared:
+            self._vocabularies_compared[pair] = one.get_vocab() == other.get_vocab()
+        return self._vocabularies_compared[pair]
 
     @staticmethod
     def _options(body: CompletionRequest | ChatCompletionRequest, prompt_len: int, limit: int,

@@ -13,7 +13,6 @@ import asyncio
 import queue
 import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inference.catalog import VALUE_MODEL, Catalog, ServedModel
+from inference.catalog import (
+    VALUE_MODEL,
+    Catalog,
+    ResolvedModels,
+    ServedModel,
+)
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from inference.engines.guides import Guide, score_candidates
 from inference.engines.kv import Forward, KVBatch, extend, prefill
@@ -30,9 +34,6 @@ from inference.sampling import sample_rows, top_logprobs
 from inference.vas import DEFAULT_TOP_K, candidates, guided_logits
 
 Outcome = TokenStep | BaseException
-RESOLVED_FOR_S = 30.0
-"""How long a model id's registry row is reused before it is read again (the serving layer
-checks each request's model against the registry and the caller's project first)."""
 
 
 @dataclass
@@ -45,6 +46,8 @@ class _Sequence:
     stop_ids: frozenset[int]
     pad_id: int
     generator: torch.Generator
+    value_models: list[ServedModel]
+    """The registry row of each `options.value_guidance` model, in order."""
     generated: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     guides: list[Guide] = field(default_factory=list)
@@ -113,35 +116,39 @@ class TorchEngine:
         self._groups: dict[str, _Group] = {}
         self._outbox = _Outbox()
         self._wake = threading.Event()
-        self._resolved: dict[str, tuple[ServedModel, int, float]] = {}
+        self._registry = ResolvedModels(catalog)
+        self._pad_ids: dict[str, int] = {}
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="torch-engine", daemon=True)
         self._thread.start()
 
     # -- the asyncio side -------------------------------------------------------------------
 
-    async def _model(self, model_id: str) -> tuple[ServedModel, int]:
-        """The served model and its padding id, looked up once per `RESOLVED_FOR_S`: a
-        registry read and two thread hops per request delay when a request joins the batch."""
-        known = self._resolved.get(model_id)
-        if known is not None and time.monotonic() - known[2] < RESOLVED_FOR_S:
-            return known[0], known[1]
-        served = await asyncio.to_thread(self._catalog.resolve, model_id, None)
-        tokenizer = await asyncio.to_thread(self._catalog.tokenizer, served)
-        eos = tokenizer.eos_token_id
-        pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0))
-        self._resolved[model_id] = (served, pad, time.monotonic())
-        return served, pad
+    async def _pad_id(self, served: ServedModel) -> int:
+        pad = self._pad_ids.get(served.id)
+        if pad is None:
+            tokenizer = await asyncio.to_thread(self._catalog.tokenizer, served)
+            eos = tokenizer.eos_token_id
+            pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                      else (eos or 0))
+            self._pad_ids[served.id] = pad
+        return pad
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[list[TokenStep], None]:
-        served, pad = await self._model(request.model)
+        # Registry rows come from `ResolvedModels` on this side: a read on the decode thread
+        # would hold up every row of the batch.
+        served = await self._registry.resolve(request.model)
+        pad = await self._pad_id(served)
+        value_models = [await self._registry.resolve(guide.model, kinds=(VALUE_MODEL,),
+                                                     param=f"value_guidance[{i}].model")
+                        for i, guide in enumerate(request.options.value_guidance)]
         seed = request.options.seed
         generator = torch.Generator().manual_seed(seed if seed is not None
                                                   else secrets.randbits(63))
         sequence = _Sequence(request=request, served=served, loop=asyncio.get_running_loop(),
                              inbox=asyncio.Queue(),
                              stop_ids=frozenset(request.options.stop_token_ids), pad_id=pad,
-                             generator=generator)
+                             generator=generator, value_models=value_models)
         self._intake.put(sequence)
         self._wake.set()
         try:
@@ -238,8 +245,8 @@ class TorchEngine:
         """Load each row's value models and fill their prefix caches, a batch per model."""
         by_model: dict[str, list[tuple[Guide, _Sequence]]] = {}
         for sequence in sequences:
-            for guidance in sequence.options.value_guidance:
-                served = self._catalog.resolve(guidance.model, None, kinds=(VALUE_MODEL,))
+            for served, guidance in zip(sequence.value_models, sequence.options.value_guidance,
+                                        strict=True):
                 guide = Guide(served, self._models.acquire(served))
                 sequence.guides.append(guide)
                 sequence.betas.append(guidance.beta)

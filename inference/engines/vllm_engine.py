@@ -28,7 +28,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from inference.catalog import VALUE_MODEL, ModelCatalog, ServedModel
+from inference.catalog import VALUE_MODEL, ModelCatalog, ResolvedModels, ServedModel
 from inference.engines.base import GenerationRequest, SamplingOptions, TokenStep
 from inference.vas import DEFAULT_TOP_K
 from services.errors import InvalidRequest
@@ -94,7 +94,7 @@ class VllmEngine:
 
     def __init__(self, catalog: ModelCatalog, settings: VllmSettings | None = None,
                  **overrides: Any):
-        self._catalog = catalog
+        self._registry = ResolvedModels(catalog)
         self._settings = replace(settings or VllmSettings(), **overrides)
         self._engines: OrderedDict[str, _Loaded] = OrderedDict()
         self._starting = asyncio.Lock()
@@ -111,8 +111,10 @@ class VllmEngine:
                                  "(VllmSettings.value_guidance); run the inference service "
                                  "with it on, or with ALIGND_ENGINE=torch", param="value_guidance",
                                  code="unsupported_on_engine")
-        served = await asyncio.to_thread(self._catalog.resolve, request.model, None)
-        value_folders = await asyncio.to_thread(self._value_folders, request.options)
+        served = await self._registry.resolve(request.model)
+        value_folders = [(await self._registry.resolve(  # the engine core loads them by path
+            guide.model, param=f"value_guidance[{i}].model", kinds=(VALUE_MODEL,))).path
+            for i, guide in enumerate(request.options.value_guidance)]
         self._waiting += 1
         started = False
         try:
@@ -132,12 +134,6 @@ class VllmEngine:
                 self._running -= 1
             else:
                 self._waiting -= 1
-
-    def _value_folders(self, options: SamplingOptions) -> list[str]:
-        """Each value model's weights folder: the engine core loads them by path."""
-        return [self._catalog.resolve(guide.model, None, param=f"value_guidance[{i}].model",
-                                      kinds=(VALUE_MODEL,)).path
-                for i, guide in enumerate(options.value_guidance)]
 
     def queue_depth(self) -> int:
         """Requests without a token yet: waiting for their model's engine, queued in vLLM, or
