@@ -3,6 +3,10 @@
 Rows are left-padded to a common length: every row's next token goes in the same column, and
 the attention mask hides each row's padding. RoPE is applied before keys are cached, so padding
 a cached row on the left does not move its positions; positions are passed explicitly.
+
+`branch` scores many one-token continuations of each row at once (VAS's candidates) as a tree
+of depth one: the k candidates sit side by side after their row's prefix, each attending to
+the prefix and to itself, so a prefix is stored and read once rather than copied k times.
 """
 
 from __future__ import annotations
@@ -13,14 +17,31 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 Forward = Callable[..., Tensor]
 """``forward(input_ids, attention_mask, position_ids, past_key_values) -> (B, T, ·) outputs``."""
 
 
-def _pairs(cache: DynamicCache) -> list[tuple[Tensor, Tensor]]:
+Pairs = list[tuple[Tensor, Tensor]]
+"""Each layer's (keys, values), both (B, H, L, D)."""
+
+
+def _pairs(cache: DynamicCache) -> Pairs:
     return [(layer.keys, layer.values)  # type: ignore[union-attr,misc]
-            for layer in cache.layers]  # each (B, H, L, D)
+            for layer in cache.layers]
+
+
+def _as_cache(pairs: Pairs) -> DynamicCache:
+    """A DynamicCache holding these tensors themselves: its ``ddp_cache_data`` argument would
+    copy every one of them (a cat onto an empty tensor), and caches are rebuilt every step."""
+    cache = DynamicCache()
+    for keys, values in pairs:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
 
 
 @dataclass
@@ -46,15 +67,7 @@ class KVBatch:
         start = int(used[0]) if used.numel() else mask.shape[1]
         pairs = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
                  for k, v in _pairs(self.cache)]
-        return KVBatch(DynamicCache(ddp_cache_data=pairs), mask[:, start:])
-
-    def repeat(self, times: int | Sequence[int]) -> KVBatch:
-        """Each row repeated in place: ``times`` times, or ``times[i]`` times for row i."""
-        counts = times if isinstance(times, int) else torch.tensor(list(times),
-                                                                   device=self.mask.device)
-        pairs = [(k.repeat_interleave(counts, 0), v.repeat_interleave(counts, 0))
-                 for k, v in _pairs(self.cache)]
-        return KVBatch(DynamicCache(ddp_cache_data=pairs), self.mask.repeat_interleave(counts, 0))
+        return KVBatch(_as_cache(pairs), mask[:, start:])
 
     @staticmethod
     def stack(batches: Sequence[KVBatch]) -> KVBatch:
@@ -66,7 +79,7 @@ class KVBatch:
         pairs = [(torch.cat([_pad_left(k, length) for k, _ in layer]),
                   torch.cat([_pad_left(v, length) for _, v in layer])) for layer in layers]
         mask = torch.cat([_pad_left(batch.mask, length) for batch in batches])
-        return KVBatch(DynamicCache(ddp_cache_data=pairs), mask)
+        return KVBatch(_as_cache(pairs), mask)
 
     def merge(self, other: KVBatch) -> KVBatch:
         """This batch's rows then ``other``'s, the shorter left-padded to the longer."""
@@ -116,13 +129,69 @@ def causal_lm_forward(model: PreTrainedModel) -> Forward:
     return forward
 
 
-def branch(forward: Forward, prefixes: Sequence[KVBatch],
-           tokens: Sequence[Tensor]) -> tuple[KVBatch, Tensor]:
-    """Every prefix extended by each of its candidate tokens, all in one batched pass.
+@dataclass
+class Branches:
+    """Rows of prefixes, each followed by up to K candidate tokens side by side (`branch`)."""
 
-    prefixes: batches of one row each; tokens: a (k_i,) tensor of candidates per prefix. Returns
-    the grown batch, whose rows are prefix 0's candidates in order, then prefix 1's, and so on,
-    and its (Σ k_i, ·) outputs, in the same order.
+    pairs: Pairs
+    """Each layer's (B, H, L + K, D) keys and values: the L prefix columns, then the K
+    candidates' columns, candidate j of every row in column L + j."""
+    mask: Tensor
+    """(B, L) the prefixes' mask."""
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def advance(self, rows: Sequence[int], chosen: Sequence[int]) -> KVBatch:
+        """``rows``' prefixes, in that order, each followed by its ``chosen`` candidate, with
+        the columns that every one of them pads dropped."""
+        device, length = self.mask.device, self.mask.shape[1]
+        index = torch.tensor(list(rows), dtype=torch.long, device=device)  # (B',)
+        mask = self.mask.index_select(0, index)  # (B', L)
+        start = length - int(mask.sum(dim=-1).max())  # real tokens are contiguous, on the right
+        column = length + torch.tensor(list(chosen), dtype=torch.long, device=device)  # (B',)
+        pairs = [(torch.cat([k[index, :, start:length], k[index, :, column].unsqueeze(2)], 2),
+                  torch.cat([v[index, :, start:length], v[index, :, column].unsqueeze(2)], 2))
+                 for k, v in self.pairs]  # each (B', H, L - start + 1, D)
+        mask = torch.cat([mask[:, start:], mask.new_ones((len(rows), 1))], dim=-1)
+        return KVBatch(_as_cache(pairs), mask)
+
+    def row(self, row: int, chosen: int | None) -> KVBatch:
+        """One row's prefix, followed by its ``chosen``-th candidate unless None, without the
+        left padding the other rows gave it."""
+        length = self.mask.shape[1]
+        start = length - int(self.mask[row].sum())  # a prefix's real tokens are contiguous
+        columns = [slice(start, length)] + ([] if chosen is None else
+                                            [slice(length + chosen, length + chosen + 1)])
+        pairs = [(torch.cat([k[row:row + 1, :, c] for c in columns], dim=2),
+                  torch.cat([v[row:row + 1, :, c] for c in columns], dim=2))
+                 for k, v in self.pairs]
+        mask = self.mask.new_ones((1, length - start + (chosen is not None)))
+        return KVBatch(_as_cache(pairs), mask)
+
+
+def branch(forward: Forward, prefixes: KVBatch, tokens: Sequence[Tensor]
+           ) -> tuple[Branches, Tensor]:
+    """Every row of ``prefixes`` extended by each of its candidate tokens, in one pass.
+
+    tokens: a (k_i,) tensor of candidates per row. The candidates of a row share its position
+    and each attends to the row's prefix and to itself only (a 4D mask), so the outputs are
+    those of k_i separate one-token extensions. Returns the branches and the (Σ k_i, ·) outputs,
+    row 0's candidates in order, then row 1's, and so on.
     """
-    grown = KVBatch.stack(prefixes).repeat([len(ids) for ids in tokens])
-    return extend(forward, grown, torch.cat(list(tokens)))
+    device = prefixes.mask.device
+    cache = _as_cache(_pairs(prefixes.cache))  # grows here; ``prefixes`` keeps its own
+    counts = [len(ids) for ids in tokens]
+    width = max(counts)
+    input_ids = torch.zeros((len(counts), width), dtype=torch.long, device=device)  # (B, K)
+    for row, ids in enumerate(tokens):
+        input_ids[row, :len(ids)] = ids.to(device)  # unused slots read token 0, self only
+    visible = prefixes.mask.bool()[:, None, None, :].expand(-1, 1, width, -1)  # (B, 1, K, L)
+    own = torch.eye(width, dtype=torch.bool, device=device).expand(len(counts), 1, width,
+                                                                    width)  # (B, 1, K, K)
+    outputs = forward(input_ids=input_ids, attention_mask=torch.cat([visible, own], dim=-1),
+                      position_ids=prefixes.positions.expand(-1, width),
+                      past_key_values=cache)  # (B, K, ·)
+    keep = torch.arange(width, device=device) < torch.tensor(counts, device=device)[:, None]
+    return Branches(_pairs(cache), prefixes.mask), outputs[keep]  # (Σ k_i, ·)

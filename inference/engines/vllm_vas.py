@@ -130,7 +130,7 @@ class _GuidedRow:
     cached: list[int] = field(default_factory=list)
     """The output tokens every guide's `prefix` holds after the prompt."""
     pending: list[int] = field(default_factory=list)
-    """The candidates the guides' `expanded` caches hold, in candidate order."""
+    """The candidates of the guides' last pass, in candidate order."""
 
     def propose(self, logits: Tensor) -> Tensor:
         """(k,) candidate ids for this row's (V,) base logits, prefixes brought up to date."""
@@ -147,7 +147,7 @@ class _GuidedRow:
     def _sync(self) -> None:
         """Bring every guide's prefix cache up to the prompt ⊕ the outputs so far."""
         outputs, held = self.outputs, len(self.cached)
-        in_step = self.guides[0].prefix is not None and outputs[:held] == self.cached
+        in_step = self.guides[0].ready and outputs[:held] == self.cached
         if in_step and len(outputs) == held:
             return  # the last sample was discarded (e.g. a chunked prefill): same prefix
         if in_step and len(outputs) == held + 1 and outputs[-1] in self.pending:
