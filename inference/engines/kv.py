@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 Forward = Callable[..., Tensor]
-"""``forward(input_ids, attention_mask, position_ids, past_key_values) -> (B, T, ·) outputs``."""
+"""``forward(input_ids, attention_mask, position_ids, past_key_values) -> (B, T, ·) outputs``;
+a generation model's forward gives the last position's only, (B, 1, V): the engines read no
+other, and a prompt's logits at every position would be (B, T, V) floats for nothing."""
 
 
 Pairs = list[tuple[Tensor, Tensor]]
@@ -121,12 +123,6 @@ def extend(forward: Forward, batch: KVBatch, tokens: Tensor) -> tuple[KVBatch, T
     outputs = forward(input_ids=tokens.view(-1, 1).to(batch.mask.device), attention_mask=mask,
                       position_ids=positions, past_key_values=batch.cache)  # (B, 1, ·)
     return KVBatch(batch.cache, mask), outputs[:, -1]
-
-
-def causal_lm_forward(model: PreTrainedModel) -> Forward:
-    def forward(**inputs: Tensor | DynamicCache) -> Tensor:
-        return model(**inputs, use_cache=True).logits.float()  # type: ignore[no-any-return]
-    return forward
 
 
 @dataclass

@@ -106,14 +106,16 @@ def _base_forward(resident: Resident) -> Forward:
         model = resident.model  # read at call time: an adapter may wrap it later
         context = model.disable_adapter() if resident.adapters else contextlib.nullcontext()
         with context:
-            return model(**inputs, use_cache=True).logits.float()  # type: ignore[no-any-return]
+            return model(**inputs, use_cache=True,  # type: ignore[no-any-return]
+                         logits_to_keep=1).logits.float()
     return forward
 
 
 def _adapter_forward(model: Any, adapter: str) -> Forward:
     def forward(**inputs: Any) -> Tensor:
         model.set_adapter(adapter)
-        return model(**inputs, use_cache=True).logits.float()  # type: ignore[no-any-return]
+        return model(**inputs, use_cache=True,  # type: ignore[no-any-return]
+                     logits_to_keep=1).logits.float()
     return forward
 
 
