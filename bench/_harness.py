@@ -187,6 +187,21 @@ class ServiceProcess:
         self.stop()
 
 
+@contextmanager
+def alignd_server(service: str, env: dict[str, str], log_path: Path,
+                  timeout: float = 120.0) -> Iterator[str]:
+    """`alignd serve <service>` in a process of its own (as deployed) on a free loopback port,
+    with ``env`` as its only ALIGND_* settings; yields its URL once it answers /healthz."""
+    from services.web import free_port
+
+    port = free_port()
+    with ServiceProcess.alignd(["serve", service], {**env, "ALIGND_PORT": str(port)},
+                               log_path) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout, alive=process.alive)
+        yield url
+
+
 def wait_worker_ready(worker: ServiceProcess, timeout: float = 120.0) -> None:
     """Until Celery logs that the worker is ready (it logs that at WARNING level too)."""
     def ready() -> bool:

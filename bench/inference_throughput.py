@@ -39,8 +39,8 @@ import httpx
 import torch
 
 from bench._harness import (
-    ServiceProcess,
     Summary,
+    alignd_server,
     fresh_database,
     machine_info,
     print_table,
@@ -48,9 +48,7 @@ from bench._harness import (
     save_model,
     scratch_dir,
     supervised_rows,
-    wait_healthy,
 )
-from services.web import free_port
 
 MODEL_ID = "bench-generator"
 SMALL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -207,19 +205,12 @@ def main() -> None:
         path = save_model(scratch / "model", **({} if args.tiny else SMALL))
         key = register(database_url, path)
         prompts = [row["prompt"] for row in supervised_rows(args.clients * requests, shots=3)]
-        port = free_port()
-        server = ServiceProcess.alignd(
-            ["serve", "inference"],
-            {"ALIGND_ENVIRONMENT": "test", "ALIGND_DATABASE_URL": database_url,
-             "ALIGND_PORT": str(port),
-             "ALIGND_TORCH_THREADS": str(args.server_threads or threads),
-             "ALIGND_MAX_BATCH_SIZE": str(args.clients), "ALIGND_LOG_LEVEL": "WARNING",
-             "ALIGND_STREAM_INTERVAL": str(args.stream_interval)},
-            scratch / "inference.log")
-        url = f"http://127.0.0.1:{port}"
+        env = {"ALIGND_ENVIRONMENT": "test", "ALIGND_DATABASE_URL": database_url,
+               "ALIGND_TORCH_THREADS": str(args.server_threads or threads),
+               "ALIGND_MAX_BATCH_SIZE": str(args.clients), "ALIGND_LOG_LEVEL": "WARNING",
+               "ALIGND_STREAM_INTERVAL": str(args.stream_interval)}
         runs: dict[str, list[Run]] = {"alignd": [], "engine": [], "offline": []}
-        with server:
-            wait_healthy(url, 120, alive=server.alive)
+        with alignd_server("inference", env, scratch / "inference.log") as url:
             sides = {
                 "alignd": lambda: asyncio.run(drive(url, key, prompts, args.clients, requests,
                                                     args.tokens)),
