@@ -82,7 +82,8 @@ def _prefixes(group: list[tuple[Guide, Tensor]]
         if guide.scored is not None and guide.chosen is not None:
             passes.setdefault(id(guide.scored), []).append((guide, ids))
     carried = max(passes.values(), key=len, default=[])
-    others = [(guide, ids) for guide, ids in group if not any(guide is g for g, _ in carried)]
+    kept = {id(guide) for guide, _ in carried}
+    others = [(guide, ids) for guide, ids in group if id(guide) not in kept]
     batches = [guide.own_prefix() for guide, _ in others]
     if carried:
         scored = carried[0][0].scored
