@@ -136,4 +136,17 @@ class InferenceSettings(AlignSettings):
     vllm_kv_cache_gib: float | None = Field(default=None, gt=0)
     """KV cache per vLLM engine in GiB; set it on CPU, where the fraction would be of all RAM."""
     vllm_max_loaded_models: int = Field(default=2, ge=1)
-    """Base models with a running vLLM engine (least recently used shut down first)."""
+    """Base models with a running vLLM engine (least recently used shut down first). Each
+    engine holds its share of memory for as long as it runs, so this count is the LRU's memory
+    bound: with the fraction, max_loaded_models x gpu_memory_utilization must fit in one."""
+
+    @model_validator(mode="after")
+    def _vllm_engines_fit(self) -> InferenceSettings:
+        share = self.vllm_max_loaded_models * self.vllm_gpu_memory_utilization
+        if self.engine == "vllm" and self.vllm_kv_cache_gib is None and share > 1:
+            raise ValueError(
+                f"ALIGND_VLLM_MAX_LOADED_MODELS ({self.vllm_max_loaded_models}) engines of "
+                f"ALIGND_VLLM_GPU_MEMORY_UTILIZATION ({self.vllm_gpu_memory_utilization}) each "
+                f"would reserve {share:.0%} of the device's memory; lower either so their "
+                "product is at most 1, or set ALIGND_VLLM_KV_CACHE_GIB")
+        return self

@@ -10,7 +10,12 @@ from sqlalchemy import create_engine, text
 
 from services.db.migrate import current_revision, ensure_migrated, head_revision, upgrade
 from services.errors import DatabaseNotMigrated
-from services.settings import DEVELOPMENT_ADMIN_KEY, AlignSettings, ApiSettings
+from services.settings import (
+    DEVELOPMENT_ADMIN_KEY,
+    AlignSettings,
+    ApiSettings,
+    InferenceSettings,
+)
 from tests.conftest import POSTGRES
 
 
@@ -24,6 +29,17 @@ def test_production_refuses_embedded_mode() -> None:
     with pytest.raises(ValidationError, match="ALIGND_DATABASE_URL"):
         AlignSettings(environment="production", admin_key="a-real-secret", database_url=None,
                       broker_url=None)
+
+
+def test_vllm_engines_that_would_not_fit_together_are_refused() -> None:
+    with pytest.raises(ValidationError, match=r"would reserve 150% .* at most 1"):
+        InferenceSettings(_env_file=None, engine="vllm",  # type: ignore[call-arg]
+                          vllm_max_loaded_models=3, vllm_gpu_memory_utilization=0.5)
+    fits = InferenceSettings(_env_file=None, engine="vllm",  # type: ignore[call-arg]
+                             vllm_max_loaded_models=3, vllm_gpu_memory_utilization=0.3)
+    sized = InferenceSettings(_env_file=None, engine="vllm",  # type: ignore[call-arg]
+                              vllm_max_loaded_models=3, vllm_kv_cache_gib=0.5)
+    assert (fits.vllm_max_loaded_models, sized.vllm_kv_cache_gib) == (3, 0.5)
 
 
 def test_settings_come_from_alignd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
