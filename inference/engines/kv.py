@@ -135,10 +135,6 @@ class Branches:
     mask: Tensor
     """(B, L) the prefixes' mask."""
 
-    @property
-    def size(self) -> int:
-        return int(self.mask.shape[0])
-
     def advance(self, rows: Sequence[int], chosen: Sequence[int]) -> KVBatch:
         """``rows``' prefixes, in that order, each followed by its ``chosen`` candidate, with
         the columns that every one of them pads dropped."""
@@ -156,15 +152,11 @@ class Branches:
     def row(self, row: int, chosen: int | None) -> KVBatch:
         """One row's prefix, followed by its ``chosen``-th candidate unless None, without the
         left padding the other rows gave it."""
+        if chosen is not None:
+            return self.advance([row], [chosen])
         length = self.mask.shape[1]
-        start = length - int(self.mask[row].sum())  # a prefix's real tokens are contiguous
-        columns = [slice(start, length)] + ([] if chosen is None else
-                                            [slice(length + chosen, length + chosen + 1)])
-        pairs = [(torch.cat([k[row:row + 1, :, c] for c in columns], dim=2),
-                  torch.cat([v[row:row + 1, :, c] for c in columns], dim=2))
-                 for k, v in self.pairs]
-        mask = self.mask.new_ones((1, length - start + (chosen is not None)))
-        return KVBatch(_as_cache(pairs), mask)
+        prefixes = [(k[:, :, :length], v[:, :, :length]) for k, v in self.pairs]  # views
+        return KVBatch(_as_cache(prefixes), self.mask).select([row])
 
 
 def branch(forward: Forward, prefixes: KVBatch, tokens: Sequence[Tensor]
