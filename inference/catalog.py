@@ -45,7 +45,7 @@ class ServedModel:
 
     @property
     def owned_by(self) -> str:
-        return self.project_id or "alignd"
+        return self.project_id or "system"
 
     @property
     def is_adapter(self) -> bool:
