@@ -32,5 +32,5 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check services api trainer reward_service inference tests bench
+	$(VENV)/bin/ruff check services modeling api trainer reward_service inference cli tests bench
 	$(VENV)/bin/mypy services api

@@ -155,7 +155,7 @@ class ServiceProcess:
 
     @classmethod
     def alignd(cls, verb: Sequence[str], env: dict[str, str], log_path: Path) -> ServiceProcess:
-        return cls([sys.executable, "-m", "services.cli.main", *verb], env, log_path)
+        return cls([sys.executable, "-m", "cli.main", *verb], env, log_path)
 
     def start(self) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def broker_options(settings):
     url, options = unpatched(settings)
     return url, {**options, "polling_interval": %r}
 celery_app.broker_options = broker_options
-from services.cli.main import app
+from cli.main import app
 app(["worker"])
 """
 

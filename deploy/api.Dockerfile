@@ -10,6 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY api ./api
+COPY cli ./cli
 RUN /opt/venv/bin/pip install --no-cache-dir ".[api]"
 
 FROM python:3.11-slim

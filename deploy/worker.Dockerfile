@@ -10,6 +10,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY api ./api
+COPY cli ./cli
+COPY modeling ./modeling
 COPY trainer ./trainer
 COPY reward_service ./reward_service
 COPY inference ./inference

@@ -169,7 +169,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "services.cli.main", "worker"],
+        self.process = subprocess.Popen([sys.executable, "-m", "cli.main", "worker"],
                                         env=self.env, stdout=log, stderr=subprocess.STDOUT)
         return self
 

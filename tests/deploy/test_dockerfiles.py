@@ -63,7 +63,13 @@ def test_api_image_installs_no_torch() -> None:
     assert 'pip install --no-cache-dir ".[api]"' in runs
     assert "worker" not in runs and "torch" not in runs
     copied = {args.split()[0] for op, args in instructions(DOCKERFILES["api"]) if op == "COPY"}
-    assert "trainer" not in copied
+    assert "trainer" not in copied and "modeling" not in copied
+    assert "cli" in copied, "the entry point `alignd` lives in cli/"
+
+
+def test_worker_image_copies_every_package_it_runs() -> None:
+    copied = {args.split()[0] for op, args in instructions(DOCKERFILES["worker"]) if op == "COPY"}
+    assert {"services", "modeling", "trainer", "reward_service", "inference", "cli"} <= copied
 
 
 def test_worker_image_installs_the_worker_and_api_extras() -> None:

@@ -23,7 +23,7 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
                 "COLUMNS": "200", "TERM": "dumb"})
     for name in ("API", "REWARD", "INFERENCE"):
         env[f"ALIGND_{name}_URL"] = f"http://127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "services.cli.main", "demo", "--no-keep-running",
+    command = [sys.executable, "-m", "cli.main", "demo", "--no-keep-running",
                "--demo-dir", str(tmp_path / "world"), "--pretrain-steps", "60", "--steps", "20"]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,

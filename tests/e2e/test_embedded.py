@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.cli.stack import embedded_stack
+from cli.stack import embedded_stack
 from services.client import AlignClient
 from services.embedded import stop_embedded_postgres
 from services.settings import AlignSettings

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from services.cli import user
+from cli import user
 from services.settings import AlignSettings, ApiSettings, InferenceSettings, RewardSettings
 
 app = typer.Typer(help="alignd: align language models and serve them.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def worker() -> None:
 @app.command()
 def up() -> None:
     """Start the embedded stack (api, worker, reward, inference) and wait for Ctrl-C."""
-    from services.cli.stack import embedded_stack
+    from cli.stack import embedded_stack
 
     stack = embedded_stack(AlignSettings())
     with console.status("starting the embedded stack"):
@@ -84,7 +84,7 @@ def demo(
         help="pretraining steps of the demo model (default: the demo world's own)")] = None,
 ) -> None:
     """Build the demo world, start the stack, fine-tune over HTTP, report accuracy."""
-    from services.cli.demo import run_demo
+    from cli.demo import run_demo
 
     run_demo(AlignSettings(), console, keep_running=keep_running, demo_dir=demo_dir, steps=steps,
              pretrain_steps=pretrain_steps)

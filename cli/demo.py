@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.stack import Stack, embedded_stack
+from cli.stack import Stack, embedded_stack
 from services.client import AlignClient, ApiError
 from services.settings import AlignSettings
 
