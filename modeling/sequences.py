@@ -1,4 +1,4 @@
-"""Supervised rows → token ids with completion-only labels, and the padded batches built from them.
+"""Prompt/response text → token ids with response-only labels, and the padded batches built from them.
 
 Two row shapes are accepted (see DESIGN §3):
 
@@ -10,22 +10,21 @@ Text is cut into segments at the boundaries between trained and untrained parts 
 is tokenized on its own, so a completion is tokenized exactly as the model will produce it after
 the rendered prompt at generation time.
 
-Training reads rows as a stream: epoch after epoch, each in its own order drawn from a generator
-seeded with (seed, epoch), so a position in the stream (rows consumed) is all a resumed run needs
-to see the same rows in the same order.
+A scored text (reward models, the reward service, online RL) is laid out the same way: the
+response is the last run of tokens supervised training would train on (`split_scored`).
+Batches are right-padded (`pad_right`); a prompt alone is encoded by `encode_prompt`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from trainer.algorithms.sft import IGNORE_INDEX
+from modeling.logprobs import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -168,16 +167,100 @@ def collate(examples: list[TokenizedExample], pad_token_id: int) -> SupervisedBa
     return SupervisedBatch(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
 
 
-@lru_cache(maxsize=4)
-def epoch_order(n_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
-    """The shuffled row order of one epoch; the same for the same (seed, epoch), resumed or not."""
-    generator = torch.Generator().manual_seed(seed * 1000 + epoch)  # distinct while epochs < 1000
-    return tuple(torch.randperm(n_rows, generator=generator).tolist())
+UNLIMITED = 1 << 30
 
 
-def stream_rows(n_rows: int, seed: int, start: int, count: int) -> list[int]:
-    """Row indices at positions [start, start + count) of the stream (crossing epoch boundaries)."""
-    return [
-        epoch_order(n_rows, seed, position // n_rows)[position % n_rows]
-        for position in range(start, start + count)
-    ]
+def split_scored(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]],
+    response: str | list[dict[str, Any]],
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids), untruncated: plain strings, or chat messages for both."""
+    example = _tokenize_whole(tokenizer, prompt, response)
+    start = response_start(example.labels)
+    return example.input_ids[:start], example.input_ids[start:]
+
+
+def _tokenize_whole(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]],
+    response: str | list[dict[str, Any]],
+) -> TokenizedExample:
+    if isinstance(prompt, str) and isinstance(response, str):
+        return tokenize_prompt_completion(tokenizer, prompt, response, UNLIMITED)
+    if isinstance(prompt, list) and isinstance(response, list):
+        return tokenize_messages(tokenizer, prompt + response, UNLIMITED)
+    raise ValueError("prompt and response must both be strings or both be message lists")
+
+
+def response_start(labels: list[int]) -> int:
+    """Where the last run of trained (non-ignored) labels starts: the response."""
+    end = len(labels)
+    while end > 0 and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start
+
+
+def tokenize_scored(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, Any]],
+    response: str | list[dict[str, Any]],
+    max_seq_length: int,
+) -> tuple[list[int], int]:
+    """Token ids of prompt + response (its first max_seq_length), and where the response starts
+    in them (their length when the prompt alone fills them)."""
+    prompt_ids, response_ids = split_scored(tokenizer, prompt, response)
+    input_ids = (prompt_ids + response_ids)[:max_seq_length]
+    return input_ids, min(len(prompt_ids), len(input_ids))
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any],
+                  max_tokens: int) -> list[int]:
+    """A prompts row as the model continues it: `prompt` tokenized with the tokenizer's
+    special tokens, or `messages` rendered by its chat template with the generation prompt.
+    Longer prompts keep their last `max_tokens` ids (the part the completion follows)."""
+    if "messages" in row:
+        if tokenizer.chat_template is None:
+            raise ValueError("rows with 'messages' need a tokenizer with a chat_template")
+        text = tokenizer.apply_chat_template(row["messages"], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    elif "prompt" in row:
+        ids = list(tokenizer(row["prompt"])["input_ids"])
+    else:
+        raise ValueError(f"a prompts row needs 'prompt' or 'messages', got keys {sorted(row)}")
+    if not ids:
+        raise ValueError(f"prompt row {row!r} tokenizes to nothing")
+    return ids[-max_tokens:]
+
+
+@dataclass
+class TextBatch:
+    input_ids: Tensor  # (N, T) token ids, right-padded with the pad id
+    attention_mask: Tensor  # (N, T) 1 on real tokens, 0 on padding
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum().item())
+
+
+def pad_right(sequences: list[list[int]], pad_token_id: int, device: torch.device) -> TextBatch:
+    length = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return TextBatch(input_ids.to(device), attention_mask.to(device))
+
+
+def response_labels(texts: TextBatch, starts: list[int]) -> Tensor:
+    """(N, T) the token id on each row's response tokens (from its start on), IGNORE_INDEX on
+    its prompt and padding: what `modeling.logprobs.response_logps` sums over."""
+    positions = torch.arange(texts.input_ids.shape[1], device=texts.input_ids.device)  # (T,)
+    first = torch.tensor(starts, device=texts.input_ids.device).unsqueeze(1)  # (N, 1)
+    in_response = (positions.unsqueeze(0) >= first) & texts.attention_mask.bool()  # (N, T)
+    return torch.where(in_response, texts.input_ids, IGNORE_INDEX)

@@ -1,6 +1,6 @@
 """Items → token ids, as the reward model trainer lays them out, and the truncation policy.
 
-Layout (the one `trainer.data` uses for supervised rows, so a reward model sees at scoring what
+Layout (the one `modeling.sequences` uses for supervised rows, so a reward model sees at scoring what
 it saw in training):
 
 - `{"prompt", "response"}`: tokenizer(prompt) (with its special tokens, e.g. `<bos>`) +
@@ -8,7 +8,7 @@ it saw in training):
 - `{"messages"}`: the chat rendered with the tokenizer's template; the response is the last
   assistant turn (its end-of-turn marker included), the prompt everything before it.
 
-The split into prompt and response is the trainer's own (`trainer.reward_data.split_scored`):
+The split into prompt and response is the trainer's own (`modeling.sequences.split_scored`):
 an implicit (log-probability) reward model sums log π over exactly the response tokens it was
 trained to sum over.
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from modeling.sequences import split_scored
 from reward_service.protocol import ScoreItem
-from trainer.reward_data import split_scored
 
 
 @dataclass(frozen=True)

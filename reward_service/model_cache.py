@@ -33,15 +33,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from modeling.heads import ImplicitHead, read_head
+from modeling.logprobs import response_logps
+from modeling.sequences import pad_right, response_labels
 from reward_service.batching import FORWARD_THREAD, BatchObserver, MicroBatcher
 from reward_service.encoding import EncodedItem
 from services.db.engine import session_scope
 from services.db.models import RegisteredModel
 from services.errors import InvalidRequest, NotFound
 from services.registry import resolve_base_path
-from trainer.algorithms.reward import response_logps
-from trainer.reward_data import pad_right, response_labels
-from trainer.reward_head import ImplicitHead, read_head
 
 REWARD_MODEL, REWARD_ENSEMBLE = "reward_model", "reward_ensemble"
 

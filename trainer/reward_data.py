@@ -1,7 +1,7 @@
 """Reward-model rows → token ids, and the padded batches a sequence-classification head reads.
 
 A scored text is prompt + response, tokenized exactly as supervised training tokenizes a
-prompt and completion (`trainer.data`): ``tokenizer(prompt) + tokenizer(response) + eos``, or
+prompt and completion (`modeling.sequences`): ``tokenizer(prompt) + tokenizer(response) + eos``, or
 a chat rendered with the tokenizer's template. The response is the last run of tokens
 supervised training would train on (`split_scored`): the completion and its eos, or the last
 assistant turn and its end-of-turn marker; the reward service splits items the same way.
@@ -26,10 +26,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from trainer.algorithms.sft import IGNORE_INDEX
-from trainer.data import TokenizedExample, tokenize_messages, tokenize_prompt_completion
-
-UNLIMITED = 1 << 30
+from modeling.sequences import TextBatch, pad_right, response_labels, tokenize_scored
 
 PREFERENCE_OBJECTIVES = ["reward"]
 """A preference-trained model has one head: the scalar reward."""
@@ -61,53 +58,6 @@ def _row_kind(row: dict[str, Any]) -> str:
 def rating_objectives(rows: list[dict[str, Any]]) -> list[str]:
     """Every objective any ratings row scores, sorted: the order of the model's heads."""
     return sorted({name for row in rows for name in row["scores"]})
-
-
-def split_scored(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str | list[dict[str, Any]],
-    response: str | list[dict[str, Any]],
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids), untruncated: plain strings, or chat messages for both."""
-    example = _tokenize_whole(tokenizer, prompt, response)
-    start = response_start(example.labels)
-    return example.input_ids[:start], example.input_ids[start:]
-
-
-def _tokenize_whole(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str | list[dict[str, Any]],
-    response: str | list[dict[str, Any]],
-) -> TokenizedExample:
-    if isinstance(prompt, str) and isinstance(response, str):
-        return tokenize_prompt_completion(tokenizer, prompt, response, UNLIMITED)
-    if isinstance(prompt, list) and isinstance(response, list):
-        return tokenize_messages(tokenizer, prompt + response, UNLIMITED)
-    raise ValueError("prompt and response must both be strings or both be message lists")
-
-
-def response_start(labels: list[int]) -> int:
-    """Where the last run of trained (non-ignored) labels starts: the response."""
-    end = len(labels)
-    while end > 0 and labels[end - 1] == IGNORE_INDEX:
-        end -= 1
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
-    return start
-
-
-def tokenize_scored(
-    tokenizer: PreTrainedTokenizerBase,
-    prompt: str | list[dict[str, Any]],
-    response: str | list[dict[str, Any]],
-    max_seq_length: int,
-) -> tuple[list[int], int]:
-    """Token ids of prompt + response (its first max_seq_length), and where the response starts
-    in them (their length when the prompt alone fills them)."""
-    prompt_ids, response_ids = split_scored(tokenizer, prompt, response)
-    input_ids = (prompt_ids + response_ids)[:max_seq_length]
-    return input_ids, min(len(prompt_ids), len(input_ids))
 
 
 @dataclass(frozen=True)
@@ -158,35 +108,6 @@ def tokenize_rated(
         scores=[float(scores.get(name, 0.0)) for name in objectives],
         rated=[name in scores for name in objectives],
     )
-
-
-@dataclass
-class TextBatch:
-    input_ids: Tensor  # (N, T) token ids, right-padded with the pad id
-    attention_mask: Tensor  # (N, T) 1 on real tokens, 0 on padding
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum().item())
-
-
-def pad_right(sequences: list[list[int]], pad_token_id: int, device: torch.device) -> TextBatch:
-    length = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), length), pad_token_id, dtype=torch.long)  # (N, T)
-    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)  # (N, T)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return TextBatch(input_ids.to(device), attention_mask.to(device))
-
-
-def response_labels(texts: TextBatch, starts: list[int]) -> Tensor:
-    """(N, T) the token id on each row's response tokens (from its start on), IGNORE_INDEX on
-    its prompt and padding: what `trainer.algorithms.reward.response_logps` sums over."""
-    positions = torch.arange(texts.input_ids.shape[1], device=texts.input_ids.device)  # (T,)
-    first = torch.tensor(starts, device=texts.input_ids.device).unsqueeze(1)  # (N, 1)
-    in_response = (positions.unsqueeze(0) >= first) & texts.attention_mask.bool()  # (N, T)
-    return torch.where(in_response, texts.input_ids, IGNORE_INDEX)
 
 
 @dataclass

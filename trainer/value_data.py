@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
 
 ROLLOUTS_FILE = "rollouts.json"
 
@@ -43,26 +42,6 @@ class ValueBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum().item())
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any],
-                  max_tokens: int) -> list[int]:
-    """A prompts row as the model continues it: `prompt` tokenized with the tokenizer's
-    special tokens, or `messages` rendered by its chat template with the generation prompt.
-    Longer prompts keep their last `max_tokens` ids (the part the completion follows)."""
-    if "messages" in row:
-        if tokenizer.chat_template is None:
-            raise ValueError("rows with 'messages' need a tokenizer with a chat_template")
-        text = tokenizer.apply_chat_template(row["messages"], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    elif "prompt" in row:
-        ids = list(tokenizer(row["prompt"])["input_ids"])
-    else:
-        raise ValueError(f"a prompts row needs 'prompt' or 'messages', got keys {sorted(row)}")
-    if not ids:
-        raise ValueError(f"prompt row {row!r} tokenizes to nothing")
-    return ids[-max_tokens:]
 
 
 def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:

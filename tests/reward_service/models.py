@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, LlamaForSequenceClassification
 
-from trainer.reward_head import ImplicitHead, Reference, write_head
+from modeling.heads import ImplicitHead, Reference, write_head
 
 
 def make_reward_model(base: Path, out: Path, num_labels: int, seed: int) -> Path:

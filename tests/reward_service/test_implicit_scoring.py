@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from modeling.heads import read_head
 from tests.reward_service.test_scoring import (
     ITEMS,
     _batch_rows,
@@ -22,7 +23,6 @@ from tests.reward_service.test_scoring import (
     score,
     score_at_once,
 )
-from trainer.reward_head import read_head
 
 TOL = 1e-4
 

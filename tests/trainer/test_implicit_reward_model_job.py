@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from modeling.heads import HEAD_FILE
 from services.db.engine import session_factory, session_scope
 from services.db.models import RegisteredModel
 from services.registry import BASE
@@ -23,7 +24,6 @@ from tests.conftest import new_project, reward_service
 from tests.data import jsonl
 from tests.trainer.test_worker import series, service_path, wait_status
 from trainer.demo_world.datasets import preference_rows, split_problems
-from trainer.reward_head import HEAD_FILE
 
 pytestmark = pytest.mark.slow
 

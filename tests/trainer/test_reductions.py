@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from modeling.logprobs import IGNORE_INDEX, token_nll
 from trainer.algorithms.reductions import (
     masked_count,
     masked_mean,
@@ -14,7 +15,7 @@ from trainer.algorithms.reductions import (
     masked_var,
     masked_whiten,
 )
-from trainer.algorithms.sft import IGNORE_INDEX, completion_token_count, sft_loss, token_nll
+from trainer.algorithms.sft import completion_token_count, sft_loss
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 
+from modeling.logprobs import IGNORE_INDEX, response_logps, response_token_counts
 from trainer.algorithms.reward import (
     REWARD_LOSSES,
     bradley_terry_loss,
@@ -18,10 +19,7 @@ from trainer.algorithms.reward import (
     per_objective_correlation,
     per_objective_mse,
     regression_loss,
-    response_logps,
-    response_token_counts,
 )
-from trainer.algorithms.sft import IGNORE_INDEX
 
 
 def test_bradley_terry_by_hand() -> None:

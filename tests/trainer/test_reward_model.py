@@ -13,16 +13,16 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from modeling.heads import HEAD_FILE
+from modeling.logprobs import IGNORE_INDEX
 from services.methods import METHOD_PURPOSES, Method, RewardModelHyperparameters
 from tests.trainer.test_supervised import Recorder, context
-from trainer.algorithms.sft import IGNORE_INDEX
 from trainer.checkpoint import latest_checkpoint
 from trainer.context import JobStopped
 from trainer.demo_world import build_tokenizer, make_problems, save_random_base_model
 from trainer.demo_world.datasets import preference_rows, rating_rows
 from trainer.methods import METHODS
 from trainer.reward_data import collate_pairs, data_kind, tokenize_pair
-from trainer.reward_head import HEAD_FILE
 
 # -- the method object ---------------------------------------------------------------------
 

@@ -12,11 +12,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from modeling.logprobs import IGNORE_INDEX
+from modeling.sequences import collate, tokenize_messages, tokenize_prompt_completion
 from services.methods import LoraConfig, SupervisedHyperparameters
-from trainer.algorithms.sft import IGNORE_INDEX
 from trainer.checkpoint import TrainingState, latest_checkpoint, list_checkpoints
 from trainer.context import JobStopped, TrainingContext, TrainingResult
-from trainer.data import collate, stream_rows, tokenize_messages, tokenize_prompt_completion
+from trainer.data import stream_rows
 from trainer.demo_world import build_tokenizer, save_random_base_model
 from trainer.methods import METHODS
 from trainer.methods.supervised import SupervisedTrainer, count_steps

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from modeling.sequences import encode_prompt
 from services.methods import METHOD_PURPOSES, Method, ValueModelHyperparameters
 from tests.conftest import reward_service as reward_service_at
 from tests.trainer.test_supervised import Recorder, context
@@ -23,7 +24,7 @@ from trainer.demo_world import build_tokenizer, make_problems, save_random_base_
 from trainer.methods import METHODS
 from trainer.methods.value_model import load_value_model
 from trainer.reward_scoring import RewardServiceError
-from trainer.value_data import ROLLOUTS_FILE, Rollout, collate_values, encode_prompt, reward_item
+from trainer.value_data import ROLLOUTS_FILE, Rollout, collate_values, reward_item
 
 HAS_AN_ANSWER_DIGIT = {
     "type": "python", "name": "digit",

@@ -7,7 +7,7 @@
 - Ratings rows train one head per objective by regression on the given scores; an objective a
   row does not rate is masked out.
 - The implicit head has no head: r(x, y) = β·Σ_t log π(y_t | x, y_<t) over the response's
-  tokens (`response_logps`), minus the same sum under a reference when there is one — DPO's
+  tokens (`modeling.logprobs.response_logps`), minus the same sum under a reference when there is one — DPO's
   implicit reward (Rafailov et al. 2023, eq. 5) — trained with the same Bradley-Terry loss.
 
 `REWARD_LOSSES` picks the loss by the kind of data, never an if-chain in the trainer.
@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.algorithms.reductions import masked_count, masked_mean, masked_sum
-from trainer.algorithms.sft import IGNORE_INDEX, token_nll
 
 
 def bradley_terry_loss(
@@ -38,21 +37,6 @@ def bradley_terry_loss(
         logits = logits - margin
     # logsigmoid, not log(sigmoid()): stays finite for large negative differences.
     return -F.logsigmoid(logits).mean()
-
-
-def response_logps(logits: Tensor, labels: Tensor) -> Tensor:
-    """(N,) Σ_t log π(y_t | x, y_<t) over each row's labelled (response) tokens, in float32.
-
-    logits: (N, T, V) unshifted causal-LM outputs; labels: (N, T) the token id on response
-    tokens, IGNORE_INDEX on prompt and padding. A row with no labelled token sums to 0.
-    """
-    nll, mask = token_nll(logits, labels)  # (N, T-1), (N, T-1)
-    return -masked_sum(nll, mask, dim=-1)
-
-
-def response_token_counts(labels: Tensor) -> Tensor:
-    """(N,) labelled tokens per row that `response_logps` sums over. labels: (N, T) unshifted."""
-    return masked_count(labels[:, 1:] != IGNORE_INDEX, dim=-1)
 
 
 def center_rewards_loss(chosen: Tensor, rejected: Tensor) -> Tensor:

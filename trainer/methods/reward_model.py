@@ -32,6 +32,7 @@ import torch
 import transformers
 from transformers import AutoTokenizer, PreTrainedModel
 
+from modeling.heads import ImplicitHead, implicit_head, write_head
 from services.methods import RewardModelHyperparameters
 from trainer.checkpoint import TrainingState, load_checkpoint, model_dir, read_training_state
 from trainer.context import TrainingContext, TrainingResult
@@ -47,7 +48,6 @@ from trainer.loop import (
 )
 from trainer.methods.reward_objectives import OBJECTIVES, RewardObjective, detach
 from trainer.reward_data import PREFERENCE_OBJECTIVES, data_kind, rating_objectives
-from trainer.reward_head import ImplicitHead, implicit_head, write_head
 
 MEMBERS_DIR = "members"
 ENSEMBLE_FILE = "ensemble.json"

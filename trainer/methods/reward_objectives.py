@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from modeling.logprobs import response_logps, response_token_counts
 from services.methods import RewardModelHyperparameters
 from trainer.algorithms.reward import (
     REWARD_LOSSES,
@@ -30,8 +31,6 @@ from trainer.algorithms.reward import (
     pairwise_accuracy,
     per_objective_correlation,
     per_objective_mse,
-    response_logps,
-    response_token_counts,
 )
 from trainer.reward_data import (
     PairExample,

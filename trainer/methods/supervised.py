@@ -22,18 +22,19 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from services.methods import LoraConfig, SupervisedHyperparameters
-from trainer.algorithms.reductions import masked_count, masked_sum
-from trainer.algorithms.sft import completion_token_count, sft_loss, token_nll
-from trainer.checkpoint import TrainingState, load_checkpoint, model_dir
-from trainer.context import TrainingContext, TrainingResult
-from trainer.data import (
+from modeling.logprobs import token_nll
+from modeling.sequences import (
     SupervisedBatch,
     TokenizedExample,
     collate,
-    stream_rows,
     tokenize_supervised_row,
 )
+from services.methods import LoraConfig, SupervisedHyperparameters
+from trainer.algorithms.reductions import masked_count, masked_sum
+from trainer.algorithms.sft import completion_token_count, sft_loss
+from trainer.checkpoint import TrainingState, load_checkpoint, model_dir
+from trainer.context import TrainingContext, TrainingResult
+from trainer.data import stream_rows
 from trainer.loop import (
     StepLoop,
     build_optimizer,

@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from modeling.sequences import encode_prompt
 from services.methods import ValueModelHyperparameters
 from trainer.algorithms.reductions import masked_count
 from trainer.algorithms.td_lambda import explained_variance, lambda_returns, value_loss
@@ -48,13 +49,12 @@ from trainer.loop import (
     pick_device,
 )
 from trainer.reward_scoring import score_items
-from trainer.rollout import SamplingConfig, sample_completions
+from trainer.online.sampler import RolloutOptions, sample_completions
 from trainer.value_data import (
     ROLLOUTS_FILE,
     Rollout,
     ValueBatch,
     collate_values,
-    encode_prompt,
     load_rollouts,
     reward_item,
     save_rollouts,
@@ -129,12 +129,13 @@ class ValueModelTrainer(StepLoop):
         hp = self.hp
         max_prompt = hp.max_seq_length - hp.max_new_tokens
         prompts = [encode_prompt(self.tokenizer, row, max_prompt) for row in rows]
-        config = SamplingConfig(samples_per_prompt=hp.samples_per_prompt,
-                                max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
-                                top_k=hp.top_k, batch_size=hp.rollout_batch_size, seed=seed)
+        options = RolloutOptions(samples_per_prompt=hp.samples_per_prompt,
+                                 max_new_tokens=hp.max_new_tokens, temperature=hp.temperature,
+                                 top_k=hp.top_k, seed=seed)
         started = time.perf_counter()
         completions = sample_completions(self.ctx.base_model_path, self.tokenizer, prompts,
-                                         config, device=str(self.device))
+                                         options, batch_size=hp.rollout_batch_size,
+                                         device=str(self.device))
         sampled = time.perf_counter() - started
         assert self.ctx.reward_url is not None
         rewards = score_items(self.ctx.reward_url,
