@@ -60,6 +60,14 @@ class ResidentModels:
         resident.users += 1
         return forward
 
+    def pin(self, folder: str, model: Any) -> None:
+        """Serve ``model`` (already in memory, e.g. a policy being trained) for ``folder``, its
+        weights read live at every forward and never evicted. The caller keeps it in eval mode
+        while it is sampled from and does not change its weights mid-generation."""
+        self._resident[folder] = Resident(folder=folder, model=model, nbytes=_nbytes(model),
+                                          users=1)
+        self._evict()
+
     def release(self, served: ServedModel) -> None:
         folder = served.base_path if served.is_adapter else served.path
         if folder in self._resident:

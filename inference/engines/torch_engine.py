@@ -170,6 +170,11 @@ class TorchEngine:
             sequence.cancelled.set()  # a no-op after the last token; frees the slot otherwise
             self._wake.set()
 
+    def pin(self, folder: str, model: object) -> None:
+        """Serve ``model``, held in memory by the caller, as the model folder ``folder``
+        (`ResidentModels.pin`); call it while no request for that folder is running."""
+        self._models.pin(folder, model)
+
     def queue_depth(self) -> int:
         return self._intake.qsize() + len(self._waiting)
 

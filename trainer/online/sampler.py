@@ -1,63 +1,54 @@
-"""Completions sampled from a frozen causal LM through alignd's own inference engine.
+"""Completions sampled through alignd's own inference engine (`inference.local`).
 
-The sampler behind value-model training (and, later, online RL): the torch engine of the
-inference service (`inference.engines.torch_engine`), run in process on the model's folder, so
-rollouts are decoded by the same continuous-batching loop, sampling code and stop handling that
-serve requests. Sampling is reproducible: every sequence draws from a generator seeded from
-`config.seed` and its own index, so the same model, prompts and config give the same
-completions whatever the batch size or the order the engine finishes them in.
+The sampler behind value-model rollouts and online RL: the torch engine of the inference
+service, run in process, so rollouts are decoded by the same continuous-batching loop, sampling
+code and stop handling that serve requests. Online RL samples from the policy's live weights
+(`Sampler(live_model=...)`): nothing is written to disk between updates.
+
+Sampling is reproducible: every sequence draws from a generator seeded from `options.seed` and
+its own index, so the same weights, prompts and options give the same completions whatever the
+batch size or the order the engine finishes them in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from inference.catalog import FolderCatalog
-from inference.engines.base import GenerationRequest, SamplingOptions
-from inference.engines.torch_engine import TorchEngine
+from inference.local import LocalGenerator, SamplingOptions, stop_token_ids
+
+__all__ = ["Completion", "RolloutOptions", "Sampler", "sample_completions", "sequence_seed",
+           "stop_token_ids"]
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class RolloutOptions:
     samples_per_prompt: int
     max_new_tokens: int
     temperature: float
+    """0: greedy."""
     top_k: int
     """0: the whole vocabulary."""
-    batch_size: int
-    """Sequences the engine decodes together."""
     seed: int
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)
 class Completion:
     prompt: int
-    """Index of its prompt in the list given to `sample_completions`."""
+    """Index of its prompt in the list given to `Sampler.sample`."""
     token_ids: list[int]
     """The sampled ids, through the first stop token when one was sampled."""
     text: str
     """The ids decoded without special tokens (what a grader reads)."""
     finished: bool
     """It ended on a stop token rather than at max_new_tokens."""
-
-
-def stop_token_ids(model_path: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The model's generation stop tokens (e.g. <eos> and a chat turn's end), else the eos."""
-    try:
-        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        configured = None
-    if configured is None:
-        configured = tokenizer.eos_token_id
-    ids = [configured] if isinstance(configured, int) else list(configured or [])
-    if not ids:
-        raise ValueError("the base model has no eos token to stop a completion on")
-    return ids
+    logprobs: list[float]
+    """The engine's log p of each sampled id under the model's own distribution."""
 
 
 def sequence_seed(seed: int, index: int) -> int:
@@ -65,37 +56,53 @@ def sequence_seed(seed: int, index: int) -> int:
     return random.Random(f"rollout:{seed}:{index}").getrandbits(63)
 
 
+class Sampler:
+    """Completions of token-id prompts from the model folder ``model_path``, or from
+    ``live_model`` (a model in memory that shares that folder's config and tokenizer)."""
+
+    def __init__(self, model_path: str | Path, tokenizer: PreTrainedTokenizerBase, *,
+                 batch_size: int, device: str = "cpu", live_model: Any = None) -> None:
+        self.model_path, self.tokenizer, self.live_model = str(model_path), tokenizer, live_model
+        self.stops = tuple(stop_token_ids(model_path, tokenizer))
+        self._generator = LocalGenerator(max_batch_size=batch_size, device=device)
+        if live_model is not None:
+            self._generator.pin(self.model_path, live_model)
+
+    def sample(self, prompts: list[list[int]], options: RolloutOptions) -> list[Completion]:
+        """`options.samples_per_prompt` completions of every prompt (none empty), in order:
+        all of prompt 0's, then prompt 1's, ..."""
+        owners = [prompt for prompt in range(len(prompts))
+                  for _ in range(options.samples_per_prompt)]
+        per_sequence = [SamplingOptions(max_tokens=options.max_new_tokens,
+                                        temperature=options.temperature, top_k=options.top_k,
+                                        top_p=options.top_p, logprobs=0,
+                                        seed=sequence_seed(options.seed, index),
+                                        stop_token_ids=self.stops)
+                        for index in range(len(owners))]
+        training = self.live_model is not None and self.live_model.training
+        if training:
+            self.live_model.eval()  # no dropout while sampling
+        try:
+            samples = self._generator.generate(self.model_path, [prompts[p] for p in owners],
+                                               per_sequence)
+        finally:
+            if training:
+                self.live_model.train()
+        return [Completion(prompt, s.token_ids,
+                           str(self.tokenizer.decode(s.token_ids, skip_special_tokens=True)),
+                           s.finished, s.logprobs)
+                for prompt, s in zip(owners, samples, strict=True)]
+
+    def close(self) -> None:
+        self._generator.close()
+
+
 def sample_completions(model_path: str | Path, tokenizer: PreTrainedTokenizerBase,
-                       prompts: list[list[int]], config: SamplingConfig,
+                       prompts: list[list[int]], options: RolloutOptions, *, batch_size: int,
                        device: str = "cpu") -> list[Completion]:
-    """`config.samples_per_prompt` completions of every prompt (token ids, none empty), in
-    order: all of prompt 0's, then prompt 1's, ..."""
-    return asyncio.run(_sample(str(model_path), tokenizer, prompts, config, device))
-
-
-async def _sample(model_path: str, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-                  config: SamplingConfig, device: str) -> list[Completion]:
-    stops = tuple(stop_token_ids(model_path, tokenizer))
-    engine = TorchEngine(FolderCatalog(), max_batch_size=config.batch_size, device=device)
-
-    async def one(index: int, prompt: int) -> Completion:
-        options = SamplingOptions(max_tokens=config.max_new_tokens,
-                                  temperature=config.temperature, top_k=config.top_k,
-                                  seed=sequence_seed(config.seed, index), stop_token_ids=stops)
-        request = GenerationRequest(request_id=f"rollout-{index}", model=model_path,
-                                    prompt_ids=prompts[prompt], options=options)
-        ids: list[int] = []
-        finished = False
-        async for steps in engine.generate(request):
-            ids.extend(step.token_id for step in steps)
-            finished = steps[-1].finish_reason == "stop"
-        return Completion(prompt, ids, str(tokenizer.decode(ids, skip_special_tokens=True)),
-                          finished)
-
-    sequences = [prompt for prompt in range(len(prompts))
-                 for _ in range(config.samples_per_prompt)]
+    """Completions from a frozen model folder, with an engine that lives for this call only."""
+    sampler = Sampler(model_path, tokenizer, batch_size=batch_size, device=device)
     try:
-        return list(await asyncio.gather(*(one(index, prompt)
-                                           for index, prompt in enumerate(sequences))))
+        return sampler.sample(prompts, options)
     finally:
-        await engine.close()
+        sampler.close()
