@@ -1,0 +1,145 @@
+"""The `method` object of a fine-tuning job: its type, and that type's section with its strictly
+validated hyperparameters.
+
+Shared by the api (validation at create time) and the trainer (which reads the same models
+back from the job row), so both sides agree on names, defaults and ranges. Each method type is
+one module here and one entry in `METHODS`; `Method`, the file purposes a job accepts and the
+way messages name a job are derived from that table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import create_model, model_validator
+
+from services.methods import reward_model
+from services.methods.base import (
+    LoraConfig,
+    MethodSection,
+    OptimizerHyperparameters,
+    RewardSpec,
+    StrictModel,
+    TrainingHyperparameters,
+)
+from services.methods.reinforcement import (
+    AlgorithmHyperparameters,
+    ReinforcementHyperparameters,
+    ReinforcementMethod,
+)
+from services.methods.reward_model import (
+    IMPLICIT_DEFAULTS,
+    IMPLICIT_ONLY,
+    IMPLICIT_PURPOSES,
+    RewardModelHyperparameters,
+    RewardModelMethod,
+)
+from services.methods.supervised import SupervisedHyperparameters, SupervisedMethod
+from services.methods.value_model import ValueModelHyperparameters, ValueModelMethod
+
+
+@dataclass(frozen=True)
+class MethodType:
+    """One entry of the table: the section a method type reads, and the files it trains on."""
+
+    section: type[MethodSection]
+    """The model of `method.<type>`."""
+    purposes: tuple[str, ...]
+    """The purposes its training and validation files may have."""
+    narrow_purposes: Callable[[Any], tuple[str, ...] | None] = lambda section: None
+    """The purposes a setting of the (validated) section narrows those to; None: all of them."""
+    detail: Callable[[Any], str] = lambda section: ""
+    """What of the section messages name after the type (" with head 'implicit'")."""
+
+
+METHODS: dict[str, MethodType] = {
+    "supervised": MethodType(SupervisedMethod, ("supervised", "fine-tune")),
+    "reward_model": MethodType(RewardModelMethod, ("preference", "ratings", "fine-tune"),
+                               narrow_purposes=reward_model.head_purposes,
+                               detail=reward_model.head_detail),
+    "value_model": MethodType(ValueModelMethod, ("prompts",)),
+    "reinforcement": MethodType(ReinforcementMethod, ("prompts",)),
+}
+METHOD_SECTIONS: dict[str, type[MethodSection]] = {
+    name: entry.section for name, entry in METHODS.items()
+}
+"""The section each method type reads its hyperparameters from, keyed by `method.type`."""
+METHOD_PURPOSES: dict[str, tuple[str, ...]] = {
+    name: entry.purposes for name, entry in METHODS.items()
+}
+"""Which file purposes each method accepts for its training and validation files."""
+
+
+class MethodBase(StrictModel):
+    """What `Method` has whatever the table holds; `Method` adds a section field per entry."""
+
+    type: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_section(cls, data: Any) -> Any:
+        """Only the section named by `type` may be given. One left out is validated as an empty
+        one: defaults fill it, and a required field is reported at its own path
+        (method.value_model.hyperparameters.reward)."""
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("type")
+        if not isinstance(kind, str) or kind not in METHODS:
+            return data  # the type's own error names the allowed types
+        for name in METHODS:
+            if name != kind and data.get(name) is not None:
+                raise ValueError(f"method.{name} was given but method.type is {kind!r}; "
+                                 f"put the hyperparameters in method.{kind}")
+        return data if data.get(kind) is not None else {**data, kind: {"hyperparameters": {}}}
+
+    @property
+    def section(self) -> MethodSection:
+        section: MethodSection | None = getattr(self, self.type)
+        assert section is not None  # _fill_section fills it
+        return section
+
+    @property
+    def hyperparameters(self) -> OptimizerHyperparameters:
+        return self.section.hyperparameters
+
+
+if TYPE_CHECKING:  # type checkers see the shared surface; the fields are built from METHODS
+    Method = MethodBase
+else:
+    Method = create_model(
+        "Method",
+        __base__=MethodBase,
+        __module__=__name__,
+        __doc__="""`{"type": "reward_model", "reward_model": {"hyperparameters": {...}}}` as in
+        OpenAI's API.
+
+        A union tagged by `type`: only the section named by `type` may be given (it is filled
+        with defaults when left out). It is one model with a section per type rather than a
+        pydantic discriminated union so that errors keep OpenAI's paths (`method.type`,
+        `method.supervised.hyperparameters.n_epochs`) without the tag repeated in them.""",
+        type=(Literal[tuple(METHODS)], ...),
+        **{name: (entry.section | None, None) for name, entry in METHODS.items()},
+    )
+
+
+def allowed_purposes(method: MethodBase) -> tuple[str, ...]:
+    """The file purposes a job with this method accepts (its type's, narrowed by its section)."""
+    entry = METHODS[method.type]
+    return entry.narrow_purposes(method.section) or entry.purposes
+
+
+def describe(method: MethodBase) -> str:
+    """"a reward_model job" (with what of its section narrows what the job accepts)."""
+    return f"a {method.type} job{METHODS[method.type].detail(method.section)}"
+
+
+__all__ = [
+    "IMPLICIT_DEFAULTS", "IMPLICIT_ONLY", "IMPLICIT_PURPOSES", "METHODS", "METHOD_PURPOSES",
+    "METHOD_SECTIONS", "AlgorithmHyperparameters", "LoraConfig", "Method", "MethodBase",
+    "MethodSection", "MethodType", "OptimizerHyperparameters", "ReinforcementHyperparameters",
+    "ReinforcementMethod", "RewardModelHyperparameters", "RewardModelMethod", "RewardSpec",
+    "StrictModel", "SupervisedHyperparameters", "SupervisedMethod", "TrainingHyperparameters",
+    "ValueModelHyperparameters", "ValueModelMethod", "allowed_purposes", "describe",
+]

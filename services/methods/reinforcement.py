@@ -1,0 +1,332 @@
+"""`method.reinforcement`: online RL on prompt rows. Each step samples `group_size` responses to
+each of `prompts_per_step` prompts from the live policy, scores them with `reward`, and updates
+the policy with the algorithm's advantage estimator and clipped surrogate (DESIGN §4).
+
+`{"algorithm": "grpo", "reward": <reward spec>, "hyperparameters": {...}}`. OpenAI's
+reinforcement jobs name the reward `grader` and have no algorithm; both are accepted, and the
+job is stored with `reward` and its algorithm. The hyperparameters are a union discriminated by
+the algorithm: the knobs every algorithm shares in `ReinforcementHyperparameters`, one subclass
+per algorithm with its own options and defaults. Adding an algorithm is a subclass and a member
+of `AlgorithmHyperparameters`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from services.methods.base import (
+    FieldError,
+    LoraConfig,
+    MethodSection,
+    OptimizerHyperparameters,
+    RewardSpec,
+    StrictModel,
+    field_errors,
+)
+
+Beta = Annotated[float, Field(ge=0, le=100)]
+KlEstimator = Literal["k1", "k2", "k3"]
+KlPlacement = Literal["loss", "reward"]
+
+
+class PolicyFilter(StrictModel):
+    """PF-PPO (Zhang et al. 2024): of the `group_size` responses sampled per prompt, train on
+    `keep` chosen by reward, whose extremes a reward model ranks most reliably."""
+
+    strategy: Literal["best", "best_random", "best_worst"]
+    """"best": the `keep` best; "best_random": the best half and others drawn at random;
+    "best_worst": the best half and the worst."""
+    keep: Annotated[int, Field(ge=1)]
+    """Responses kept per prompt; fewer than group_size."""
+
+
+class ReinforcementHyperparameters(OptimizerHyperparameters):
+    """The knobs every online algorithm shares. A step is one rollout → score → update."""
+
+    algorithm: str
+    """Set from `method.reinforcement.algorithm`; each subclass pins its own name."""
+
+    default_clip_range: ClassVar[tuple[float, float]] = (0.2, 0.2)
+    """(ε_low, ε_high) when clip_range_low / clip_range_high are not given."""
+    compares_group: ClassVar[bool] = False
+    """The advantage compares the responses to one prompt with each other: it needs two."""
+
+    prompts_per_step: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Prompts sampled from the training file per step."""
+    group_size: Annotated[int, Field(ge=1, le=256)] = 4
+    """Responses sampled per prompt."""
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 16
+    """Most tokens sampled per response."""
+    temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
+    top_k: Annotated[int, Field(ge=0, le=100_000)] = 0
+    """Sample from the k likeliest tokens only; 0 samples from the whole vocabulary."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Sample from the smallest set of tokens whose probability reaches top_p."""
+
+    update_epochs: Annotated[int, Field(ge=1, le=64)] = 1
+    """Passes over each step's rollouts."""
+    minibatch_size: Annotated[int, Field(ge=1)] | None = None
+    """Sequences per optimizer step; None: all of the step's (one optimizer step per epoch)."""
+    micro_batch_size: Annotated[int, Field(ge=1)] = 32
+    """Sequences per forward pass; a minibatch accumulates the gradients of its micro-batches."""
+
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] = 1e-5
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+
+    clip_range_low: Annotated[float, Field(ge=0, le=10)] | None = None
+    """ε_low: the probability ratio is clipped below at 1 − ε_low; None: the algorithm's."""
+    clip_range_high: Annotated[float, Field(ge=0, le=10)] | None = None
+    """ε_high: the probability ratio is clipped above at 1 + ε_high; None: the algorithm's."""
+
+    beta: Beta = 0.0
+    """KL coefficient β to the reference policy (the base model); 0 needs no reference."""
+    kl_estimator: KlEstimator = "k3"
+    """Per-token estimator of KL(π_θ ‖ π_ref) (Schulman, "Approximating KL divergence")."""
+    kl_in: KlPlacement = "loss"
+    """"loss": β·KL is added to the policy loss (GRPO); "reward": subtracted from the
+    per-token reward before the advantage (Ziegler et al. 2019)."""
+    kl_target: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """When set, β adapts so that the KL tracks this target (adaptive KL controller, Ziegler et
+    al. 2019), starting from `beta`."""
+    kl_horizon: Annotated[int, Field(ge=1)] = 10_000
+    """Horizon of the adaptive KL controller, in sampled sequences."""
+    entropy_coefficient: Annotated[float, Field(ge=0, le=10)] = 0.0
+    """Weight of the entropy bonus subtracted from the loss."""
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = "token_mean"
+    """How per-token losses become one: mean over all tokens of the minibatch, mean of each
+    sequence's mean, or sum divided by a constant (max_new_tokens; Dr. GRPO)."""
+
+    reward_normalization: Literal["none", "batch", "running"] = "none"
+    """Rewards standardised by the step's statistics, by running ones, or left as scored."""
+    reward_clip: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """Clip (normalised) rewards to [−reward_clip, reward_clip]."""
+    whiten_advantages: bool = False
+    """Standardise the advantages over the step's tokens."""
+    policy_filter: PolicyFilter | None = None
+    """PF-PPO: train on some of each prompt's responses only."""
+    lora: LoraConfig | None = None
+    """Train a LoRA adapter (peft) instead of all weights."""
+
+    max_steps: Annotated[int, Field(ge=1, le=100_000)] = 100
+    """Steps of rollout → update."""
+    checkpoint_every: Annotated[int, Field(ge=1)] = 10
+    """Steps between resumable checkpoints (one is always written at the end)."""
+    eval_every: Annotated[int, Field(ge=1)] = 10
+    """Steps between evaluations on the validation prompts when a validation file is given."""
+    max_seq_length: Annotated[int, Field(ge=8, le=131072)] = 512
+    """Prompt and completion together, in tokens."""
+
+    def clip_range(self) -> tuple[float, float]:
+        """(ε_low, ε_high): the ratio π_θ/π_old is kept in [1 − ε_low, 1 + ε_high]."""
+        low, high = self.default_clip_range
+        return (low if self.clip_range_low is None else self.clip_range_low,
+                high if self.clip_range_high is None else self.clip_range_high)
+
+    @property
+    def responses_kept(self) -> int:
+        """Responses per prompt that the update trains on (after the policy filter)."""
+        return self.policy_filter.keep if self.policy_filter else self.group_size
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Responses a step's update trains on, over all its prompts."""
+        return self.prompts_per_step * self.responses_kept
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_other_algorithms(cls, data: Any) -> Any:
+        """An option of another algorithm is refused with the fix, not as an unknown field."""
+        if not isinstance(data, dict):
+            return data
+        algorithm = data.get("algorithm") or cls.model_fields["algorithm"].default
+        errors: list[FieldError] = []
+        for name in data:
+            if name in cls.model_fields:
+                continue
+            owners = [other for other, model in HYPERPARAMETERS.items()
+                      if name in model.model_fields]
+            if owners:
+                errors.append(FieldError(name, f"{name} is an option of algorithm "
+                                         f"{' or '.join(map(repr, owners))}, not {algorithm!r}; "
+                                         f"remove it or set algorithm to {owners[0]!r}",
+                                         data[name]))
+        if errors:
+            raise field_errors(cls.__name__, errors)
+        return data
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> ReinforcementHyperparameters:
+        errors = self._group_errors() + self._batch_errors()
+        if self.max_new_tokens >= self.max_seq_length:
+            errors.append(FieldError("max_new_tokens", "max_new_tokens must be less than "
+                                     f"max_seq_length ({self.max_seq_length}), which bounds "
+                                     "prompt and completion together", self.max_new_tokens))
+        if self.kl_target is not None and self.beta == 0:
+            errors.append(FieldError("kl_target", "kl_target adapts beta, which is 0; give beta "
+                                     "a starting value > 0 or leave kl_target out",
+                                     self.kl_target))
+        if errors:
+            raise field_errors(type(self).__name__, errors)
+        return self
+
+    def _group_errors(self) -> list[FieldError]:
+        errors: list[FieldError] = []
+        why = (f"for algorithm {self.algorithm!r}, whose advantage compares the responses to "
+               "one prompt with each other")
+        if self.compares_group and self.group_size < 2:
+            errors.append(FieldError("group_size", f"group_size must be at least 2 {why}",
+                                     self.group_size))
+        if self.policy_filter is None:
+            return errors
+        keep = self.policy_filter.keep
+        if keep >= self.group_size:
+            errors.append(FieldError("policy_filter.keep", "policy_filter.keep must be less "
+                                     f"than group_size ({self.group_size}): it keeps some of "
+                                     "each prompt's responses", keep))
+        elif self.compares_group and keep < 2:
+            errors.append(FieldError("policy_filter.keep",
+                                     f"policy_filter.keep must be at least 2 {why}", keep))
+        return errors
+
+    def _batch_errors(self) -> list[FieldError]:
+        if self.minibatch_size is None or self.minibatch_size <= self.sequences_per_step:
+            return []
+        kept = "policy_filter.keep" if self.policy_filter else "group_size"
+        return [FieldError("minibatch_size", "minibatch_size must be at most the sequences of a "
+                           f"step, prompts_per_step × {kept} = {self.prompts_per_step} × "
+                           f"{self.responses_kept} = {self.sequences_per_step}",
+                           self.minibatch_size)]
+
+
+class GrpoHyperparameters(ReinforcementHyperparameters):
+    """GRPO (Shao et al. 2024, DeepSeekMath): a response's advantage is its reward minus its
+    group's mean, divided by the group's standard deviation; no critic."""
+
+    algorithm: Literal["grpo"] = "grpo"
+    compares_group: ClassVar[bool] = True
+
+    scale_rewards: bool = True
+    """Divide by the group's reward std; False is Dr. GRPO (Liu et al. 2025), which does not,
+    so that questions of little variance are not weighted up."""
+
+
+class RlooHyperparameters(ReinforcementHyperparameters):
+    """RLOO (Ahmadian et al. 2024): a response's baseline is the mean reward of the other
+    responses to its prompt."""
+
+    algorithm: Literal["rloo"] = "rloo"
+    compares_group: ClassVar[bool] = True
+
+
+class RemaxHyperparameters(ReinforcementHyperparameters):
+    """ReMax (Li et al. 2023): a response's baseline is the reward of the greedy response to
+    its prompt."""
+
+    algorithm: Literal["remax"] = "remax"
+
+
+class NgrpoHyperparameters(ReinforcementHyperparameters):
+    """NGRPO (Nan et al. 2025): GRPO with one virtual sample of reward r_max in every group, so
+    that a group whose responses are all wrong still learns, and an asymmetric clip."""
+
+    algorithm: Literal["ngrpo"] = "ngrpo"
+    compares_group: ClassVar[bool] = True
+    default_clip_range: ClassVar[tuple[float, float]] = (0.16, 0.24)
+
+    r_max: Annotated[float, Field(allow_inf_nan=False)] = 1.0
+    """The virtual sample's reward: the highest reward the grader gives."""
+
+
+class PpoHyperparameters(ReinforcementHyperparameters):
+    """PPO (Schulman et al. 2017) as in RLHF (Ouyang et al. 2022): a learned critic, GAE
+    advantages, and by default the KL penalty in the per-token reward (Ziegler et al. 2019)."""
+
+    algorithm: Literal["ppo"] = "ppo"
+
+    beta: Beta = 0.05
+    kl_estimator: KlEstimator = "k1"
+    kl_in: KlPlacement = "reward"
+    whiten_advantages: bool = True
+
+    gamma: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """GAE's discount per token."""
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.95
+    """GAE's λ: 0 is one-step TD (biased), 1 Monte Carlo (high variance)."""
+    value_coefficient: Annotated[float, Field(ge=0, le=100)] = 0.1
+    """Weight of the critic's loss."""
+    value_clip: Annotated[float, Field(gt=0, le=100)] | None = 0.2
+    """New values are clipped to within value_clip of the rollout's; None: not clipped."""
+    critic_model: Annotated[str, Field(min_length=1)] | None = None
+    """A registered reward model id to initialise the critic from; None: a value head on the
+    policy's own weights."""
+    critic_learning_rate: Annotated[float, Field(gt=0, le=1.0)] | None = None
+    """The critic's learning rate; None: learning_rate."""
+
+
+AlgorithmHyperparameters = Annotated[
+    GrpoHyperparameters | RlooHyperparameters | RemaxHyperparameters | NgrpoHyperparameters
+    | PpoHyperparameters,
+    Field(discriminator="algorithm"),
+]
+HYPERPARAMETERS: dict[str, type[ReinforcementHyperparameters]] = {
+    model.model_fields["algorithm"].default: model
+    for model in get_args(get_args(AlgorithmHyperparameters)[0])
+}
+"""Each algorithm's hyperparameters, by name."""
+
+
+class ReinforcementMethod(MethodSection):
+    """`method.reinforcement`. `algorithm` comes first: the hyperparameters are read by it."""
+
+    algorithm: str = "grpo"
+    """One of HYPERPARAMETERS; OpenAI's jobs give none, and theirs is GRPO."""
+    reward: RewardSpec
+    """How responses are scored: a reward spec as POST /v1/score takes (OpenAI: `grader`)."""
+    hyperparameters: AlgorithmHyperparameters
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_or_grader(cls, data: Any) -> Any:
+        """OpenAI's `grader` is read as `reward`; exactly one of the two."""
+        if not isinstance(data, dict):
+            return data
+        if "grader" in data and "reward" in data:
+            raise field_errors(cls.__name__, [FieldError(
+                "grader", "reward and grader are two names for the reward spec; give one of them",
+                data["grader"])])
+        if "grader" not in data and "reward" not in data:
+            raise field_errors(cls.__name__, [FieldError(
+                "reward", "a reward spec is required: give reward (or OpenAI's grader), an "
+                "object as POST /v1/score takes", data)], kind="missing")
+        data = {("reward" if key == "grader" else key): value for key, value in data.items()}
+        return {"hyperparameters": {}, **data}
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, algorithm: str) -> str:
+        if algorithm not in HYPERPARAMETERS:
+            raise ValueError(f"unknown algorithm; choose one of {', '.join(HYPERPARAMETERS)}")
+        return algorithm
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _for_the_algorithm(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validated here with the algorithm's class, so that errors keep OpenAI's paths
+        (hyperparameters.group_size): the union's own would put the algorithm in them."""
+        algorithm = info.data.get("algorithm")
+        if algorithm not in HYPERPARAMETERS or not isinstance(value, dict):
+            return value  # the algorithm's error comes first; or an instance the union checks
+        given = value.get("algorithm", algorithm)
+        if given != algorithm:
+            raise ValueError(f"algorithm is {given!r} here but {algorithm!r} in the method; "
+                             "set it once, as method.reinforcement.algorithm")
+        return HYPERPARAMETERS[algorithm].model_validate({**value, "algorithm": algorithm})
+
+    @model_validator(mode="after")
+    def _one_algorithm(self) -> ReinforcementMethod:
+        if self.hyperparameters.algorithm != self.algorithm:
+            raise ValueError(f"hyperparameters are {self.hyperparameters.algorithm!r}'s but "
+                             f"algorithm is {self.algorithm!r}")
+        return self
