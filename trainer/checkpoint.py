@@ -9,6 +9,8 @@ training stopped:
       scheduler.pt         lr_scheduler.state_dict()
       rng_state.pt         python, numpy and torch (and cuda) generator states
       trainer_state.json   TrainingState: step, data position, trained tokens
+      loop_state.json      what else the method keeps between steps (online RL: the KL
+                           controller, running reward statistics), when it keeps anything
 
 It is written under `step-N.tmp` and renamed into place once complete, so a directory named
 `step-N` is always whole and `latest_checkpoint` never picks a half-written one.
@@ -32,6 +34,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 MODEL_DIR = "model"
 STATE_FILE = "trainer_state.json"
+LOOP_STATE_FILE = "loop_state.json"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -107,6 +110,7 @@ def save_checkpoint(
     optimizer: Optimizer,
     scheduler: LRScheduler,
     tokenizer: SavesPretrained | None = None,
+    loop_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write `root/step-{state.step}` atomically and return its path."""
     final = checkpoint_dir(root, state.step)
@@ -120,10 +124,18 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), partial / "scheduler.pt")
     torch.save(_rng_state(), partial / "rng_state.pt")
     (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+    if loop_state:
+        (partial / LOOP_STATE_FILE).write_text(json.dumps(loop_state, indent=2))
     if final.exists():  # the same step written again after a crash that followed the rename
         shutil.rmtree(final)
     os.replace(partial, final)
     return final
+
+
+def read_loop_state(checkpoint: Path) -> dict[str, Any]:
+    """What `save_checkpoint` kept as ``loop_state`` ({} when nothing)."""
+    path = checkpoint / LOOP_STATE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_training_state(checkpoint: Path) -> TrainingState:

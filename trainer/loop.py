@@ -1,15 +1,20 @@
 """What every step-by-step training method shares: optimizer, schedule and the step loop.
 
 A method subclasses `StepLoop`, builds its model, optimizer and scheduler with the helpers
-here, and supplies one optimizer step (`train_one_step`) and its validation metrics; the loop
-checks for cancellation before each step, reports metrics, evaluates every `eval_every` steps
-and checkpoints every `checkpoint_every` steps and at the end.
+here, and supplies one step over the rows the loop hands it (`step`) and its validation
+metrics. The loop owns the rest: the seeded row stream and the position in it (epochs and
+resume), the learning rate read before the step, timing and tokens/s, cancellation checks
+before each step, metrics, evaluation every `eval_every` steps, and checkpoints every
+`checkpoint_every` steps and at the end.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +24,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
 from services.methods import TrainingHyperparameters
-from trainer.checkpoint import TrainingState, prune_checkpoints, save_checkpoint
+from trainer.checkpoint import (
+    TrainingState,
+    load_checkpoint,
+    prune_checkpoints,
+    read_loop_state,
+    save_checkpoint,
+)
 from trainer.context import TrainingContext
+from trainer.data import stream_rows
 
 CHECKPOINTS_KEPT = 2
 # Our scheduler names → transformers' (a constant rate still honours warmup_ratio).
@@ -79,22 +91,90 @@ def chunk(indices: list[int], size: int) -> list[list[int]]:
     return [indices[start : start + size] for start in range(0, len(indices), size)]
 
 
+@dataclass
+class StepOutcome:
+    metrics: dict[str, float]
+    """The step's own metrics (losses, statistics); the loop adds rate, timing and epoch."""
+    tokens: int
+    """Real tokens the step read (for tokens/s and the job's trained tokens)."""
+
+
+START = TrainingState(step=0, epoch=0, index_in_epoch=0, trained_tokens=0)
+
+
 class StepLoop(ABC):
     """The step loop of one run; subclasses set the attributes below in their __init__."""
 
     ctx: TrainingContext
-    hp: TrainingHyperparameters
+    hp: Any
+    """The method's hyperparameters: eval_every and checkpoint_every; batch_size,
+    gradient_accumulation_steps and n_epochs unless rows_per_step and n_epochs are overridden."""
     total_steps: int
-    state: TrainingState
+    state: TrainingState = START
     model: Any
     """The model being trained (a transformers or peft model)."""
     optimizer: Optimizer
     scheduler: LRScheduler
     tokenizer: Any
 
+    @property
     @abstractmethod
+    def n_rows(self) -> int:
+        """Rows in the stream's epoch (training rows, rollouts, prompts)."""
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.hp.batch_size * self.hp.gradient_accumulation_steps
+
+    @property
+    def stream_seed(self) -> int:
+        return self.ctx.seed
+
+    @property
+    def n_epochs(self) -> int | None:
+        """Epochs over the rows; None: as many as `total_steps` takes."""
+        return self.hp.n_epochs
+
+    @abstractmethod
+    def step(self, indices: list[int]) -> StepOutcome:
+        """One optimizer step (or one round of them) on the rows ``indices``."""
+
+    def resume(self, checkpoint: Path | None) -> None:
+        """Restore optimizer, schedule, RNG and stream position from ``checkpoint`` (the
+        model was built from its weights already)."""
+        if checkpoint is not None:
+            self.state = load_checkpoint(checkpoint, self.optimizer, self.scheduler)
+            self.load_loop_state(read_loop_state(checkpoint))
+            self.ctx.log(f"resumed from checkpoint at step {self.state.step}")
+
+    def loop_state(self) -> dict[str, Any]:
+        """What the method keeps between steps beyond model, optimizer, schedule and RNG."""
+        return {}
+
+    def load_loop_state(self, state: dict[str, Any]) -> None:
+        """Restore what `loop_state` returned."""
+
+    def next_rows(self) -> list[int]:
+        """The next step's row indices: the stream from where the run is."""
+        n_rows = self.n_rows
+        position = self.state.rows_consumed(n_rows)
+        count = self.rows_per_step
+        if self.n_epochs is not None:
+            count = min(count, n_rows * self.n_epochs - position)
+        return stream_rows(n_rows, self.stream_seed, position, count)
+
     def train_one_step(self) -> dict[str, float]:
-        """One optimizer step; advances self.state and returns the step's metrics."""
+        """Take the next rows, run `step` on them, advance the state; the step's metrics."""
+        indices = self.next_rows()
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        started = time.perf_counter()
+        outcome = self.step(indices)
+        elapsed = time.perf_counter() - started
+        self.state = self.state.after_step(self.n_rows, len(indices), outcome.tokens)
+        return {**outcome.metrics, "learning_rate": learning_rate,
+                "tokens_per_second": outcome.tokens / max(elapsed, 1e-9),
+                "step_seconds": elapsed,
+                "epoch": self.state.rows_consumed(self.n_rows) / self.n_rows}
 
     @property
     def has_validation(self) -> bool:
@@ -117,6 +197,7 @@ class StepLoop(ABC):
             self.optimizer,
             self.scheduler,
             tokenizer=self.tokenizer,
+            loop_state=self.loop_state(),
         )
         prune_checkpoints(self.ctx.checkpoint_root, keep=CHECKPOINTS_KEPT)
         self.ctx.on_checkpoint(self.state.step, path, metrics)

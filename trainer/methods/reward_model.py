@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from modeling.heads import ImplicitHead, implicit_head, write_head
 from services.methods import RewardModelHyperparameters
 from trainer.checkpoint import TrainingState, load_checkpoint, model_dir, read_training_state
 from trainer.context import TrainingContext, TrainingResult
-from trainer.data import stream_rows
 from trainer.loop import (
     StepLoop,
+    StepOutcome,
     build_optimizer,
     build_scheduler,
     chunk,
@@ -158,31 +157,27 @@ class RewardModelTrainer(StepLoop):
     def _member_dir(self, member: int) -> Path:
         return self.ctx.checkpoint_root / MEMBERS_DIR / f"member-{member}"
 
-    def _next_rows(self) -> list[int]:
-        n_rows = len(self.train_examples)
-        position = self.state.rows_consumed(n_rows)
-        rows_left = n_rows * self.hp.n_epochs - position
-        count = min(self.hp.batch_size * self.hp.gradient_accumulation_steps, rows_left)
-        return stream_rows(n_rows, self.member_seed, position, count)
+    @property
+    def n_rows(self) -> int:
+        return len(self.train_examples)
+
+    @property
+    def stream_seed(self) -> int:
+        return self.member_seed
 
     def train_one_step(self) -> dict[str, float]:
         if self.member != self.loaded_member:  # the previous member just finished
             self.state = TrainingState(self.state.step, 0, 0, self.state.trained_tokens)
             self._start_member(None)
-        member, indices = self.member, self._next_rows()
-        learning_rate = float(self.scheduler.get_last_lr()[0])
-        started = time.perf_counter()
-        metrics, tokens = self._optimizer_step(indices)
-        elapsed = time.perf_counter() - started
-        self.state = self.state.after_step(len(self.train_examples), len(indices), tokens)
-        metrics.update(learning_rate=learning_rate, tokens_per_second=tokens / max(elapsed, 1e-9))
+        member = self.member
+        metrics = super().train_one_step()
         if self.hp.ensemble_size > 1:
             metrics["member"] = float(member)
             if self.state.step % self.member_steps == 0:
                 save_member(self.model, self.tokenizer, self.head, self._member_dir(member))
         return metrics
 
-    def _optimizer_step(self, indices: list[int]) -> tuple[dict[str, float], int]:
+    def step(self, indices: list[int]) -> StepOutcome:
         """Accumulate over micro-batches, each loss weighted by its share of the step."""
         micro_batches = [[self.train_examples[i] for i in rows]
                          for rows in chunk(indices, self.hp.batch_size)]
@@ -197,8 +192,7 @@ class RewardModelTrainer(StepLoop):
                                   self.hp.max_grad_norm)
         statistics = self.objective.statistics(self.objective.concat(outputs))
         metrics = {"train_loss": statistics.pop("loss"), **statistics, "grad_norm": grad_norm}
-        tokens = sum(self.objective.tokens(examples) for examples in micro_batches)
-        return metrics, tokens
+        return StepOutcome(metrics, sum(self.objective.tokens(e) for e in micro_batches))
 
     @property
     def has_validation(self) -> bool:

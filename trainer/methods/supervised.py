@@ -1,14 +1,13 @@
 """Supervised fine-tuning (SFT): full weights or a LoRA adapter, resumable, step by step.
 
 An optimizer step takes the next `batch_size * gradient_accumulation_steps` rows of the seeded
-row stream (`trainer.data.stream_rows`; a step may cross an epoch boundary), split into
+row stream (`trainer.loop.StepLoop`; a step may cross an epoch boundary), split into
 `gradient_accumulation_steps` micro-batches, so the run is `ceil(rows * n_epochs / rows_per_step)`
 steps long and a checkpoint's stream position is all a resumed run needs to see the same rows.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,11 @@ from modeling.sequences import (
 from services.methods import LoraConfig, SupervisedHyperparameters
 from trainer.algorithms.reductions import masked_count, masked_sum
 from trainer.algorithms.sft import completion_token_count, sft_loss
-from trainer.checkpoint import TrainingState, load_checkpoint, model_dir
+from trainer.checkpoint import model_dir
 from trainer.context import TrainingContext, TrainingResult
-from trainer.data import stream_rows
 from trainer.loop import (
     StepLoop,
+    StepOutcome,
     build_optimizer,
     build_scheduler,
     chunk,
@@ -146,10 +145,7 @@ class SupervisedTrainer(StepLoop):
         self.model.train()
         self.optimizer = build_optimizer(self.model, hp)
         self.scheduler = build_scheduler(self.optimizer, hp, self.total_steps)
-        self.state = TrainingState(step=0, epoch=0, index_in_epoch=0, trained_tokens=0)
-        if ctx.resume_from is not None:
-            self.state = load_checkpoint(ctx.resume_from, self.optimizer, self.scheduler)
-            ctx.log(f"resumed from checkpoint at step {self.state.step}")
+        self.resume(ctx.resume_from)
 
     def _tokenize(self, rows: list[dict[str, Any]]) -> list[TokenizedExample]:
         examples = [
@@ -177,14 +173,11 @@ class SupervisedTrainer(StepLoop):
     def validation_metrics(self) -> dict[str, float]:
         return {"valid_loss": self._validation_loss()}
 
-    def train_one_step(self) -> dict[str, float]:
-        n_rows = len(self.train_examples)
-        position = self.state.rows_consumed(n_rows)
-        rows_left = n_rows * self.hp.n_epochs - position
-        count = min(self.hp.batch_size * self.hp.gradient_accumulation_steps, rows_left)
-        indices = stream_rows(n_rows, self.ctx.seed, position, count)
-        learning_rate = float(self.scheduler.get_last_lr()[0])
-        started = time.perf_counter()
+    @property
+    def n_rows(self) -> int:
+        return len(self.train_examples)
+
+    def step(self, indices: list[int]) -> StepOutcome:
         output = optimizer_step(
             self.model,
             self._micro_batches(indices),
@@ -192,15 +185,8 @@ class SupervisedTrainer(StepLoop):
             self.scheduler,
             self.hp.max_grad_norm,
         )
-        elapsed = time.perf_counter() - started
-        self.state = self.state.after_step(n_rows, count, output.tokens)
-        return {
-            "train_loss": output.loss,
-            "learning_rate": learning_rate,
-            "tokens_per_second": output.tokens / max(elapsed, 1e-9),
-            "grad_norm": output.grad_norm,
-            "epoch": self.state.rows_consumed(n_rows) / n_rows,
-        }
+        return StepOutcome({"train_loss": output.loss, "grad_norm": output.grad_norm},
+                           output.tokens)
 
     def train(self) -> TrainingResult:
         return self._save_final(self.run_steps())
