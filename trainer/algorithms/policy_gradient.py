@@ -1,0 +1,130 @@
+"""Policy-gradient pieces shared by every online algorithm: the clipped surrogate, KL estimators,
+loss aggregations and diagnostics.
+
+All tensors are response-level: (B, T) with `mask` (B, T) on the real response tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from trainer.algorithms.reductions import masked_count, masked_mean, masked_sum
+
+# ---- KL(π‖π_ref) estimators, from samples of π (http://joschu.net/blog/kl-approx.html) ----
+
+
+def _k1(log_ratio: Tensor) -> Tensor:
+    return log_ratio
+
+
+def _k2(log_ratio: Tensor) -> Tensor:
+    return 0.5 * log_ratio**2
+
+
+def _k3(log_ratio: Tensor) -> Tensor:
+    # (r − 1) − log r with r = π_ref/π = exp(−log_ratio): unbiased and never negative.
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor,
+               estimator: Literal["k1", "k2", "k3"]) -> Tensor:
+    """Per-token estimate of KL(π‖π_ref) with log_ratio = log π(a_t|s_t) − log π_ref(a_t|s_t):
+    k1 = log_ratio, k2 = ½·log_ratio², k3 = exp(−log_ratio) − 1 + log_ratio.
+
+    logprobs, ref_logprobs: (B, T). Returns (B, T).
+    """
+    return KL_ESTIMATORS[estimator](logprobs - ref_logprobs)
+
+
+# ---- loss aggregations over a minibatch that may be split into micro-batches ----
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """Denominators of the WHOLE minibatch, so that per-micro-batch losses sum to its loss."""
+
+    tokens: float  # real response tokens in the minibatch (at least 1)
+    sequences: float  # sequences (rows) in the minibatch
+    max_new_tokens: int  # the generation budget L of Dr. GRPO's constant normaliser
+
+    @classmethod
+    def of(cls, mask: Tensor, max_new_tokens: int) -> LossScale:
+        """The scale of the minibatch whose response mask (B, T) is `mask`."""
+        return cls(tokens=max(float(masked_count(mask)), 1.0), sequences=float(mask.shape[0]),
+                   max_new_tokens=max_new_tokens)
+
+
+def token_mean(values: Tensor, mask: Tensor, scale: LossScale) -> Tensor:
+    """Σ_{b,t} values·mask / tokens: every token of the minibatch weighs the same."""
+    return masked_sum(values, mask) / scale.tokens
+
+
+def sequence_mean(values: Tensor, mask: Tensor, scale: LossScale) -> Tensor:
+    """Σ_b (mean over row b's tokens) / sequences: GRPO's per-sequence mean (Shao et al. 2024)."""
+    return masked_mean(values, mask, dim=-1).sum() / scale.sequences
+
+
+def constant(values: Tensor, mask: Tensor, scale: LossScale) -> Tensor:
+    """Σ_{b,t} values·mask / (sequences · max_new_tokens): no length bias (Dr. GRPO,
+    Liu et al. 2025, "Understanding R1-Zero-Like Training")."""
+    return masked_sum(values, mask) / (scale.sequences * scale.max_new_tokens)
+
+
+LOSS_AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, LossScale], Tensor]] = {
+    "token_mean": token_mean,
+    "sequence_mean": sequence_mean,
+    "constant": constant,
+}
+
+
+# ---- the clipped surrogate (PPO, Schulman et al. 2017; clip-higher as in DAPO) ----
+
+
+@dataclass
+class SurrogateTerms:
+    loss: Tensor  # (B, T) max(pg_loss1, pg_loss2)
+    ratio: Tensor  # (B, T) π_θ(a_t|s_t) / π_old(a_t|s_t)
+    clipped: Tensor  # (B, T) bool: the clipped term was the larger (no gradient through ratio)
+
+
+def clipped_surrogate(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
+                      clip_low: float, clip_high: float) -> SurrogateTerms:
+    """pg_loss1 = −Â·ratio, pg_loss2 = −Â·clamp(ratio, 1 − clip_low, 1 + clip_high),
+    loss = max(pg_loss1, pg_loss2).
+
+    logprobs: (B, T) log π_θ with gradient; old_logprobs: (B, T) log π_old; advantages: (B, T).
+    """
+    ratio = torch.exp(logprobs - old_logprobs.detach())  # (B, T)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return SurrogateTerms(loss=torch.maximum(pg_loss1, pg_loss2), ratio=ratio,
+                          clipped=pg_loss2 > pg_loss1)
+
+
+def approx_kl(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Token mean of (ratio − 1) − log ratio, the k3 estimate of KL(π_old‖π_θ) (a scalar).
+
+    logprobs, old_logprobs, mask: (B, T).
+    """
+    log_ratio = (logprobs - old_logprobs).detach()  # (B, T)
+    return masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """H = −Σ softmax(z)·log softmax(z) over the last dim. logits: (..., V). Returns (...,).
+
+    log softmax(z) = z − max z − logsumexp(z − max z): exact for logits in the thousands.
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)  # (..., V)
+    # A -inf logit (masked vocabulary) has p = 0 and must add 0, not 0·(−inf) = nan.
+    plogp = torch.where(log_probs.isneginf(), torch.zeros_like(log_probs),
+                        log_probs.exp() * log_probs)
+    return -plogp.sum(dim=-1)

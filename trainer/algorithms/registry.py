@@ -1,0 +1,73 @@
+"""The online-RL algorithms, each a small record picked by name (DESIGN §4).
+
+An algorithm is its advantage estimator and what its rollouts need; the online loop does the
+rest. Adding one is a file with an `estimate(batch, options)` and a line in `ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from trainer.algorithms import grpo, ngrpo, ppo, remax, rloo
+from trainer.online.batch import RolloutBatch
+
+
+@dataclass(frozen=True)
+class AdvantageOptions:
+    gamma: float = 1.0
+    """Discount γ of GAE."""
+    lam: float = 0.95
+    """GAE's λ: bias (0) against variance (1)."""
+    scale_rewards: bool = True
+    """GRPO divides by the group's std; False is Dr. GRPO."""
+    r_max: float = 1.0
+    """NGRPO's virtual sample reward: the highest reward the grader gives."""
+
+
+AdvantageEstimator = Callable[[RolloutBatch, AdvantageOptions], tuple[Tensor, Tensor]]
+"""(batch, options) → (Â (B, T), value targets (B, T))."""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    advantages: AdvantageEstimator
+    needs_critic: bool = False
+    needs_greedy_baseline: bool = False
+    clip: tuple[float, float] = (0.2, 0.2)
+    """Default (low, high) clip range of the surrogate ratio."""
+    min_group_size: int = 1
+    """Responses sampled per prompt that the baseline needs."""
+
+
+def per_token(estimate: Callable[[RolloutBatch, AdvantageOptions], Tensor]) -> AdvantageEstimator:
+    """Lift a sequence-level estimator (B,) to the token level: Â = a[:, None] on every real
+    token, and no value targets (these algorithms have no critic)."""
+
+    def advantages(batch: RolloutBatch, options: AdvantageOptions) -> tuple[Tensor, Tensor]:
+        sequence_advantages = estimate(batch, options)  # (B,)
+        mask = batch.mask.to(sequence_advantages.dtype)  # (B, T)
+        return sequence_advantages[:, None] * mask, torch.zeros_like(mask)
+
+    return advantages
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "grpo": Algorithm("grpo", per_token(grpo.estimate), min_group_size=2),
+    "rloo": Algorithm("rloo", per_token(rloo.estimate), min_group_size=2),
+    "remax": Algorithm("remax", per_token(remax.estimate), needs_greedy_baseline=True),
+    "ngrpo": Algorithm("ngrpo", per_token(ngrpo.estimate), clip=ngrpo.NGRPO_CLIP,
+                       min_group_size=2),
+    "ppo": Algorithm("ppo", ppo.estimate, needs_critic=True),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The algorithm called `name`; a ValueError naming the known ones otherwise."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {name!r}")
+    return ALGORITHMS[name]
