@@ -54,3 +54,30 @@ def response_logps(logits: Tensor, labels: Tensor) -> Tensor:
 def response_token_counts(labels: Tensor) -> Tensor:
     """(N,) labelled tokens per row that `response_logps` sums over. labels: (N, T) unshifted."""
     return (labels[:, 1:] != IGNORE_INDEX).to(torch.float32).sum(dim=-1)
+
+
+def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """(B, T) log softmax(logits)[tokens] in float32. logits: (B, T, V); tokens: (B, T)."""
+    logps = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    return logps.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def left_padded_positions(attention_mask: Tensor) -> Tensor:
+    """(B, S) position ids of left-padded rows: 0 at each row's first real token (and on its
+    padding, which attends to nothing that matters)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model: torch.nn.Module, sequences: Tensor, attention_mask: Tensor,
+                    response_length: int, temperature: float = 1.0) -> Tensor:
+    """(B, T, V) logits of each response token, divided by ``temperature`` (the distribution
+    the tokens were sampled from), for rows laid out as a left-padded prompt followed by a
+    right-padded response of ``response_length`` = T columns.
+
+    sequences, attention_mask: (B, S). The logits at column P - 1 + t predict response token t.
+    """
+    outputs = model(input_ids=sequences, attention_mask=attention_mask,
+                    position_ids=left_padded_positions(attention_mask), use_cache=False,
+                    logits_to_keep=response_length + 1)
+    logits = outputs.logits[:, :-1]  # (B, T, V): the last position predicts nothing we sampled
+    return logits / temperature if temperature != 1.0 else logits

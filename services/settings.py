@@ -93,6 +93,9 @@ class WorkerSettings(AlignSettings):
     """A queued job no worker has taken this long after its message was published is
     published again (a broker that lost its messages must not strand jobs)."""
     torch_threads: int | None = None
+    reward_retry_seconds: float = Field(default=300.0, ge=0)
+    """How long a job keeps retrying (with backoff) a reward service that is unreachable or
+    answers 5xx, e.g. while it restarts, before the job fails."""
 
 
 class RewardSettings(AlignSettings):

@@ -49,6 +49,11 @@ class TrainingContext:
     """The service key the worker scores with, on behalf of `project_id`."""
     project_id: str | None = None
     """The job's project: its reward models are the ones a reward spec may name."""
+    reward: dict[str, Any] | None = None
+    """The reward spec of the job's method section, for methods that score outside their
+    hyperparameters (reinforcement)."""
+    reward_retry_seconds: float = 0.0
+    """How long an unavailable reward service is retried (with backoff) before the job fails."""
 
 
 @dataclass

@@ -66,11 +66,12 @@ class MetricsBuffer:
 class JobRunner:
     def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
                  lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None,
-                 reward_key: str | None = None):
+                 reward_key: str | None = None, reward_retry_seconds: float = 0.0):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
         self.reward_url, self.reward_key = reward_url, reward_key
+        self.reward_retry_seconds = reward_retry_seconds
 
     def run(self, job_id: str) -> str:
         outcome = claim(self.sessions, job_id, self.owner, self.lease_seconds)
@@ -142,7 +143,8 @@ class JobRunner:
             log=lambda message: self._event(job_id, message),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
             base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
-            project_id=project_id,
+            project_id=project_id, reward=getattr(method.section, "reward", None),
+            reward_retry_seconds=self.reward_retry_seconds,
         )
 
     def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:

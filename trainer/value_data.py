@@ -12,7 +12,6 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,16 +41,6 @@ class ValueBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum().item())
-
-
-def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:
-    """The `/v1/score` item of a completion: the whole row is its `item`, so graders can read
-    `{{item.answer}}` (or any other field of the row)."""
-    if "messages" in row:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        return {"messages": [*messages, {"role": "assistant", "content": completion}],
-                "item": row}
-    return {"prompt": row["prompt"], "response": completion, "item": row}
 
 
 def collate_values(rollouts: list[Rollout], pad_id: int, device: torch.device) -> ValueBatch:

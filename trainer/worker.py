@@ -30,7 +30,7 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     runner = JobRunner(url, LocalArtifactStore(settings.artifacts_dir), owner,
                        settings.lease_seconds, settings.heartbeat_seconds, settings.reward_url,
-                       settings.admin_key.get_secret_value())
+                       settings.admin_key.get_secret_value(), settings.reward_retry_seconds)
     app = make_celery(settings)
 
     @app.task(name=TASK_RUN_JOB)

@@ -23,8 +23,8 @@ from trainer.context import JobStopped
 from trainer.demo_world import build_tokenizer, make_problems, save_random_base_model
 from trainer.methods import METHODS
 from trainer.methods.value_model import load_value_model
-from trainer.reward_scoring import RewardServiceError
-from trainer.value_data import ROLLOUTS_FILE, Rollout, collate_values, reward_item
+from trainer.online.scoring import RewardServiceError, reward_item
+from trainer.value_data import ROLLOUTS_FILE, Rollout, collate_values
 
 HAS_AN_ANSWER_DIGIT = {
     "type": "python", "name": "digit",

@@ -36,11 +36,11 @@ from modeling.sequences import encode_prompt
 from services.methods import ValueModelHyperparameters
 from trainer.algorithms.reductions import masked_count
 from trainer.algorithms.td_lambda import explained_variance, lambda_returns, value_loss
-from trainer.checkpoint import TrainingState, load_checkpoint, model_dir
+from trainer.checkpoint import model_dir
 from trainer.context import TrainingContext, TrainingResult
-from trainer.data import stream_rows
 from trainer.loop import (
     StepLoop,
+    StepOutcome,
     build_optimizer,
     build_scheduler,
     chunk,
@@ -48,15 +48,14 @@ from trainer.loop import (
     count_steps,
     pick_device,
 )
-from trainer.reward_scoring import score_items
 from trainer.online.sampler import RolloutOptions, sample_completions
+from trainer.online.scoring import reward_item, score_items
 from trainer.value_data import (
     ROLLOUTS_FILE,
     Rollout,
     ValueBatch,
     collate_values,
     load_rollouts,
-    reward_item,
     save_rollouts,
 )
 
@@ -104,10 +103,7 @@ class ValueModelTrainer(StepLoop):
         self.model.train()
         self.optimizer = build_optimizer(self.model, hp)
         self.scheduler = build_scheduler(self.optimizer, hp, self.total_steps)
-        self.state = TrainingState(step=0, epoch=0, index_in_epoch=0, trained_tokens=0)
-        if ctx.resume_from is not None:
-            self.state = load_checkpoint(ctx.resume_from, self.optimizer, self.scheduler)
-            ctx.log(f"resumed from checkpoint at step {self.state.step}")
+        self.resume(ctx.resume_from)
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -163,14 +159,11 @@ class ValueModelTrainer(StepLoop):
         return [collate_values([rollouts[i] for i in rows], self.pad_id, self.device)
                 for rows in chunk(indices, self.hp.batch_size)]
 
-    def train_one_step(self) -> dict[str, float]:
-        n_rollouts = len(self.rollouts)
-        position = self.state.rows_consumed(n_rollouts)
-        count = min(self.hp.batch_size * self.hp.gradient_accumulation_steps,
-                    n_rollouts * self.hp.n_epochs - position)
-        indices = stream_rows(n_rollouts, self.ctx.seed, position, count)
-        learning_rate = float(self.scheduler.get_last_lr()[0])
-        started = time.perf_counter()
+    @property
+    def n_rows(self) -> int:
+        return len(self.rollouts)
+
+    def step(self, indices: list[int]) -> StepOutcome:
         batches = self._batches(self.rollouts, indices)
         positions = float(sum(masked_count(b.value_mask).item() for b in batches))
         loss_total, fitted, targets = 0.0, [], []
@@ -184,20 +177,14 @@ class ValueModelTrainer(StepLoop):
             targets.append(returns[batch.value_mask])  # (N_i,)
         grad_norm = clip_and_step(self.model, self.optimizer, self.scheduler,
                                   self.hp.max_grad_norm)
-        tokens = sum(b.num_tokens for b in batches)
-        elapsed = time.perf_counter() - started
-        self.state = self.state.after_step(n_rollouts, count, tokens)
         fitted_all, targets_all = torch.cat(fitted), torch.cat(targets)  # (N,), (N,)
-        return {
+        return StepOutcome({
             "value_loss": loss_total,
             "explained_variance": explained_variance(
                 fitted_all, targets_all, torch.ones_like(targets_all, dtype=torch.bool)).item(),
             "mean_reward": sum(self.rollouts[i].reward for i in indices) / len(indices),
-            "learning_rate": learning_rate,
             "grad_norm": grad_norm,
-            "tokens_per_second": tokens / max(elapsed, 1e-9),
-            "epoch": self.state.rows_consumed(n_rollouts) / n_rollouts,
-        }
+        }, sum(b.num_tokens for b in batches))
 
     @property
     def has_validation(self) -> bool:

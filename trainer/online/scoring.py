@@ -1,15 +1,27 @@
-"""Scores completions for training methods through the reward service (`POST /v1/score`).
+"""Rewards for sampled completions, from the reward service (`POST /v1/score`), and the
+shaping online RL applies to them.
 
-A synchronous front to `services.reward_client.RewardClient` (a job runs in one worker thread)
-that is strict: a service that is down, refuses the request or leaves an item unscored fails
-the job with the URL and what came back, since training on made-up rewards would be worse
-than not training.
+`score_items` is strict: a service that refuses the request or leaves an item unscored fails
+the job with the URL and what came back, since training on made-up rewards would be worse than
+not training. A service that is unreachable or answers 5xx (restarting, say) is retried with
+exponential backoff for up to ``retry_seconds`` before the job fails.
+
+`shape_rewards` turns a sequence reward into per-token rewards r_t (the reward on the last
+token, minus β·KL_t on every token when the KL penalty is part of the reward, as in Ziegler et
+al. 2019 and Ouyang et al. 2022); `RewardNormalizer` scales and clips rewards (PPO-max).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from services.errors import AlignError, ServiceUnavailable
 from services.reward_client import RewardClient
@@ -17,10 +29,25 @@ from services.reward_client import RewardClient
 MAX_ITEMS_PER_REQUEST = 512
 """Items posted at once (the service takes up to 4096; smaller requests keep each body and
 each grader batch bounded)."""
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 15.0
 
 
 class RewardServiceError(RuntimeError):
     """The reward service could not be reached, refused the request, or left items unscored."""
+
+
+class RewardServiceUnavailable(RewardServiceError):
+    """Unreachable or a 5xx: worth another try."""
+
+
+def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:
+    """The `/v1/score` item of a completion: the whole row is its `item`, so graders can read
+    `{{item.answer}}` (or any other field of the row)."""
+    if "messages" in row:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return {"messages": [*messages, {"role": "assistant", "content": completion}],
+                "item": row}
+    return {"prompt": row["prompt"], "response": completion, "item": row}
 
 
 async def _results(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
@@ -38,17 +65,13 @@ async def _results(reward_url: str, items: list[dict[str, Any]], reward: dict[st
         await client.aclose()
 
 
-def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
-                timeout: float = 300.0, *, service_key: str | None = None,
-                project: str | None = None) -> list[float]:
-    """One scalar per item, in order. Items are `/v1/score` items ({"prompt", "response",
-    "item"} or {"messages", "item"}); `reward` is a reward spec, scored with ``project``'s
-    reward models (the service key vouches for it). Raises RewardServiceError."""
+def _score_once(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
+                timeout: float, service_key: str | None, project: str | None) -> list[float]:
     url = f"{reward_url.rstrip('/')}/v1/score"
     try:
         results = asyncio.run(_results(reward_url, items, reward, timeout, service_key, project))
     except ServiceUnavailable as exc:  # unreachable, or a 5xx: its message names URL and status
-        raise RewardServiceError(exc.message) from exc
+        raise RewardServiceUnavailable(exc.message) from exc
     except AlignError as exc:  # the service refused the request (a bad spec, an unknown model)
         raise RewardServiceError(
             f"the reward service at {url} answered {exc.status_code}: {exc.message}") from exc
@@ -57,3 +80,82 @@ def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, 
             raise RewardServiceError(f"the reward service at {url} could not score item "
                                      f"{result['index']}: {result.get('error') or 'no score'}")
     return [float(result["score"]) for result in results]
+
+
+def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
+                timeout: float = 300.0, *, service_key: str | None = None,
+                project: str | None = None, retry_seconds: float = 0.0,
+                between_tries: Callable[[], None] = lambda: None) -> list[float]:
+    """One scalar per item, in order. Items are `/v1/score` items ({"prompt", "response",
+    "item"} or {"messages", "item"}); `reward` is a reward spec, scored with ``project``'s
+    reward models (the service key vouches for it). An unavailable service is tried again
+    until ``retry_seconds`` have passed, calling ``between_tries`` (which may raise to stop)
+    before each new try. Raises RewardServiceError."""
+    deadline = time.monotonic() + retry_seconds
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return _score_once(reward_url, items, reward, timeout, service_key, project)
+        except RewardServiceUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        between_tries()
+        delay = min(delay * 2, BACKOFF_MAX_S)
+
+
+def shape_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None, beta: float) -> Tensor:
+    """(B, T) per-token rewards: ``rewards[b]`` on row b's last real token, minus β·KL_t on
+    every real token when ``kl`` is given (the KL penalty in the reward).
+
+    rewards: (B,); mask: (B, T) bool, right-padded; kl: (B, T) per-token KL estimate or None.
+    """
+    token_rewards = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (B, T)
+    if kl is not None:
+        token_rewards -= beta * kl.float() * mask
+    last = (mask.long().sum(-1) - 1).clamp(min=0)  # (B,) index of each row's last token
+    token_rewards[torch.arange(mask.shape[0], device=mask.device), last] += rewards.float()
+    return token_rewards
+
+
+@dataclass
+class RewardNormalizer:
+    """Reward scaling and clipping (PPO-max, Zheng et al. 2023 §5.1): "batch" standardises a
+    step's rewards by their own mean and std, "running" by the mean and std of every reward
+    seen so far (Welford's update, kept in checkpoints); then |r| is clipped to `clip`."""
+
+    mode: str = "none"
+    """"none", "batch" or "running"."""
+    clip: float | None = None
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def __call__(self, rewards: Tensor) -> Tensor:
+        """(B,) normalised and clipped rewards."""
+        if self.mode == "batch" and rewards.numel() > 1:
+            rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+        elif self.mode == "running":
+            self._update(rewards)
+            std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+            rewards = (rewards - self.mean) / (std + 1e-8)
+        if self.clip is not None:
+            rewards = rewards.clamp(-self.clip, self.clip)
+        return rewards
+
+    def _update(self, rewards: Tensor) -> None:
+        """Chan et al.'s parallel form of Welford's update with a batch of rewards."""
+        n = float(rewards.numel())
+        batch_mean = float(rewards.mean())
+        batch_m2 = float(((rewards - batch_mean) ** 2).sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]

@@ -1,0 +1,182 @@
+"""The online-RL loop on a tiny real model, rewarded by a real reward service on loopback:
+learning, what every step reports, LoRA with a KL term, resuming, long prompts, and a reward
+service that restarts mid-job."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from services.methods import Method
+from services.settings import RewardSettings
+from services.web import ServerThread, free_port
+from tests.conftest import reward_service as reward_service_at
+from tests.trainer.test_supervised import Recorder, context
+from trainer.context import JobStopped, TrainingResult
+from trainer.demo_world import save_random_base_model
+from trainer.methods import METHODS
+from trainer.online.scoring import score_items
+
+DIGIT_SHARE = {
+    "type": "python", "name": "digits",
+    "source": "def grade(sample, item):\n"
+              "    text = sample['output_text']\n"
+              "    return sum(c.isdigit() for c in text) / max(len(text), 1)\n",
+}
+"""The share of digits in a response: about 0.1 for the random tiny model, easy to raise."""
+
+STEP_METRICS = {"reward_mean", "reward_std", "entropy", "clip_fraction", "approx_kl",
+                "response_length", "advantage_mean", "advantage_std", "filtered_fraction",
+                "samples_per_second", "tokens_per_second", "rollout_seconds", "score_seconds",
+                "update_seconds", "policy_loss", "grad_norm", "learning_rate"}
+
+
+@pytest.fixture(scope="module")
+def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_base_model(tmp_path_factory.mktemp("base"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def reward_url(database_url: str) -> Iterator[str]:
+    with reward_service_at(database_url, max_wait_ms=5.0, require_api_key=False) as url:
+        yield url
+
+
+def prompt_rows(n: int) -> list[dict[str, Any]]:
+    return [{"prompt": f"{i}+{i % 7}="} for i in range(n)]
+
+
+def method(algorithm: str = "grpo", **hyperparameters: Any) -> Any:
+    settings = {"prompts_per_step": 8, "group_size": 4, "max_new_tokens": 8,
+                "learning_rate": 3e-3, "max_steps": 10, "checkpoint_every": 100,
+                **hyperparameters}
+    return Method.model_validate({"type": "reinforcement", "reinforcement": {
+        "algorithm": algorithm, "reward": DIGIT_SHARE, "hyperparameters": settings}})
+
+
+def train(workdir: Path, base: Path, reward_url: str, recorder: Recorder | None = None,
+          rows: list[dict[str, Any]] | None = None, algorithm: str = "grpo",
+          **hyperparameters: Any) -> tuple[TrainingResult, Recorder]:
+    recorder = recorder or Recorder()
+    chosen = method(algorithm, **hyperparameters)
+    ctx = context(workdir, base, chosen.hyperparameters, rows or prompt_rows(40), recorder,
+                  reward=chosen.section.reward, reward_url=reward_url)
+    return METHODS["reinforcement"](ctx), recorder
+
+
+def rewards(recorder: Recorder) -> list[float]:
+    return [recorder.metrics[step]["reward_mean"] for step in sorted(recorder.metrics)]
+
+
+def test_grpo_raises_the_reward_from_live_weights(base_model_path: Path, tmp_path: Path,
+                                                  reward_url: str) -> None:
+    result, recorder = train(tmp_path, base_model_path, reward_url)
+    curve = rewards(recorder)
+    assert sorted(recorder.metrics) == list(range(1, 11))
+    assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2 + 0.2, curve
+    first = recorder.metrics[1]
+    assert STEP_METRICS <= set(first), STEP_METRICS - set(first)
+    # One epoch, one minibatch: every update is on-policy, so the ratio is 1 and nothing clips.
+    assert first["ratio"] == pytest.approx(1.0, abs=1e-5) and first["clip_fraction"] == 0.0
+    # The engine sampled from the very weights the trainer scores.
+    assert all(m["engine_logprob_gap"] < 1e-4 for m in recorder.metrics.values())
+    assert result.kind == "fine_tuned" and result.trained_tokens > 0
+    assert result.metadata == {"algorithm": "grpo", "reward": DIGIT_SHARE}
+    trained = load_file(result.output_dir / "model.safetensors")
+    base = load_file(base_model_path / "model.safetensors")
+    assert any(not torch.equal(trained[name], base[name]) for name in base)
+    AutoModelForCausalLM.from_pretrained(result.output_dir)  # loads as a plain causal LM
+
+
+def test_several_epochs_and_minibatches_clip_off_policy_tokens(
+        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
+    _, recorder = train(tmp_path, base_model_path, reward_url, max_steps=2, update_epochs=3,
+                        minibatch_size=8, learning_rate=1e-2, clip_range_low=0.05,
+                        clip_range_high=0.05)
+    assert any(m["clip_fraction"] > 0 for m in recorder.metrics.values())
+    assert any(m["approx_kl"] > 0 for m in recorder.metrics.values())
+
+
+def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tmp_path: Path,
+                                                       reward_url: str) -> None:
+    result, recorder = train(tmp_path, base_model_path, reward_url, max_steps=3,
+                             lora={"r": 4}, beta=0.1, learning_rate=1e-2)
+    assert result.kind == "lora_adapter"
+    assert (result.output_dir / "adapter_config.json").is_file()
+    # The adapter starts as the identity: at step 1 the policy is its reference.
+    assert recorder.metrics[1]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert recorder.metrics[3]["kl"] > 1e-4
+    assert recorder.metrics[3]["kl_coefficient"] == 0.1
+
+
+@pytest.mark.parametrize("algorithm, extra", [
+    ("rloo", {}), ("remax", {}), ("ngrpo", {}),
+    ("grpo", {"policy_filter": {"strategy": "best_random", "keep": 2}}),
+])
+def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
+                                          reward_url: str, algorithm: str, extra: dict) -> None:
+    _, recorder = train(tmp_path, base_model_path, reward_url, algorithm=algorithm, **extra)
+    curve = rewards(recorder)
+    assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, (algorithm, curve)
+    if extra:
+        assert recorder.metrics[1]["filtered_fraction"] == 0.5
+
+
+def test_a_stopped_job_resumes_to_the_weights_of_an_uninterrupted_one(
+        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
+    settings: dict[str, Any] = {"max_steps": 4, "checkpoint_every": 2, "update_epochs": 2,
+                                "minibatch_size": 16, "reward_normalization": "running"}
+    uninterrupted, whole = train(tmp_path / "a", base_model_path, reward_url, **settings)
+    with pytest.raises(JobStopped):
+        train(tmp_path / "b", base_model_path, reward_url, Recorder(stop_after_step=3),
+              **settings)
+    resumed_recorder = Recorder()
+    chosen = method(**settings)
+    ctx = context(tmp_path / "b", base_model_path, chosen.hyperparameters, prompt_rows(40),
+                  resumed_recorder, reward=DIGIT_SHARE, reward_url=reward_url,
+                  resume_from=tmp_path / "b" / "checkpoints" / "step-2")
+    resumed = METHODS["reinforcement"](ctx)
+    assert sorted(resumed_recorder.metrics) == [3, 4]
+    for step in (3, 4):
+        assert resumed_recorder.metrics[step]["reward_mean"] == \
+            pytest.approx(whole.metrics[step]["reward_mean"])
+    expected = load_file(uninterrupted.output_dir / "model.safetensors")
+    actual = load_file(resumed.output_dir / "model.safetensors")
+    for name, tensor in expected.items():
+        assert torch.allclose(actual[name], tensor, rtol=1e-4, atol=1e-5), name
+
+
+def test_prompts_longer_than_the_context_are_refused_by_row(
+        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
+    rows = [{"prompt": "1+1="}, {"prompt": "9" * 40}]
+    with pytest.raises(ValueError, match=r"training prompt row 1 is \d+ tokens long.* leaves 8"):
+        train(tmp_path, base_model_path, reward_url, rows=rows, max_seq_length=16)
+
+
+def test_a_reward_service_that_restarts_is_retried_until_it_answers(database_url: str) -> None:
+    """Nothing listens on the port for the first second and a half; scoring waits for it."""
+    from reward_service.main import create_app
+
+    port = free_port()
+    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
+                              database_url=database_url, require_api_key=False)
+    started = threading.Event()
+
+    def start_later() -> None:
+        time.sleep(1.5)
+        with ServerThread(create_app(settings), port=port):
+            started.set()
+            time.sleep(20)
+
+    threading.Thread(target=start_later, daemon=True).start()
+    item = {"prompt": "1+1=", "response": "2", "item": {}}
+    scores = score_items(f"http://127.0.0.1:{port}", [item], DIGIT_SHARE, retry_seconds=30)
+    assert started.is_set() and scores == [1.0]

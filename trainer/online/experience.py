@@ -1,0 +1,140 @@
+"""From sampled and scored responses to a `RolloutBatch`: padding, then the no-grad forward
+passes of the policy (log π_old), the reference (log π_ref) and the critic (V), the KL shaping
+of the rewards, and the algorithm's advantages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from modeling.logprobs import gather_logprobs, response_logits
+from trainer.algorithms.policy_gradient import kl_penalty
+from trainer.algorithms.reductions import masked_mean, masked_whiten
+from trainer.algorithms.registry import AdvantageOptions, Algorithm
+from trainer.online.batch import RolloutBatch
+from trainer.online.scoring import shape_rewards
+
+LogitsFn = Callable[[Tensor, Tensor, int], Tensor]
+"""(sequences (B, S), attention_mask (B, S), T) → (B, T, V) logits of the response tokens."""
+ValuesFn = Callable[[Tensor, Tensor, int], Tensor]
+"""(sequences (B, S), attention_mask (B, S), T) → (B, T) V(s_t) before each response token."""
+
+
+@dataclass
+class Scored:
+    """One step's responses as sampled and scored, in sequence order."""
+
+    prompts: list[list[int]]
+    """Each sequence's prompt ids (repeated for the samples of one prompt)."""
+    responses: list[list[int]]
+    """Each sequence's sampled ids (never empty)."""
+    rewards: Tensor  # (B,) the reward service's scores (raw)
+    group: Tensor  # (B,) long: the prompt each sequence answers
+    baseline_rewards: Tensor  # (B,) reward of the prompt's greedy response; zeros if unused
+    engine_logprobs: list[list[float]]
+    """The sampler's log p of each response token (temperature 1)."""
+
+    def select(self, rows: list[int]) -> Scored:
+        index = torch.tensor(rows, dtype=torch.long)
+        return Scored([self.prompts[i] for i in rows], [self.responses[i] for i in rows],
+                      self.rewards[index], self.group[index], self.baseline_rewards[index],
+                      [self.engine_logprobs[i] for i in rows])
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+         device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """sequences (B, S), attention_mask (B, S) and response mask (B, T): each prompt
+    left-padded to P = the longest prompt, each response right-padded to T."""
+    prompt_length = max(len(p) for p in prompts)
+    response_length = max(len(r) for r in responses)
+    batch = len(prompts)
+    sequences = torch.full((batch, prompt_length + response_length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(sequences)  # (B, S)
+    mask = torch.zeros((batch, response_length), dtype=torch.bool)  # (B, T)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        start = prompt_length - len(prompt)
+        sequences[row, start:prompt_length] = torch.tensor(prompt)
+        sequences[row, prompt_length : prompt_length + len(response)] = torch.tensor(response)
+        attention_mask[row, start : prompt_length + len(response)] = 1
+        mask[row, : len(response)] = True
+    return sequences.to(device), attention_mask.to(device), mask.to(device)
+
+
+def chunks(size: int, chunk_size: int) -> list[slice]:
+    return [slice(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
+
+
+@dataclass
+class ExperienceMaker:
+    policy: LogitsFn
+    reference: LogitsFn | None
+    """None: no reference forward (no KL term), ref_logprobs stay zeros."""
+    critic: ValuesFn | None
+    algorithm: Algorithm
+    options: AdvantageOptions
+    kl_estimator: str
+    kl_in_reward: bool
+    whiten_advantages: bool
+    micro_batch_size: int
+    pad_id: int
+    device: torch.device
+
+    @torch.no_grad()
+    def make(self, scored: Scored, rewards: Tensor, beta: float) -> RolloutBatch:
+        """The batch of ``scored``, whose rewards (B,) after normalisation are ``rewards``."""
+        sequences, attention_mask, mask = pack(scored.prompts, scored.responses, self.pad_id,
+                                               self.device)
+        logprobs = self._per_token(self.policy, sequences, attention_mask, mask, logits=True)
+        zeros = torch.zeros_like(logprobs)
+        ref_logprobs = (zeros if self.reference is None else
+                        self._per_token(self.reference, sequences, attention_mask, mask, True))
+        values = (zeros if self.critic is None else
+                  self._per_token(self.critic, sequences, attention_mask, mask, logits=False))
+        kl = (kl_penalty(logprobs, ref_logprobs, self.kl_estimator)  # type: ignore[arg-type]
+              if self.kl_in_reward and self.reference is not None else None)
+        batch = RolloutBatch(
+            sequences=sequences, attention_mask=attention_mask, mask=mask, logprobs=logprobs,
+            ref_logprobs=ref_logprobs, values=values, rewards=rewards.to(self.device),
+            token_rewards=shape_rewards(rewards.to(self.device), mask, kl, beta),
+            group=scored.group.to(self.device), advantages=zeros, returns=zeros,
+            baseline_rewards=scored.baseline_rewards.to(self.device))
+        batch.advantages, batch.returns = self.algorithm.advantages(batch, self.options)
+        if self.whiten_advantages:
+            batch.advantages = masked_whiten(batch.advantages, mask) * mask
+        return batch
+
+    def _per_token(self, forward: Callable[[Tensor, Tensor, int], Tensor], sequences: Tensor,
+                   attention_mask: Tensor, mask: Tensor, logits: bool) -> Tensor:
+        """(B, T) log-probabilities of the response tokens (``logits``: ``forward`` gives
+        logits) or values, micro-batch by micro-batch; zeros on padding."""
+        response_length = mask.shape[1]
+        parts = []
+        for rows in chunks(sequences.shape[0], self.micro_batch_size):
+            out = forward(sequences[rows], attention_mask[rows], response_length)
+            if logits:
+                out = gather_logprobs(out, sequences[rows, -response_length:])  # (b, T)
+            parts.append(out.float())
+        return torch.cat(parts) * mask
+
+
+def sequence_kl(batch: RolloutBatch, estimator: str) -> Tensor:
+    """(B,) Σ_t KL_t of each response against the reference (the k-estimator's sum)."""
+    kl = kl_penalty(batch.logprobs, batch.ref_logprobs, estimator)  # type: ignore[arg-type]
+    return (kl * batch.mask).sum(-1)
+
+
+def model_logits(model: torch.nn.Module, temperature: float) -> LogitsFn:
+    """The LogitsFn of a causal LM sampled at ``temperature``."""
+    def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+        return response_logits(model, sequences, attention_mask, response_length, temperature)
+    return forward
+
+
+def advantage_statistics(batch: RolloutBatch) -> dict[str, float]:
+    mean = masked_mean(batch.advantages, batch.mask)
+    std = masked_mean((batch.advantages - mean) ** 2, batch.mask).sqrt()
+    return {"advantage_mean": float(mean), "advantage_std": float(std)}

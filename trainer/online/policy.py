@@ -1,0 +1,102 @@
+"""The model online RL trains, and the frozen reference it is held near.
+
+The policy is the job's base model (full weights, or a LoRA adapter over them), in float32 as
+the optimizer updates it. The reference π_ref is the base model: with LoRA it is the same
+weights with the adapter switched off (no second copy); otherwise a frozen copy, loaded only
+when a KL term needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import transformers
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from modeling.logprobs import response_logits
+from services.methods.reinforcement import ReinforcementHyperparameters
+from trainer.checkpoint import TrainingState
+from trainer.context import TrainingContext, TrainingResult
+from trainer.loop import build_optimizer, build_scheduler, pick_device
+from trainer.methods.supervised import load_model
+from trainer.online.experience import LogitsFn, ValuesFn
+
+
+@dataclass
+class Policy:
+    model: Any
+    """A transformers causal LM, or a peft model over one (LoRA)."""
+    tokenizer: Any
+    device: torch.device
+    pad_id: int
+    context_length: int
+    """The model's max_position_embeddings."""
+    base_model_path: str
+    lora: bool
+    values: ValuesFn | None = None
+    """The critic's values (PPO), else None."""
+    _reference: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, ctx: TrainingContext, hp: ReinforcementHyperparameters,
+             with_critic: bool) -> Policy:
+        if with_critic:
+            raise ValueError("algorithm 'ppo' needs a critic, which this worker version does "
+                             "not train yet; use grpo, rloo, remax or ngrpo")
+        transformers.set_seed(ctx.seed)
+        device = pick_device()
+        tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
+        pad = tokenizer.pad_token_id
+        model = load_model(ctx.base_model_path, hp.lora, ctx.resume_from, device)
+        model.train()
+        config = AutoConfig.from_pretrained(ctx.base_model_path)
+        return cls(model=model, tokenizer=tokenizer, device=device,
+                   pad_id=pad if pad is not None else tokenizer.eos_token_id,
+                   context_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
+                   base_model_path=str(ctx.base_model_path), lora=hp.lora is not None)
+
+    def optimizer(self, hp: ReinforcementHyperparameters,
+                  total_steps: int) -> tuple[Optimizer, LRScheduler]:
+        optimizer = build_optimizer(self.model, hp)  # type: ignore[arg-type]
+        return optimizer, build_scheduler(optimizer, hp, total_steps)  # type: ignore[arg-type]
+
+    def logits(self, temperature: float) -> LogitsFn:
+        """The policy's response logits, with gradient."""
+        def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+            return response_logits(self.model, sequences, attention_mask, response_length,
+                                   temperature)
+        return forward
+
+    def reference_logits(self, temperature: float) -> LogitsFn:
+        """π_ref's response logits (no gradient): the adapter switched off, or a frozen copy."""
+        def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+            model, context = self._reference_model()
+            with context, torch.no_grad():
+                return response_logits(model, sequences, attention_mask, response_length,
+                                       temperature)
+        return forward
+
+    def _reference_model(self) -> tuple[Any, contextlib.AbstractContextManager[Any]]:
+        if self.lora:
+            return self.model, self.model.disable_adapter()
+        if self._reference is None:
+            self._reference = AutoModelForCausalLM.from_pretrained(
+                self.base_model_path, dtype=torch.float32, device_map=self.device)
+            self._reference.eval().requires_grad_(False)
+        return self._reference, contextlib.nullcontext()
+
+    def save_final(self, ctx: TrainingContext, state: TrainingState, metrics: dict[str, float],
+                   metadata: dict[str, Any]) -> TrainingResult:
+        out = ctx.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(out)
+        return TrainingResult(output_dir=out, trained_tokens=state.trained_tokens,
+                              kind="lora_adapter" if self.lora else "fine_tuned",
+                              final_metrics=metrics, metadata=metadata)

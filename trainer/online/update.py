@@ -1,0 +1,140 @@
+"""The policy (and critic) update of one online-RL step: `update_epochs` passes over the step's
+rollouts in minibatches, each one optimizer step accumulated over micro-batches.
+
+Per token: the clipped surrogate (PPO), plus β·KL to the reference when the KL is in the loss
+(GRPO's way), minus the entropy bonus, plus the clipped value loss with a critic; reduced by the
+job's loss aggregation with the *minibatch's* denominators (`LossScale`), so splitting a
+minibatch into micro-batches does not change its gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from modeling.logprobs import gather_logprobs
+from trainer.algorithms.policy_gradient import (
+    LOSS_AGGREGATIONS,
+    LossScale,
+    approx_kl,
+    clipped_surrogate,
+    entropy_from_logits,
+    kl_penalty,
+)
+from trainer.algorithms.ppo import clipped_value_loss
+from trainer.algorithms.reductions import masked_count, masked_sum
+from trainer.loop import clip_and_step
+from trainer.online.batch import RolloutBatch
+from trainer.online.experience import LogitsFn, ValuesFn, chunks
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    update_epochs: int
+    minibatch_size: int
+    micro_batch_size: int
+    clip_low: float
+    clip_high: float
+    kl_in_loss: bool
+    kl_estimator: str
+    entropy_coefficient: float
+    loss_aggregation: str
+    max_new_tokens: int
+    max_grad_norm: float
+    value_coefficient: float = 0.0
+    value_clip: float | None = None
+
+
+@dataclass
+class Tally:
+    """Token-weighted sums of the update's statistics over every micro-batch it ran."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    """Per-token statistics, summed over tokens."""
+    tokens: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    """Losses, summed over minibatches (a micro-batch adds its share of its minibatch's)."""
+    optimizer_steps: int = 0
+    grad_norm: float = 0.0
+
+    def add(self, tokens: float, losses: dict[str, float], **sums: float) -> None:
+        self.tokens += tokens
+        for name, value in sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        for name, value in losses.items():
+            self.losses[name] = self.losses.get(name, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        steps = max(self.optimizer_steps, 1)
+        out = {name: value / max(self.tokens, 1.0) for name, value in self.sums.items()}
+        out.update({name: value / steps for name, value in self.losses.items()})
+        out["grad_norm"] = self.grad_norm / steps
+        return out
+
+
+@dataclass
+class PolicyUpdate:
+    policy: LogitsFn
+    """Logits of the response tokens, with gradient."""
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    settings: UpdateSettings
+    critic: ValuesFn | None = None
+
+    def run(self, batch: RolloutBatch, beta: float, generator: torch.Generator) -> dict[str, float]:
+        """Every epoch, every minibatch of a fresh order; the mean statistics."""
+        tally = Tally()
+        for _ in range(self.settings.update_epochs):
+            order = torch.randperm(batch.size, generator=generator).tolist()
+            for rows in chunks(batch.size, self.settings.minibatch_size):
+                self._minibatch(batch.select(order[rows]), beta, tally)
+        return tally.means()
+
+    def _minibatch(self, minibatch: RolloutBatch, beta: float, tally: Tally) -> None:
+        scale = LossScale.of(minibatch.mask, self.settings.max_new_tokens)
+        for rows in chunks(minibatch.size, self.settings.micro_batch_size):
+            micro = minibatch.select(list(range(rows.start, rows.stop)))
+            loss = self._loss(micro, beta, scale, tally)
+            loss.backward()
+        tally.grad_norm += clip_and_step(self.model, self.optimizer, self.scheduler,
+                                         self.settings.max_grad_norm)
+        tally.optimizer_steps += 1
+
+    def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale, tally: Tally) -> Tensor:
+        s, mask = self.settings, micro.mask
+        response_length = mask.shape[1]
+        logits = self.policy(micro.sequences, micro.attention_mask, response_length)  # (b,T,V)
+        logprobs = gather_logprobs(logits, micro.sequences[:, -response_length:])  # (b, T)
+        terms = clipped_surrogate(logprobs, micro.logprobs, micro.advantages, s.clip_low,
+                                  s.clip_high)
+        per_token = terms.loss  # (b, T)
+        entropy = entropy_from_logits(logits.float())  # (b, T)
+        if s.entropy_coefficient > 0:
+            per_token = per_token - s.entropy_coefficient * entropy
+        kl = kl_penalty(logprobs, micro.ref_logprobs, s.kl_estimator)  # type: ignore[arg-type]
+        if s.kl_in_loss and beta > 0:
+            per_token = per_token + beta * kl
+        loss = LOSS_AGGREGATIONS[s.loss_aggregation](per_token, mask, scale)
+        tokens = float(masked_count(mask))
+        losses = {"policy_loss": loss.item()}
+        sums: dict[str, float] = {
+            "clip_fraction": float(masked_sum(terms.clipped.float(), mask)),
+            "approx_kl": float(approx_kl(logprobs, micro.logprobs, mask)) * tokens,
+            "entropy": float(masked_sum(entropy.detach(), mask)),
+            "ratio": float(masked_sum(terms.ratio.detach(), mask)),
+        }
+        if self.critic is not None:
+            values = self.critic(micro.sequences, micro.attention_mask, response_length)
+            value_loss = LOSS_AGGREGATIONS["token_mean"](
+                clipped_value_loss(values, micro.values, micro.returns, s.value_clip),
+                mask, scale)
+            loss = loss + s.value_coefficient * value_loss
+            losses["value_loss"] = value_loss.item()
+        tally.add(tokens, losses, **sums)
+        return loss
+
