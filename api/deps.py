@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from api.files_service import FileService
 from api.jobs_service import JobService
 from api.projects_service import ProjectService
+from api.reward_check import RewardSpecCheck
 from api.state import ApiState
 from services.errors import Unauthorized
 from services.security import same_secret
@@ -68,7 +69,9 @@ FilesDep = Annotated[FileService, Depends(get_files)]
 
 def get_jobs(session: SessionDep, state: StateDep, project_id: ProjectId,
              files: FilesDep) -> JobService:
-    return JobService(session, project_id, files, state.enqueue)
+    settings = state.settings
+    check = RewardSpecCheck(settings.reward_url, settings.admin_key.get_secret_value())
+    return JobService(session, project_id, files, state.enqueue, check)
 
 
 JobsDep = Annotated[JobService, Depends(get_jobs)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
@@ -16,19 +17,24 @@ from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailab
 from services.ids import new_id
 from services.job_signals import notify_cancel
 from services.job_states import TERMINAL, JobStatus, record_event, transition
-from services.methods import allowed_purposes, describe
+from services.methods import allowed_purposes, describe, reward_spec
 from services.registry import get_visible_model
 
 Enqueue = Callable[[str], None]
+CheckReward = Callable[[dict[str, Any], str, str], bool]
+"""(spec, project, param) → whether the reward service could judge it; raises if it refused."""
 
 
 class JobService:
-    def __init__(self, session: Session, project_id: str, files: FileService, enqueue: Enqueue):
+    def __init__(self, session: Session, project_id: str, files: FileService, enqueue: Enqueue,
+                 check_reward: CheckReward | None = None):
         self.session, self.project_id = session, project_id
         self.files, self.enqueue = files, enqueue
+        self.check_reward = check_reward
 
     def create(self, request: JobCreate) -> Job:
         self._check_request(request)
+        reward_checked = self._check_reward(request)
         job = Job(
             id=new_id("ftjob"), project_id=self.project_id, model=request.model,
             training_file=request.training_file, validation_file=request.validation_file,
@@ -41,6 +47,9 @@ class JobService:
         self.session.flush()
         record_event(self.session, job.id, f"created fine-tuning job {job.id}", type="status",
                      data={"status": job.status})
+        if reward_checked is False:
+            record_event(self.session, job.id, "the reward service could not be reached to "
+                         "check the reward spec; the worker will check it when it scores")
         transition(self.session, job, JobStatus.QUEUED, "files validated; job queued")
         self.session.commit()
         try:
@@ -70,6 +79,14 @@ class JobService:
                 raise InvalidRequest(
                     f"{param} {file_id} has purpose {row.purpose!r}; {describe(request.method)} "
                     f"needs one of {', '.join(allowed)}", param=param)
+
+    def _check_reward(self, request: JobCreate) -> bool | None:
+        """None when the method scores nothing, else whether the reward service judged it."""
+        found = reward_spec(request.method)
+        if found is None or self.check_reward is None:
+            return None
+        spec, param = found
+        return self.check_reward(spec, self.project_id, param)
 
     def get(self, job_id: str) -> Job:
         job = self.session.get(Job, job_id)

@@ -95,10 +95,19 @@ def artifact_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_env(database_url: str, broker_url: str, artifact_root: Path,
+def session_reward_url(database_url: str) -> Iterator[str]:
+    """The reward service the session's api checks reward specs with (and workers score with,
+    unless a test gives them another)."""
+    with reward_service(database_url, admin_key=ADMIN_KEY, max_wait_ms=5.0) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url: str, broker_url: str, artifact_root: Path, session_reward_url: str,
                 tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The environment every alignd process of the test session runs with."""
     return {
+        "ALIGND_REWARD_URL": session_reward_url,
         "ALIGND_ENVIRONMENT": "test",
         "ALIGND_DATABASE_URL": database_url,
         "ALIGND_BROKER_URL": broker_url,

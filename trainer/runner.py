@@ -20,7 +20,7 @@ from services.db.models import Checkpoint, File, Job, JobMetric
 from services.ids import new_id
 from services.job_signals import CancelListener
 from services.job_states import JobStatus, record_event, transition
-from services.methods import Method
+from services.methods import Method, reward_spec
 from services.registry import fine_tuned_id, register_model, resolve_base_path
 from trainer.context import JobStopped, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
@@ -130,6 +130,7 @@ class JobRunner:
             training, validation = (self._rows(session, job.training_file),
                                     self._rows(session, job.validation_file))
             method = Method.model_validate(job.method)
+            reward = reward_spec(method)
             model_id, project_id = job.model, job.project_id
         checkpoint_root = self.store.directory("checkpoints", job_id)
         return method.type, TrainingContext(
@@ -143,7 +144,7 @@ class JobRunner:
             log=lambda message: self._event(job_id, message),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
             base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
-            project_id=project_id, reward=getattr(method.section, "reward", None),
+            project_id=project_id, reward=reward[0] if reward else None,
             reward_retry_seconds=self.reward_retry_seconds,
         )
 

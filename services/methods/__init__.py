@@ -130,16 +130,50 @@ def allowed_purposes(method: MethodBase) -> tuple[str, ...]:
     return entry.narrow_purposes(method.section) or entry.purposes
 
 
+def reward_spec(method: MethodBase) -> tuple[dict[str, Any], str] | None:
+    """The reward spec a job with this method scores with, and its path in the request
+    (`method.reinforcement.reward`); None for methods that score nothing."""
+    section = method.section
+    for owner, path in ((section, f"method.{method.type}.reward"),
+                        (section.hyperparameters,
+                         f"method.{method.type}.hyperparameters.reward")):
+        spec = getattr(owner, "reward", None)
+        if isinstance(spec, dict):
+            return spec, path
+    return None
+
+
 def describe(method: MethodBase) -> str:
     """"a reward_model job" (with what of its section narrows what the job accepts)."""
     return f"a {method.type} job{METHODS[method.type].detail(method.section)}"
 
 
 __all__ = [
-    "IMPLICIT_DEFAULTS", "IMPLICIT_ONLY", "IMPLICIT_PURPOSES", "METHODS", "METHOD_PURPOSES",
-    "METHOD_SECTIONS", "AlgorithmHyperparameters", "LoraConfig", "Method", "MethodBase",
-    "MethodSection", "MethodType", "OptimizerHyperparameters", "ReinforcementHyperparameters",
-    "ReinforcementMethod", "RewardModelHyperparameters", "RewardModelMethod", "RewardSpec",
-    "StrictModel", "SupervisedHyperparameters", "SupervisedMethod", "TrainingHyperparameters",
-    "ValueModelHyperparameters", "ValueModelMethod", "allowed_purposes", "describe",
+    "IMPLICIT_DEFAULTS",
+    "IMPLICIT_ONLY",
+    "IMPLICIT_PURPOSES",
+    "METHODS",
+    "METHOD_PURPOSES",
+    "METHOD_SECTIONS",
+    "AlgorithmHyperparameters",
+    "LoraConfig",
+    "Method",
+    "MethodBase",
+    "MethodSection",
+    "MethodType",
+    "OptimizerHyperparameters",
+    "ReinforcementHyperparameters",
+    "ReinforcementMethod",
+    "RewardModelHyperparameters",
+    "RewardModelMethod",
+    "RewardSpec",
+    "StrictModel",
+    "SupervisedHyperparameters",
+    "SupervisedMethod",
+    "TrainingHyperparameters",
+    "ValueModelHyperparameters",
+    "ValueModelMethod",
+    "allowed_purposes",
+    "describe",
+    "reward_spec",
 ]

@@ -5,6 +5,7 @@ consumes the queue here."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,6 +81,12 @@ def test_openais_grader_and_no_algorithm_is_a_grpo_job(client: httpx.Client,
      f"{HYPERPARAMETERS}.policy_filter.keep", "less than group_size (4)"),
     ({"reward": EXACT, "hyperparameters": {"max_new_tokens": 64, "max_seq_length": 64}},
      f"{HYPERPARAMETERS}.max_new_tokens", "less than max_seq_length (64)"),
+    # Specs the reward service refuses (the api asks it before storing anything):
+    ({"reward": {"type": "reward_model", "model": "rm-nobody-has"}}, f"{SECTION}.reward.model",
+     "model 'rm-nobody-has' does not exist"),
+    ({"reward": {"type": "python", "name": "p", "source": "def grade(sample, item:\n"}},
+     f"{SECTION}.reward.source", "does not compile"),
+    ({"grader": {**EXACT, "operation": "regex"}}, f"{SECTION}.reward.operation", "'eq'"),
 ])
 def test_bad_reinforcement_jobs_are_400s_that_store_nothing(
     client: httpx.Client, prompts: str, database_url: str, section: dict[str, Any], param: str,
@@ -103,3 +110,32 @@ def test_a_reinforcement_job_trains_on_prompts_only(client: httpx.Client, prompt
     assert "purpose 'preference'; a reinforcement job needs one of prompts" in error["message"]
     _, after = job_rows(database_url, "")
     assert after == before
+
+
+def test_another_projects_reward_model_is_refused_as_unknown(
+    client: httpx.Client, admin: httpx.Client, prompts: str, database_url: str,
+    tiny_model_dir: Path,
+) -> None:
+    from services.db.engine import session_factory, session_scope
+    from services.registry import register_model
+    from tests.conftest import new_project
+
+    other, _ = new_project(admin)
+    model_id = f"rm-{other}"
+    with session_scope(session_factory(database_url)) as session:
+        register_model(session, model_id=model_id, project_id=other, kind="reward_model",
+                       path=str(tiny_model_dir), base_model=BASE_MODEL_ID, job_id="job-x")
+    _, before = job_rows(database_url, "")
+    error = assert_envelope(create(client, prompts, {"reward": {"type": "reward_model",
+                                                                "model": model_id}}), 400)
+    assert error["param"] == f"{SECTION}.reward.model", error
+    assert f"model {model_id!r} does not exist" in error["message"]
+    assert job_rows(database_url, "")[1] == before
+
+
+def test_a_reward_service_that_cannot_be_reached_gives_no_verdict() -> None:
+    from api.reward_check import RewardSpecCheck
+    from services.web import free_port
+
+    check = RewardSpecCheck(f"http://127.0.0.1:{free_port()}", None, timeout=2)
+    assert check(EXACT, "proj-x", f"{SECTION}.reward") is False
