@@ -17,7 +17,7 @@ from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailab
 from services.ids import new_id
 from services.job_signals import notify_cancel
 from services.job_states import TERMINAL, JobStatus, record_event, transition
-from services.methods import allowed_purposes, describe, reward_spec
+from services.methods import allowed_purposes, describe, named_models, reward_spec
 from services.registry import get_visible_model
 
 Enqueue = Callable[[str], None]
@@ -69,6 +69,15 @@ class JobService:
         if base.kind == "lora_adapter":
             raise InvalidRequest(f"model {request.model!r} is a LoRA adapter; fine-tune its base "
                                  f"model {base.base_model!r} instead", param="model")
+        for model_id, param, kinds in named_models(request.method):
+            try:
+                named = get_visible_model(self.session, self.project_id, model_id, param=param)
+            except NotFound as exc:  # a model the request names: the request is what is wrong
+                raise InvalidRequest(exc.message, param=param, code=exc.code) from exc
+            if named.kind not in kinds:
+                raise InvalidRequest(f"{param.rsplit('.', 1)[-1]} {model_id!r} is a "
+                                     f"{named.kind}; it must be a {' or '.join(kinds)}",
+                                     param=param, code="wrong_model_kind")
         allowed = allowed_purposes(request.method)
         for param in ("training_file", "validation_file"):
             file_id = getattr(request, param)

@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -111,8 +112,10 @@ def save_checkpoint(
     scheduler: LRScheduler,
     tokenizer: SavesPretrained | None = None,
     loop_state: dict[str, Any] | None = None,
+    write_more: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `root/step-{state.step}` atomically and return its path."""
+    """Write `root/step-{state.step}` atomically and return its path; ``write_more`` adds
+    what else the method keeps (e.g. a critic) into the folder before it is renamed."""
     final = checkpoint_dir(root, state.step)
     partial = final.with_name(final.name + ".tmp")
     shutil.rmtree(partial, ignore_errors=True)  # left by a run that died mid-write
@@ -126,6 +129,8 @@ def save_checkpoint(
     (partial / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     if loop_state:
         (partial / LOOP_STATE_FILE).write_text(json.dumps(loop_state, indent=2))
+    if write_more is not None:
+        write_more(partial)
     if final.exists():  # the same step written again after a crash that followed the rename
         shutil.rmtree(final)
     os.replace(partial, final)

@@ -52,6 +52,9 @@ class TrainingContext:
     reward: dict[str, Any] | None = None
     """The reward spec of the job's method section, for methods that score outside their
     hyperparameters (reinforcement)."""
+    resolve_model: Callable[[str], Path] | None = None
+    """The folder of a registered model the job's project may use (a critic's reward model);
+    raises ValueError for one it may not."""
     reward_retry_seconds: float = 0.0
     """How long an unavailable reward service is retried (with backoff) before the job fails."""
 

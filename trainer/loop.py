@@ -23,7 +23,7 @@ from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import get_scheduler
 
-from services.methods import TrainingHyperparameters
+from services.methods import OptimizerHyperparameters, TrainingHyperparameters
 from trainer.checkpoint import (
     TrainingState,
     load_checkpoint,
@@ -54,7 +54,7 @@ def count_steps(n_rows: int, hp: TrainingHyperparameters) -> int:
     return steps if hp.max_steps is None else min(steps, hp.max_steps)
 
 
-def build_optimizer(model: nn.Module, hp: TrainingHyperparameters) -> AdamW:
+def build_optimizer(model: nn.Module, hp: OptimizerHyperparameters) -> AdamW:
     """AdamW on the trainable parameters; like nanoGPT, biases and norm gains are not decayed."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -65,7 +65,7 @@ def build_optimizer(model: nn.Module, hp: TrainingHyperparameters) -> AdamW:
 
 
 def build_scheduler(
-    optimizer: Optimizer, hp: TrainingHyperparameters, total_steps: int
+    optimizer: Optimizer, hp: OptimizerHyperparameters, total_steps: int
 ) -> LRScheduler:
     return get_scheduler(
         SCHEDULER_NAMES[hp.lr_scheduler],
@@ -154,6 +154,9 @@ class StepLoop(ABC):
     def load_loop_state(self, state: dict[str, Any]) -> None:
         """Restore what `loop_state` returned."""
 
+    def write_checkpoint_extras(self, checkpoint: Path) -> None:
+        """Write what else the method keeps into a checkpoint folder being written."""
+
     def next_rows(self) -> list[int]:
         """The next step's row indices: the stream from where the run is."""
         n_rows = self.n_rows
@@ -198,6 +201,7 @@ class StepLoop(ABC):
             self.scheduler,
             tokenizer=self.tokenizer,
             loop_state=self.loop_state(),
+            write_more=self.write_checkpoint_extras,
         )
         prune_checkpoints(self.ctx.checkpoint_root, keep=CHECKPOINTS_KEPT)
         self.ctx.on_checkpoint(self.state.step, path, metrics)

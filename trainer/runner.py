@@ -17,11 +17,17 @@ from services.artifacts import LocalArtifactStore
 from services.datasets import read_rows
 from services.db.engine import session_factory, session_scope
 from services.db.models import Checkpoint, File, Job, JobMetric
+from services.errors import NotFound
 from services.ids import new_id
 from services.job_signals import CancelListener
 from services.job_states import JobStatus, record_event, transition
 from services.methods import Method, reward_spec
-from services.registry import fine_tuned_id, register_model, resolve_base_path
+from services.registry import (
+    fine_tuned_id,
+    get_visible_model,
+    register_model,
+    resolve_base_path,
+)
 from trainer.context import JobStopped, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
 
@@ -146,7 +152,15 @@ class JobRunner:
             base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
             project_id=project_id, reward=reward[0] if reward else None,
             reward_retry_seconds=self.reward_retry_seconds,
+            resolve_model=lambda model_id: self._model_path(project_id, model_id),
         )
+
+    def _model_path(self, project_id: str, model_id: str) -> Path:
+        with session_scope(self.sessions) as session:
+            try:
+                return Path(get_visible_model(session, project_id, model_id).path)
+            except NotFound as exc:
+                raise ValueError(exc.message) from exc
 
     def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:
         """Once, after the listener is up: a cancellation notified before then is in the row."""

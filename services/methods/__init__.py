@@ -143,6 +143,19 @@ def reward_spec(method: MethodBase) -> tuple[dict[str, Any], str] | None:
     return None
 
 
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {"critic_model": ("reward_model",)}
+"""Hyperparameters that name a registered model, and the kinds each may be."""
+
+
+def named_models(method: MethodBase) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(model id, its path in the request, the kinds it may be) of every registered model the
+    method's hyperparameters name, e.g. PPO's critic_model."""
+    hp = method.hyperparameters
+    return [(model_id, f"method.{method.type}.hyperparameters.{name}", kinds)
+            for name, kinds in MODEL_FIELDS.items()
+            if isinstance(model_id := getattr(hp, name, None), str)]
+
+
 def describe(method: MethodBase) -> str:
     """"a reward_model job" (with what of its section narrows what the job accepts)."""
     return f"a {method.type} job{METHODS[method.type].detail(method.section)}"
@@ -175,5 +188,5 @@ __all__ = [
     "ValueModelMethod",
     "allowed_purposes",
     "describe",
-    "reward_spec",
+    "named_models", "reward_spec",
 ]

@@ -118,7 +118,7 @@ def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tm
 
 
 @pytest.mark.parametrize("algorithm, extra", [
-    ("rloo", {}), ("remax", {}), ("ngrpo", {}),
+    ("rloo", {}), ("remax", {}), ("ngrpo", {}), ("ppo", {}),
     ("grpo", {"policy_filter": {"strategy": "best_random", "keep": 2}}),
 ])
 def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
@@ -128,18 +128,27 @@ def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
     assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, (algorithm, curve)
     if extra:
         assert recorder.metrics[1]["filtered_fraction"] == 0.5
+    if algorithm == "ppo":  # a critic learns beside the policy; the KL is in the reward
+        assert all(m["value_loss"] > 0 for m in recorder.metrics.values())
+        assert recorder.metrics[10]["kl"] > 0 and recorder.metrics[10]["kl_coefficient"] == 0.05
 
 
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_a_stopped_job_resumes_to_the_weights_of_an_uninterrupted_one(
-        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
+        base_model_path: Path, tmp_path: Path, reward_url: str, algorithm: str) -> None:
     settings: dict[str, Any] = {"max_steps": 4, "checkpoint_every": 2, "update_epochs": 2,
                                 "minibatch_size": 16, "reward_normalization": "running"}
-    uninterrupted, whole = train(tmp_path / "a", base_model_path, reward_url, **settings)
+    uninterrupted, whole = train(tmp_path / "a", base_model_path, reward_url,
+                                 algorithm=algorithm, **settings)
     with pytest.raises(JobStopped):
         train(tmp_path / "b", base_model_path, reward_url, Recorder(stop_after_step=3),
-              **settings)
+              algorithm=algorithm, **settings)
+    if algorithm == "ppo":  # the critic, its optimizer and the KL controller are kept too
+        kept = tmp_path / "b" / "checkpoints" / "step-2"
+        assert {"critic", "critic_optimizer.pt", "loop_state.json"} <= \
+            {path.name for path in kept.iterdir()}
     resumed_recorder = Recorder()
-    chosen = method(**settings)
+    chosen = method(algorithm, **settings)
     ctx = context(tmp_path / "b", base_model_path, chosen.hyperparameters, prompt_rows(40),
                   resumed_recorder, reward=DIGIT_SHARE, reward_url=reward_url,
                   resume_from=tmp_path / "b" / "checkpoints" / "step-2")
@@ -180,3 +189,36 @@ def test_a_reward_service_that_restarts_is_retried_until_it_answers(database_url
     item = {"prompt": "1+1=", "response": "2", "item": {}}
     scores = score_items(f"http://127.0.0.1:{port}", [item], DIGIT_SHARE, retry_seconds=30)
     assert started.is_set() and scores == [1.0]
+
+
+def test_a_ppo_critic_starts_from_a_named_reward_model(base_model_path: Path,
+                                                      tmp_path: Path) -> None:
+    """Its trunk and classifier head: V at the last token is the reward model's score."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trainer.online.critic import Critic, critic_source
+    from trainer.online.experience import pack
+
+    reward_model = AutoModelForSequenceClassification.from_pretrained(
+        base_model_path, num_labels=1, pad_token_id=0)
+    torch.nn.init.normal_(reward_model.score.weight, std=0.5)
+    reward_model.save_pretrained(tmp_path / "rm")
+    source, fresh_head = critic_source(base_model_path, tmp_path / "rm")
+    assert (source, fresh_head) == (tmp_path / "rm", False)
+    hp = method("ppo").hyperparameters
+    critic = Critic.load(source, fresh_head, 0, torch.device("cpu"), hp, 10, None)
+    sequences, attention_mask, mask = pack([[1, 5, 6], [1, 7]], [[8, 9, 2], [10]], 0,
+                                           torch.device("cpu"))
+    with torch.no_grad():
+        values = critic.values(sequences, attention_mask, mask.shape[1])  # (2, T)
+        scores = reward_model.eval()(input_ids=sequences[:1], attention_mask=attention_mask[:1]
+                                     ).logits[0, 0]
+    # V(s_T-1) of row 0 reads the state before its last token: the reward model on all but it
+    with torch.no_grad():
+        before_last = reward_model(input_ids=sequences[:1, :-1],
+                                   attention_mask=attention_mask[:1, :-1]).logits[0, 0]
+    assert values[0, 2].item() == pytest.approx(before_last.item(), abs=1e-4)
+    assert scores.item() != pytest.approx(0.0)
+    fresh = Critic.load(base_model_path, True, 0, torch.device("cpu"), hp, 10, None)
+    with torch.no_grad():
+        assert torch.count_nonzero(fresh.values(sequences, attention_mask, mask.shape[1])) == 0

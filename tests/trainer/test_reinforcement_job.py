@@ -59,7 +59,7 @@ def test_every_algorithm_raises_its_reward_and_its_model_is_served(
                        hyperparameters=FAST),
         **{algorithm: create(client, training, algorithm=algorithm, reward=DIGIT_SHARE,
                              hyperparameters=FAST)
-           for algorithm in ("rloo", "remax", "ngrpo")},
+           for algorithm in ("rloo", "remax", "ngrpo", "ppo")},
     }
     for algorithm, job_id in jobs.items():
         job = wait_status(client, job_id, {"succeeded", "failed"}, 600, worker)

@@ -1,4 +1,5 @@
-"""Online RL jobs (GRPO, RLOO, ReMax, NGRPO, PF-PPO filtering): `trainer.online.loop`."""
+"""Online RL jobs (GRPO, RLOO, ReMax, NGRPO, PPO with a critic; PF-PPO filtering with any of
+them): `trainer.online.loop`."""
 
 from __future__ import annotations
 

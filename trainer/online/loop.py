@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from modeling.sequences import UNLIMITED, encode_prompt
-from services.methods.reinforcement import ReinforcementHyperparameters
+from services.methods.reinforcement import PpoHyperparameters, ReinforcementHyperparameters
 from trainer.algorithms.kl_control import KLController
 from trainer.algorithms.pf_ppo import filter_rollouts
 from trainer.algorithms.registry import AdvantageOptions, Algorithm, get_algorithm
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import StepLoop, StepOutcome
 from trainer.online.batch import RolloutBatch
+from trainer.online.critic import Critic, critic_source
 from trainer.online.experience import (
     ExperienceMaker,
     Scored,
@@ -56,12 +58,13 @@ class OnlineLoop(StepLoop):
             raise ValueError("no reward service to score responses with; set "
                              "ALIGND_REWARD_URL for the worker")
         self.algorithm: Algorithm = get_algorithm(self.hp.algorithm)
-        self.policy = Policy.load(ctx, self.hp, with_critic=self.algorithm.needs_critic)
+        self.policy = Policy.load(ctx, self.hp)
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
         self.prompts = self._encode(ctx.training_rows, "training")
         self.valid_prompts = self._encode(ctx.validation_rows or [], "validation")
         self.total_steps = self.hp.max_steps
         self.optimizer, self.scheduler = self.policy.optimizer(self.hp, self._optimizer_steps())
+        self.critic = self._critic() if self.algorithm.needs_critic else None
         self.kl = KLController(self.hp.beta, self.hp.kl_target, self.hp.kl_horizon)
         self.normalize = RewardNormalizer(self.hp.reward_normalization, self.hp.reward_clip)
         self.sampler = Sampler(ctx.base_model_path, self.tokenizer, device=str(self.policy.device),
@@ -70,7 +73,7 @@ class OnlineLoop(StepLoop):
         self.experience = self._experience_maker()
         self.update = PolicyUpdate(self.policy.logits(self.hp.temperature), self.model,
                                    self.optimizer, self.scheduler, self._update_settings(),
-                                   critic=self.policy.values)
+                                   critic=self.critic)
         self.resume(ctx.resume_from)
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -86,6 +89,18 @@ class OnlineLoop(StepLoop):
                     f"{self.policy.context_length}) minus max_new_tokens "
                     f"({self.hp.max_new_tokens}) leaves {room}; shorten it or raise the limit")
         return prompts
+
+    def _critic(self) -> Critic:
+        hp = self.hp
+        assert isinstance(hp, PpoHyperparameters)
+        reward_model = None
+        if hp.critic_model is not None:
+            if self.ctx.resolve_model is None:
+                raise ValueError("critic_model needs the model registry, which this run has not")
+            reward_model = self.ctx.resolve_model(hp.critic_model)
+        source, fresh_head = critic_source(self.ctx.base_model_path, reward_model)
+        return Critic.load(source, fresh_head, self.policy.pad_id, self.policy.device, hp,
+                           self._optimizer_steps(), self.ctx.resume_from)
 
     def _optimizer_steps(self) -> int:
         per_step = -(-self.hp.sequences_per_step // self.minibatch_size)
@@ -103,7 +118,8 @@ class OnlineLoop(StepLoop):
         return ExperienceMaker(
             policy=model_logits(self.model, hp.temperature),
             reference=self.policy.reference_logits(hp.temperature) if hp.beta > 0 else None,
-            critic=self.policy.values, algorithm=self.algorithm, options=options,
+            critic=self.critic.values if self.critic else None, algorithm=self.algorithm,
+            options=options,
             kl_estimator=hp.kl_estimator, kl_in_reward=hp.kl_in == "reward",
             whiten_advantages=hp.whiten_advantages, micro_batch_size=hp.micro_batch_size,
             pad_id=self.policy.pad_id, device=self.policy.device)
@@ -136,6 +152,10 @@ class OnlineLoop(StepLoop):
 
     def loop_state(self) -> dict[str, Any]:
         return {"kl": self.kl.state_dict(), "rewards": self.normalize.state_dict()}
+
+    def write_checkpoint_extras(self, checkpoint: Path) -> None:
+        if self.critic is not None:
+            self.critic.save(checkpoint)
 
     def load_loop_state(self, state: dict[str, Any]) -> None:
         if state:

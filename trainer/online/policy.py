@@ -25,7 +25,7 @@ from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import build_optimizer, build_scheduler, pick_device
 from trainer.methods.supervised import load_model
-from trainer.online.experience import LogitsFn, ValuesFn
+from trainer.online.experience import LogitsFn
 
 
 @dataclass
@@ -39,16 +39,10 @@ class Policy:
     """The model's max_position_embeddings."""
     base_model_path: str
     lora: bool
-    values: ValuesFn | None = None
-    """The critic's values (PPO), else None."""
     _reference: Any = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, ctx: TrainingContext, hp: ReinforcementHyperparameters,
-             with_critic: bool) -> Policy:
-        if with_critic:
-            raise ValueError("algorithm 'ppo' needs a critic, which this worker version does "
-                             "not train yet; use grpo, rloo, remax or ngrpo")
+    def load(cls, ctx: TrainingContext, hp: ReinforcementHyperparameters) -> Policy:
         transformers.set_seed(ctx.seed)
         device = pick_device()
         tokenizer = AutoTokenizer.from_pretrained(ctx.base_model_path)
@@ -63,8 +57,8 @@ class Policy:
 
     def optimizer(self, hp: ReinforcementHyperparameters,
                   total_steps: int) -> tuple[Optimizer, LRScheduler]:
-        optimizer = build_optimizer(self.model, hp)  # type: ignore[arg-type]
-        return optimizer, build_scheduler(optimizer, hp, total_steps)  # type: ignore[arg-type]
+        optimizer = build_optimizer(self.model, hp)
+        return optimizer, build_scheduler(optimizer, hp, total_steps)
 
     def logits(self, temperature: float) -> LogitsFn:
         """The policy's response logits, with gradient."""

@@ -29,7 +29,8 @@ from trainer.algorithms.ppo import clipped_value_loss
 from trainer.algorithms.reductions import masked_count, masked_sum
 from trainer.loop import clip_and_step
 from trainer.online.batch import RolloutBatch
-from trainer.online.experience import LogitsFn, ValuesFn, chunks
+from trainer.online.critic import Critic
+from trainer.online.experience import LogitsFn, chunks
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Tally:
     """Losses, summed over minibatches (a micro-batch adds its share of its minibatch's)."""
     optimizer_steps: int = 0
     grad_norm: float = 0.0
+    critic_grad_norm: float = 0.0
 
     def add(self, tokens: float, losses: dict[str, float], **sums: float) -> None:
         self.tokens += tokens
@@ -73,6 +75,8 @@ class Tally:
         out = {name: value / max(self.tokens, 1.0) for name, value in self.sums.items()}
         out.update({name: value / steps for name, value in self.losses.items()})
         out["grad_norm"] = self.grad_norm / steps
+        if self.critic_grad_norm:
+            out["critic_grad_norm"] = self.critic_grad_norm / steps
         return out
 
 
@@ -84,7 +88,7 @@ class PolicyUpdate:
     optimizer: Optimizer
     scheduler: LRScheduler
     settings: UpdateSettings
-    critic: ValuesFn | None = None
+    critic: Critic | None = None
 
     def run(self, batch: RolloutBatch, beta: float, generator: torch.Generator) -> dict[str, float]:
         """Every epoch, every minibatch of a fresh order; the mean statistics."""
@@ -103,6 +107,8 @@ class PolicyUpdate:
             loss.backward()
         tally.grad_norm += clip_and_step(self.model, self.optimizer, self.scheduler,
                                          self.settings.max_grad_norm)
+        if self.critic is not None:
+            tally.critic_grad_norm += self.critic.step()
         tally.optimizer_steps += 1
 
     def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale, tally: Tally) -> Tensor:
@@ -129,7 +135,8 @@ class PolicyUpdate:
             "ratio": float(masked_sum(terms.ratio.detach(), mask)),
         }
         if self.critic is not None:
-            values = self.critic(micro.sequences, micro.attention_mask, response_length)
+            values = self.critic.values(micro.sequences, micro.attention_mask,
+                                        response_length)
             value_loss = LOSS_AGGREGATIONS["token_mean"](
                 clipped_value_loss(values, micro.values, micro.returns, s.value_clip),
                 mask, scale)
