@@ -1,7 +1,9 @@
 """`alignd demo`: build the demo world, start the embedded stack, fine-tune the demo model
 through the HTTP api, show held-out exact-match accuracy before and after, ask both models
-a few held-out problems through the inference service, then train a reward model on the
-preference pairs and show how well it ranks held-out pairs through the reward service."""
+a few held-out problems through the inference service, improve the fine-tuned model further
+with GRPO against the task's grader (held-out exact match before and after), then train a
+reward model on the preference pairs and show how well it ranks held-out pairs through the
+reward service."""
 
 from __future__ import annotations
 
@@ -53,8 +55,8 @@ def _project_key(settings: AlignSettings) -> str:
 
 
 def _follow(client: AlignClient, job_id: str, steps: int, console: Console,
-            label: str = "fine-tuning") -> dict[str, Any]:
-    """Print the job's events and drive a progress bar from its train_loss series."""
+            label: str = "fine-tuning", metric: str = "train_loss") -> dict[str, Any]:
+    """Print the job's events and drive a progress bar from one of its metric series."""
     job: dict[str, Any] = {}
     with _progress(console) as progress:
         task = progress.add_task(label, total=steps)
@@ -63,17 +65,18 @@ def _follow(client: AlignClient, job_id: str, steps: int, console: Console,
                 if event["type"] != "checkpoint":
                     progress.console.log(event["message"])
                 continue
-            _show_loss(client, job_id, progress, task, label)
-        _show_loss(client, job_id, progress, task, label)
+            _show_metric(client, job_id, progress, task, label, metric)
+        _show_metric(client, job_id, progress, task, label, metric)
     return job
 
 
-def _show_loss(client: AlignClient, job_id: str, progress: Progress, task: TaskID,
-               label: str) -> None:
-    loss = client.metrics(job_id, ["train_loss"])
-    if loss:
-        progress.update(task, completed=loss[0]["steps"][-1],
-                        description=f"{label} (loss {loss[0]['values'][-1]:.3f})")
+def _show_metric(client: AlignClient, job_id: str, progress: Progress, task: TaskID,
+                 label: str, metric: str) -> None:
+    series = client.metrics(job_id, [metric])
+    if series:
+        name = metric.replace("train_loss", "loss").replace("_", " ")
+        progress.update(task, completed=series[0]["steps"][-1],
+                        description=f"{label} ({name} {series[0]['values'][-1]:.3f})")
 
 
 def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) -> dict[str, Any]:
@@ -89,6 +92,28 @@ def _fine_tune(client: AlignClient, world: Any, steps: int, console: Console) ->
                                     "supervised": {"hyperparameters": hyperparameters}})
     console.print(f"created job [bold]{job['id']}[/]")
     return _follow(client, job["id"], steps, console)
+
+
+EXACT_ANSWER = {"type": "string_check", "name": "exact", "operation": "eq",
+                "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
+"""The demo task's grader as a reward spec: 1 when the response is the answer, else 0."""
+GRPO_HYPERPARAMETERS = {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 6,
+                        "learning_rate": 2e-5, "checkpoint_every": 20}
+
+
+def _reinforce(client: AlignClient, world: Any, sft: dict[str, Any], steps: int,
+               console: Console) -> dict[str, Any]:
+    """GRPO on the demo's prompts from the fine-tuned model, rewarded by the exact answer."""
+    prompts = client.upload_file(world.prompts, "prompts")
+    job = client.create_job(model=sft["fine_tuned_model"], training_file=prompts["id"],
+                            suffix="grpo", seed=0, method={
+                                "type": "reinforcement", "reinforcement": {
+                                    "algorithm": "grpo", "reward": EXACT_ANSWER,
+                                    "hyperparameters": {**GRPO_HYPERPARAMETERS,
+                                                        "max_steps": steps}}})
+    console.print(f"created GRPO job [bold]{job['id']}[/] on {prompts['id']} "
+                  f"({prompts['line_count']} prompts), rewarded by the exact answer")
+    return _follow(client, job["id"], steps, console, label="GRPO", metric="reward_mean")
 
 
 REWARD_EPOCHS, REWARD_BATCH = 3, 32
@@ -133,17 +158,27 @@ def _ranking_table(settings: AlignSettings, key: str, world: Any, job: dict[str,
     return table
 
 
-def _accuracy_table(settings: AlignSettings, world: Any, job: dict[str, Any]) -> Table:
+def _accuracy_table(settings: AlignSettings, world: Any, before: tuple[str, Path],
+                    job: dict[str, Any]) -> Table:
+    """Held-out exact match of the model ``before`` (its id and folder) and of ``job``'s."""
     from trainer.demo_world.evaluate import exact_match_accuracy
 
     rows = [json.loads(line) for line in world.eval_prompts.read_text().splitlines() if line]
-    before = exact_match_accuracy(world.base_model, rows)
-    after = exact_match_accuracy(settings.artifacts_dir / "models" / job["id"], rows)
     table = Table("model", "held-out exact match", title=f"{len(rows)} held-out problems")
     table.columns[0].min_width = len(job["fine_tuned_model"])
-    table.add_row(DEMO_MODEL, f"{before:.1%}")
-    table.add_row(job["fine_tuned_model"], f"{after:.1%}")
+    for name, folder in (before, (job["fine_tuned_model"], _model_dir(settings, job))):
+        table.add_row(name, f"{exact_match_accuracy(folder, rows):.1%}")
     return table
+
+
+def _model_dir(settings: AlignSettings, job: dict[str, Any]) -> Path:
+    return settings.artifacts_dir / "models" / job["id"]
+
+
+def _check(job: dict[str, Any], console: Console) -> None:
+    if job["status"] != "succeeded":
+        console.print(f"[red]job {job['id']} {job['status']}[/]: {job.get('error')}")
+        raise SystemExit(1)
 
 
 def _ask(settings: AlignSettings, key: str, world: Any, job: dict[str, Any]) -> Table:
@@ -178,7 +213,8 @@ def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
 
 
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
-             demo_dir: Path | None, steps: int, pretrain_steps: int | None = None) -> None:
+             demo_dir: Path | None, steps: int, pretrain_steps: int | None = None,
+             grpo_steps: int = 40) -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # rich draws this command's progress
@@ -191,17 +227,18 @@ def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
         key = _project_key(settings)
         with AlignClient(settings.api_url, key) as client:
             job = _fine_tune(client, world, steps, console)
-        if job["status"] != "succeeded":
-            console.print(f"[red]job {job['id']} {job['status']}[/]: {job.get('error')}")
-            raise SystemExit(1)
-        console.print(_accuracy_table(settings, world, job))
+        _check(job, console)
+        console.print(_accuracy_table(settings, world, (DEMO_MODEL, world.base_model), job))
         console.print(_ask(settings, key, world, job))
+        if grpo_steps:
+            with AlignClient(settings.api_url, key) as client:
+                grpo_job = _reinforce(client, world, job, grpo_steps, console)
+            _check(grpo_job, console)
+            console.print(_accuracy_table(settings, world, (job["fine_tuned_model"],
+                                                            _model_dir(settings, job)), grpo_job))
         with AlignClient(settings.api_url, key) as client:
             reward_job = _reward_model(client, world, console)
-        if reward_job["status"] != "succeeded":
-            console.print(f"[red]job {reward_job['id']} {reward_job['status']}[/]: "
-                          f"{reward_job.get('error')}")
-            raise SystemExit(1)
+        _check(reward_job, console)
         console.print(_ranking_table(settings, key, world, reward_job))
         _print_next_steps(console, stack, key)
     except BaseException:

@@ -82,12 +82,14 @@ def demo(
     steps: Annotated[int, typer.Option(help="supervised fine-tuning steps")] = 300,
     pretrain_steps: Annotated[int | None, typer.Option(
         help="pretraining steps of the demo model (default: the demo world's own)")] = None,
+    grpo_steps: Annotated[int, typer.Option(
+        help="GRPO steps after fine-tuning (0 skips the GRPO step)")] = 40,
 ) -> None:
-    """Build the demo world, start the stack, fine-tune over HTTP, report accuracy."""
+    """Build the demo world, start the stack, fine-tune over HTTP, then GRPO; report accuracy."""
     from cli.demo import run_demo
 
     run_demo(AlignSettings(), console, keep_running=keep_running, demo_dir=demo_dir, steps=steps,
-             pretrain_steps=pretrain_steps)
+             pretrain_steps=pretrain_steps, grpo_steps=grpo_steps)
 
 
 if __name__ == "__main__":

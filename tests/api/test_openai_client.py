@@ -46,3 +46,27 @@ def test_openai_client_sees_the_error_envelope(oai: openai.OpenAI, client: httpx
     assert info.value.param == "method.supervised.hyperparameters.batch_size"
     with pytest.raises(openai.NotFoundError):
         oai.fine_tuning.jobs.retrieve("ftjob-nope")
+
+
+def test_openai_client_creates_reinforcement_jobs(oai: openai.OpenAI,
+                                                  client: httpx.Client) -> None:
+    """OpenAI's own shape (a grader, no algorithm) and alignd's algorithms through extra_body,
+    as the README shows them."""
+    prompts = oai.files.create(file=("p.jsonl", jsonl([{"prompt": "1+1=", "answer": "2"}])),
+                               purpose="prompts")  # type: ignore[arg-type]
+    exact = {"type": "string_check", "name": "exact", "operation": "eq",
+             "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
+    job = oai.fine_tuning.jobs.create(
+        model=BASE_MODEL_ID, training_file=prompts.id, suffix="rl",
+        method={"type": "reinforcement",  # type: ignore[typeddict-item]
+                "reinforcement": {"grader": exact,
+                                  "hyperparameters": {"group_size": 8, "max_steps": 40}}})
+    section = client.get(f"/v1/fine_tuning/jobs/{job.id}").json()["method"]["reinforcement"]
+    assert section["algorithm"] == "grpo" and section["reward"] == exact
+    assert section["hyperparameters"]["group_size"] == 8
+    rloo = oai.fine_tuning.jobs.create(
+        model=BASE_MODEL_ID, training_file=prompts.id, suffix="rloo",
+        extra_body={"method": {"type": "reinforcement", "reinforcement": {
+            "algorithm": "rloo", "reward": exact, "hyperparameters": {"group_size": 4}}}})
+    assert client.get(f"/v1/fine_tuning/jobs/{rloo.id}").json()["method"]["reinforcement"][
+        "algorithm"] == "rloo"
