@@ -1,21 +1,26 @@
-"""The inference engine run in process, for trainers: the one entry `trainer` uses.
+"""The inference engines run in process, for trainers: the one entry `trainer` uses.
 
-A trainer samples rollouts through the same continuous-batching torch engine, sampling code and
-stop handling that serve requests. Models are folders by path (no registry), and a folder can
-be served from a model the trainer holds in memory (`pin`): the policy being trained is sampled
-from its live weights, with no copy and nothing written to disk between updates.
+A trainer samples rollouts through the engines that serve requests. Models are folders by path
+(no registry), and a folder can be served from a model the trainer holds in memory (`pin`):
 
-Calls are synchronous: the engine's requests run on an event loop of this object's own thread.
+- `LocalGenerator` runs the torch engine (continuous batching, the serving sampling code and
+  stop handling) over the pinned model's live weights: no copy, nothing written to disk;
+- `VllmGenerator` runs vLLM's engine in this process and pushes the pinned model's current
+  weights into it before a generation that follows an update (`refresh`; a LoRA policy's
+  adapter is merged into the pushed copy), as online RL frameworks do with vLLM.
+
+Calls are synchronous.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -23,7 +28,8 @@ from inference.catalog import FolderCatalog
 from inference.engines.base import GenerationRequest, SamplingOptions
 from inference.engines.torch_engine import TorchEngine
 
-__all__ = ["LocalGenerator", "Sample", "SamplingOptions", "stop_token_ids"]
+__all__ = ["Generator", "LocalGenerator", "Sample", "SamplingOptions", "VllmGenerator",
+           "stop_token_ids"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,23 @@ def stop_token_ids(model_path: str | Path, tokenizer: PreTrainedTokenizerBase) -
     return ids
 
 
+class Generator(Protocol):
+    def pin(self, folder: str | Path, model: Any) -> None:
+        """Serve ``model`` (held in memory) as the folder ``folder``."""
+
+    def refresh(self) -> None:
+        """Make the next generation see the pinned model's current weights."""
+
+    def generate(self, folder: str | Path, prompts: Sequence[list[int]],
+                 options: Sequence[SamplingOptions]) -> list[Sample]:
+        """One sample per prompt, in order."""
+
+    def close(self) -> None: ...
+
+
 class LocalGenerator:
+    """The torch engine; the pinned model is read live, so `refresh` has nothing to do."""
+
     def __init__(self, *, max_batch_size: int, device: str = "cpu") -> None:
         self._engine = TorchEngine(FolderCatalog(), max_batch_size=max_batch_size, device=device)
         self._loop = asyncio.new_event_loop()
@@ -62,6 +84,9 @@ class LocalGenerator:
         """Serve ``model`` (in memory, e.g. a policy in training) as the folder ``folder``,
         whose config and tokenizer it shares. Its weights are read live at every forward."""
         self._engine.pin(str(folder), model)
+
+    def refresh(self) -> None:
+        pass
 
     def generate(self, folder: str | Path, prompts: Sequence[list[int]],
                  options: Sequence[SamplingOptions]) -> list[Sample]:
@@ -91,3 +116,85 @@ class LocalGenerator:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+class VllmGenerator:
+    """vLLM's `LLM` over one model folder, in this process (its engine core too, so weights
+    can be pushed into it without a copy across processes)."""
+
+    def __init__(self, folder: str | Path, *, gpu_memory_utilization: float = 0.3,
+                 kv_cache_gib: float | None = None, seed: int = 0) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read by vLLM when it starts
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        kv_bytes = None if kv_cache_gib is None else int(kv_cache_gib * 2**30)
+        self.folder = str(folder)
+        self._llm = LLM(model=self.folder, tokenizer=self.folder, dtype="float32",
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        kv_cache_memory_bytes=kv_bytes, enforce_eager=on_cpu,
+                        distributed_executor_backend="uni" if on_cpu else None,
+                        logprobs_mode="raw_logprobs", disable_log_stats=True, seed=seed)
+        self._live: Any = None
+
+    def pin(self, folder: str | Path, model: Any) -> None:
+        if str(folder) != self.folder:
+            raise ValueError(f"this vLLM engine serves {self.folder}, not {folder}")
+        self._live = model
+
+    def refresh(self) -> None:
+        """Push the pinned model's weights (LoRA merged) into the engine: a reload of every
+        tensor, about 0.05 s for the demo model on CPU."""
+        if self._live is None:
+            return
+        weights = list(checkpoint_weights(self._live))
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                           "is_checkpoint_format": True})
+
+    def generate(self, folder: str | Path, prompts: Sequence[list[int]],
+                 options: Sequence[SamplingOptions]) -> list[Sample]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [SamplingParams(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
+                                 seed=o.seed, max_tokens=o.max_tokens, logprobs=0,
+                                 stop_token_ids=list(o.stop_token_ids), detokenize=False)
+                  for o in options]
+        outputs = self._llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                                     params, use_tqdm=False)
+        samples = []
+        for output in outputs:
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = [entry[token].logprob if entry else 0.0
+                        for entry, token in zip(completion.logprobs or [], ids, strict=True)]
+            samples.append(Sample(ids, logprobs, completion.finish_reason == "stop"))
+        return samples
+
+    def close(self) -> None:
+        self._llm.llm_engine.engine_core.shutdown()  # type: ignore[attr-defined]
+
+
+def checkpoint_weights(model: Any) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) of ``model`` as its checkpoint names them: a plain transformers model's
+    state dict, or a peft model's base weights with each LoRA layer's update added in
+    (W + scale·BA, computed apart: the trained weights are left untouched)."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+
+    if not isinstance(model, PeftModel):
+        yield from model.state_dict().items()
+        return
+    base = model.get_base_model()
+    merged = {f"{name}.weight": module for name, module in base.named_modules()
+              if isinstance(module, LoraLayer)}
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        plain = name.replace(".base_layer.", ".")
+        if plain in merged:
+            layer = merged[plain]
+            tensor = tensor + sum(layer.get_delta_weight(a)  # type: ignore[attr-defined]
+                                  for a in layer.active_adapters)
+        yield plain, tensor

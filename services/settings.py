@@ -93,6 +93,13 @@ class WorkerSettings(AlignSettings):
     """A queued job no worker has taken this long after its message was published is
     published again (a broker that lost its messages must not strand jobs)."""
     torch_threads: int | None = None
+    rollout_engine: Literal["torch", "vllm"] = "torch"
+    """The engine online RL samples from: the torch engine over the live weights, or vLLM's
+    (in the worker, the new weights pushed into it after each update)."""
+    rollout_vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    """The share of the GPU (on CPU, of RAM) the worker's vLLM engine takes for rollouts."""
+    rollout_vllm_kv_cache_gib: float | None = Field(default=None, gt=0)
+    """The worker's vLLM KV cache in GiB instead (recommended on CPU)."""
     reward_retry_seconds: float = Field(default=300.0, ge=0)
     """How long a job keeps retrying (with backoff) a reward service that is unreachable or
     answers 5xx, e.g. while it restarts, before the job fails."""

@@ -17,6 +17,16 @@ class JobStopped(Exception):
     """Raised inside a method when the job must stop now (cancelled, or the lease was lost)."""
 
 
+@dataclass(frozen=True)
+class RolloutEngine:
+    name: str = "torch"
+    """"torch": the torch engine over the live weights; "vllm": vLLM's, weights pushed."""
+    gpu_memory_utilization: float = 0.3
+    """vLLM: the share of the accelerator's memory (on CPU, of RAM) its engine takes."""
+    kv_cache_gib: float | None = None
+    """vLLM: its KV cache in GiB (recommended on CPU), instead of the share above."""
+
+
 @dataclass
 class TrainingContext:
     job_id: str
@@ -55,6 +65,8 @@ class TrainingContext:
     resolve_model: Callable[[str], Path] | None = None
     """The folder of a registered model the job's project may use (a critic's reward model);
     raises ValueError for one it may not."""
+    rollout_engine: RolloutEngine = field(default_factory=lambda: RolloutEngine())
+    """The engine online methods sample from."""
     reward_retry_seconds: float = 0.0
     """How long an unavailable reward service is retried (with backoff) before the job fails."""
 

@@ -28,7 +28,7 @@ from services.registry import (
     register_model,
     resolve_base_path,
 )
-from trainer.context import JobStopped, TrainingContext, TrainingResult
+from trainer.context import JobStopped, RolloutEngine, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,14 @@ class MetricsBuffer:
 class JobRunner:
     def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
                  lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None,
-                 reward_key: str | None = None, reward_retry_seconds: float = 0.0):
+                 reward_key: str | None = None, reward_retry_seconds: float = 0.0,
+                 rollout_engine: RolloutEngine | None = None):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
         self.reward_url, self.reward_key = reward_url, reward_key
         self.reward_retry_seconds = reward_retry_seconds
+        self.rollout_engine = rollout_engine or RolloutEngine()
 
     def run(self, job_id: str) -> str:
         outcome = claim(self.sessions, job_id, self.owner, self.lease_seconds)
@@ -151,7 +153,7 @@ class JobRunner:
             check_continue=lambda: self._check_continue(job_id, heartbeat),
             base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
             project_id=project_id, reward=reward[0] if reward else None,
-            reward_retry_seconds=self.reward_retry_seconds,
+            reward_retry_seconds=self.reward_retry_seconds, rollout_engine=self.rollout_engine,
             resolve_model=lambda model_id: self._model_path(project_id, model_id),
         )
 

@@ -17,6 +17,7 @@ from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
 from services.settings import WorkerSettings
+from trainer.context import RolloutEngine
 from trainer.lease import sweep_expired, sweep_unclaimed
 from trainer.runner import JobRunner
 
@@ -30,7 +31,10 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     runner = JobRunner(url, LocalArtifactStore(settings.artifacts_dir), owner,
                        settings.lease_seconds, settings.heartbeat_seconds, settings.reward_url,
-                       settings.admin_key.get_secret_value(), settings.reward_retry_seconds)
+                       settings.admin_key.get_secret_value(), settings.reward_retry_seconds,
+                       RolloutEngine(settings.rollout_engine,
+                                     settings.rollout_vllm_gpu_memory_utilization,
+                                     settings.rollout_vllm_kv_cache_gib))
     app = make_celery(settings)
 
     @app.task(name=TASK_RUN_JOB)

@@ -20,7 +20,7 @@ from services.settings import RewardSettings
 from services.web import ServerThread, free_port
 from tests.conftest import reward_service as reward_service_at
 from tests.trainer.test_supervised import Recorder, context
-from trainer.context import JobStopped, TrainingResult
+from trainer.context import JobStopped, RolloutEngine, TrainingResult
 from trainer.demo_world import save_random_base_model
 from trainer.methods import METHODS
 from trainer.online.scoring import score_items
@@ -64,11 +64,13 @@ def method(algorithm: str = "grpo", **hyperparameters: Any) -> Any:
 
 def train(workdir: Path, base: Path, reward_url: str, recorder: Recorder | None = None,
           rows: list[dict[str, Any]] | None = None, algorithm: str = "grpo",
+          rollout_engine: RolloutEngine | None = None,
           **hyperparameters: Any) -> tuple[TrainingResult, Recorder]:
     recorder = recorder or Recorder()
     chosen = method(algorithm, **hyperparameters)
     ctx = context(workdir, base, chosen.hyperparameters, rows or prompt_rows(40), recorder,
-                  reward=chosen.section.reward, reward_url=reward_url)
+                  reward=chosen.section.reward, reward_url=reward_url,
+                  rollout_engine=rollout_engine or RolloutEngine())
     return METHODS["reinforcement"](ctx), recorder
 
 

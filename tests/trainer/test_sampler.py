@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from inference.local import LocalGenerator
 from trainer.online.sampler import (
     Completion,
     RolloutOptions,
@@ -55,7 +56,8 @@ def test_a_live_model_is_sampled_from_its_current_weights_without_saving_them(
     prompts = [tokenizer(text)["input_ids"] for text in ("1+2=", "34-5=")]
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     policy.train()
-    sampler = Sampler(tiny_model_dir, tokenizer, batch_size=4, live_model=policy)
+    sampler = Sampler(tiny_model_dir, tokenizer, LocalGenerator(max_batch_size=4),
+                      live_model=policy)
     try:
         before = sampler.sample(prompts, config())
         assert policy.training  # given back in the mode it was in

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from inference.local import Generator, LocalGenerator, VllmGenerator
 from modeling.sequences import UNLIMITED, encode_prompt
 from services.methods.reinforcement import PpoHyperparameters, ReinforcementHyperparameters
 from trainer.algorithms.kl_control import KLController
@@ -67,8 +68,7 @@ class OnlineLoop(StepLoop):
         self.critic = self._critic() if self.algorithm.needs_critic else None
         self.kl = KLController(self.hp.beta, self.hp.kl_target, self.hp.kl_horizon)
         self.normalize = RewardNormalizer(self.hp.reward_normalization, self.hp.reward_clip)
-        self.sampler = Sampler(ctx.base_model_path, self.tokenizer, device=str(self.policy.device),
-                               batch_size=max(self.hp.prompts_per_step * self.hp.group_size, 1),
+        self.sampler = Sampler(ctx.base_model_path, self.tokenizer, self._generator(),
                                live_model=self.model)
         self.experience = self._experience_maker()
         self.update = PolicyUpdate(self.policy.logits(self.hp.temperature), self.model,
@@ -101,6 +101,15 @@ class OnlineLoop(StepLoop):
         source, fresh_head = critic_source(self.ctx.base_model_path, reward_model)
         return Critic.load(source, fresh_head, self.policy.pad_id, self.policy.device, hp,
                            self._optimizer_steps(), self.ctx.resume_from)
+
+    def _generator(self) -> Generator:
+        engine = self.ctx.rollout_engine
+        if engine.name == "vllm":
+            return VllmGenerator(self.ctx.base_model_path, seed=self.ctx.seed,
+                                 gpu_memory_utilization=engine.gpu_memory_utilization,
+                                 kv_cache_gib=engine.kv_cache_gib)
+        return LocalGenerator(max_batch_size=max(self.hp.prompts_per_step * self.hp.group_size,
+                                                 1), device=str(self.policy.device))
 
     def _optimizer_steps(self) -> int:
         per_step = -(-self.hp.sequences_per_step // self.minibatch_size)
@@ -173,6 +182,7 @@ class OnlineLoop(StepLoop):
         batch = self.experience.make(kept, self.normalize(kept.rewards), self.kl.value)
         generator = torch.Generator().manual_seed(step_seed(self.ctx.seed, step, "update"))
         metrics = self.update.run(batch, self.kl.value, generator)
+        self.sampler.mark_updated()
         updated = time.perf_counter()
         metrics.update(self._statistics(scored, kept, batch, completions))
         if self.hp.beta > 0:

@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from inference.local import LocalGenerator, SamplingOptions, stop_token_ids
+from inference.local import Generator, LocalGenerator, SamplingOptions, stop_token_ids
 
 __all__ = ["Completion", "RolloutOptions", "Sampler", "sample_completions", "sequence_seed",
            "stop_token_ids"]
@@ -58,15 +58,22 @@ def sequence_seed(seed: int, index: int) -> int:
 
 class Sampler:
     """Completions of token-id prompts from the model folder ``model_path``, or from
-    ``live_model`` (a model in memory that shares that folder's config and tokenizer)."""
+    ``live_model`` (a model in memory that shares that folder's config and tokenizer), through
+    ``generator`` (the torch engine, or vLLM's with the live weights pushed before sampling)."""
 
-    def __init__(self, model_path: str | Path, tokenizer: PreTrainedTokenizerBase, *,
-                 batch_size: int, device: str = "cpu", live_model: Any = None) -> None:
+    def __init__(self, model_path: str | Path, tokenizer: PreTrainedTokenizerBase,
+                 generator: Generator, *, live_model: Any = None) -> None:
         self.model_path, self.tokenizer, self.live_model = str(model_path), tokenizer, live_model
         self.stops = tuple(stop_token_ids(model_path, tokenizer))
-        self._generator = LocalGenerator(max_batch_size=batch_size, device=device)
+        self._generator = generator
         if live_model is not None:
             self._generator.pin(self.model_path, live_model)
+        self.stale = live_model is not None
+        """The live weights changed since the generator last saw them (`mark_updated`)."""
+
+    def mark_updated(self) -> None:
+        """The live model's weights were updated: refresh the generator before sampling."""
+        self.stale = True
 
     def sample(self, prompts: list[list[int]], options: RolloutOptions) -> list[Completion]:
         """`options.samples_per_prompt` completions of every prompt (none empty), in order:
@@ -79,6 +86,9 @@ class Sampler:
                                         seed=sequence_seed(options.seed, index),
                                         stop_token_ids=self.stops)
                         for index in range(len(owners))]
+        if self.stale:
+            self._generator.refresh()
+            self.stale = False
         training = self.live_model is not None and self.live_model.training
         if training:
             self.live_model.eval()  # no dropout while sampling
@@ -101,7 +111,8 @@ def sample_completions(model_path: str | Path, tokenizer: PreTrainedTokenizerBas
                        prompts: list[list[int]], options: RolloutOptions, *, batch_size: int,
                        device: str = "cpu") -> list[Completion]:
     """Completions from a frozen model folder, with an engine that lives for this call only."""
-    sampler = Sampler(model_path, tokenizer, batch_size=batch_size, device=device)
+    sampler = Sampler(model_path, tokenizer,
+                      LocalGenerator(max_batch_size=batch_size, device=device))
     try:
         return sampler.sample(prompts, options)
     finally:
