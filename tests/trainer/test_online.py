@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,8 @@ from transformers import AutoModelForCausalLM
 from services.methods import Method
 from services.settings import RewardSettings
 from services.web import ServerThread, free_port
-from tests.conftest import reward_service as reward_service_at
 from tests.trainer.test_supervised import Recorder, context
 from trainer.context import JobStopped, RolloutEngine, TrainingResult
-from trainer.demo_world import save_random_base_model
 from trainer.methods import METHODS
 from trainer.online.scoring import score_items
 
@@ -37,17 +34,6 @@ STEP_METRICS = {"reward_mean", "reward_std", "entropy", "clip_fraction", "approx
                 "response_length", "advantage_mean", "advantage_std", "filtered_fraction",
                 "samples_per_second", "tokens_per_second", "rollout_seconds", "score_seconds",
                 "update_seconds", "policy_loss", "grad_norm", "learning_rate"}
-
-
-@pytest.fixture(scope="module")
-def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_base_model(tmp_path_factory.mktemp("base"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def reward_url(database_url: str) -> Iterator[str]:
-    with reward_service_at(database_url, max_wait_ms=5.0, require_api_key=False) as url:
-        yield url
 
 
 def prompt_rows(n: int) -> list[dict[str, Any]]:
@@ -79,8 +65,8 @@ def rewards(recorder: Recorder) -> list[float]:
 
 
 def test_grpo_raises_the_reward_from_live_weights(base_model_path: Path, tmp_path: Path,
-                                                  reward_url: str) -> None:
-    result, recorder = train(tmp_path, base_model_path, reward_url)
+                                                  reward_service: str) -> None:
+    result, recorder = train(tmp_path, base_model_path, reward_service)
     curve = rewards(recorder)
     assert sorted(recorder.metrics) == list(range(1, 11))
     assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2 + 0.2, curve
@@ -99,8 +85,8 @@ def test_grpo_raises_the_reward_from_live_weights(base_model_path: Path, tmp_pat
 
 
 def test_several_epochs_and_minibatches_clip_off_policy_tokens(
-        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
-    _, recorder = train(tmp_path, base_model_path, reward_url, max_steps=2, update_epochs=3,
+        base_model_path: Path, tmp_path: Path, reward_service: str) -> None:
+    _, recorder = train(tmp_path, base_model_path, reward_service, max_steps=2, update_epochs=3,
                         minibatch_size=8, learning_rate=1e-2, clip_range_low=0.05,
                         clip_range_high=0.05)
     assert any(m["clip_fraction"] > 0 for m in recorder.metrics.values())
@@ -108,8 +94,8 @@ def test_several_epochs_and_minibatches_clip_off_policy_tokens(
 
 
 def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tmp_path: Path,
-                                                       reward_url: str) -> None:
-    result, recorder = train(tmp_path, base_model_path, reward_url, max_steps=3,
+                                                       reward_service: str) -> None:
+    result, recorder = train(tmp_path, base_model_path, reward_service, max_steps=3,
                              lora={"r": 4}, beta=0.1, learning_rate=1e-2)
     assert result.kind == "lora_adapter"
     assert (result.output_dir / "adapter_config.json").is_file()
@@ -124,8 +110,8 @@ def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tm
     ("grpo", {"policy_filter": {"strategy": "best_random", "keep": 2}}),
 ])
 def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
-                                          reward_url: str, algorithm: str, extra: dict) -> None:
-    _, recorder = train(tmp_path, base_model_path, reward_url, algorithm=algorithm, **extra)
+                                          reward_service: str, algorithm: str, extra: dict) -> None:
+    _, recorder = train(tmp_path, base_model_path, reward_service, algorithm=algorithm, **extra)
     curve = rewards(recorder)
     assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, (algorithm, curve)
     if extra:
@@ -137,13 +123,13 @@ def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_a_stopped_job_resumes_to_the_weights_of_an_uninterrupted_one(
-        base_model_path: Path, tmp_path: Path, reward_url: str, algorithm: str) -> None:
+        base_model_path: Path, tmp_path: Path, reward_service: str, algorithm: str) -> None:
     settings: dict[str, Any] = {"max_steps": 4, "checkpoint_every": 2, "update_epochs": 2,
                                 "minibatch_size": 16, "reward_normalization": "running"}
-    uninterrupted, whole = train(tmp_path / "a", base_model_path, reward_url,
+    uninterrupted, whole = train(tmp_path / "a", base_model_path, reward_service,
                                  algorithm=algorithm, **settings)
     with pytest.raises(JobStopped):
-        train(tmp_path / "b", base_model_path, reward_url, Recorder(stop_after_step=3),
+        train(tmp_path / "b", base_model_path, reward_service, Recorder(stop_after_step=3),
               algorithm=algorithm, **settings)
     if algorithm == "ppo":  # the critic, its optimizer and the KL controller are kept too
         kept = tmp_path / "b" / "checkpoints" / "step-2"
@@ -152,7 +138,7 @@ def test_a_stopped_job_resumes_to_the_weights_of_an_uninterrupted_one(
     resumed_recorder = Recorder()
     chosen = method(algorithm, **settings)
     ctx = context(tmp_path / "b", base_model_path, chosen.hyperparameters, prompt_rows(40),
-                  resumed_recorder, reward=DIGIT_SHARE, reward_url=reward_url,
+                  resumed_recorder, reward=DIGIT_SHARE, reward_url=reward_service,
                   resume_from=tmp_path / "b" / "checkpoints" / "step-2")
     resumed = METHODS["reinforcement"](ctx)
     assert sorted(resumed_recorder.metrics) == [3, 4]
@@ -166,10 +152,10 @@ def test_a_stopped_job_resumes_to_the_weights_of_an_uninterrupted_one(
 
 
 def test_prompts_longer_than_the_context_are_refused_by_row(
-        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:
+        base_model_path: Path, tmp_path: Path, reward_service: str) -> None:
     rows = [{"prompt": "1+1="}, {"prompt": "9" * 40}]
     with pytest.raises(ValueError, match=r"training prompt row 1 is \d+ tokens long.* leaves 8"):
-        train(tmp_path, base_model_path, reward_url, rows=rows, max_seq_length=16)
+        train(tmp_path, base_model_path, reward_service, rows=rows, max_seq_length=16)
 
 
 def test_a_reward_service_that_restarts_is_retried_until_it_answers(database_url: str) -> None:

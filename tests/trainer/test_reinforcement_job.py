@@ -17,7 +17,6 @@ from tests.api.test_files import upload
 from tests.conftest import BASE_MODEL_ID, wait_for
 from tests.data import jsonl
 from tests.trainer.test_online import DIGIT_SHARE, prompt_rows
-from tests.trainer.test_value_model import reward_service  # noqa: F401  (fixture)
 from tests.trainer.test_worker import FAST_LEASES, events, series, wait_status
 
 pytestmark = pytest.mark.slow
@@ -47,7 +46,7 @@ def inference_url(database_url: str) -> Iterator[str]:
 
 
 def test_every_algorithm_raises_its_reward_and_its_model_is_served(
-    client: httpx.Client, worker_factory: Any, reward_service: str,  # noqa: F811
+    client: httpx.Client, worker_factory: Any, reward_service: str,
     inference_url: str,
 ) -> None:
     worker = worker_factory(ALIGND_REWARD_URL=reward_service)
@@ -80,7 +79,7 @@ def test_every_algorithm_raises_its_reward_and_its_model_is_served(
 
 
 def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
-    client: httpx.Client, worker_factory: Any, reward_service: str,  # noqa: F811
+    client: httpx.Client, worker_factory: Any, reward_service: str,
 ) -> None:
     training = upload(client, jsonl(prompt_rows(40)), "prompts").json()["id"]
     job_id = create(client, training, reward=DIGIT_SHARE,

@@ -3,7 +3,6 @@ loopback: the method section, the data, learning, the saved format, resuming, fa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, 
 
 from modeling.sequences import encode_prompt
 from services.methods import METHOD_PURPOSES, Method, ValueModelHyperparameters
-from tests.conftest import reward_service as reward_service_at
 from tests.trainer.test_supervised import Recorder, context
 from trainer.checkpoint import latest_checkpoint
 from trainer.context import JobStopped
-from trainer.demo_world import build_tokenizer, make_problems, save_random_base_model
+from trainer.demo_world import build_tokenizer, make_problems
 from trainer.methods import METHODS
 from trainer.methods.value_model import load_value_model
 from trainer.online.scoring import RewardServiceError, reward_item
@@ -100,18 +98,6 @@ def test_the_value_mask_spans_the_prompts_last_token_through_the_completion() ->
 
 
 # -- training ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def base_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_base_model(tmp_path_factory.mktemp("base"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def reward_service(database_url: str) -> Iterator[str]:
-    """The real reward service on a loopback port (graders need no registered model)."""
-    with reward_service_at(database_url, max_wait_ms=5.0, require_api_key=False) as url:
-        yield url
 
 
 def prompt_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from tests.api.test_files import upload
 from tests.conftest import BASE_MODEL_ID
 from tests.data import jsonl
-from tests.trainer.test_value_model import prompt_rows, reward_service  # noqa: F401  (fixture)
+from tests.trainer.test_value_model import prompt_rows
 from tests.trainer.test_worker import series, service_path, wait_status
 
 CONTAINS_THE_ANSWER = {"type": "string_check", "name": "has_answer", "operation": "like",
@@ -33,7 +33,7 @@ def create(client: httpx.Client, training_file: str, **hyperparameters: object) 
 
 @pytest.mark.slow
 def test_value_model_job_trains_and_registers_a_value_model_tied_to_its_base(
-    client: httpx.Client, worker_factory, reward_service: str, database_url: str,  # noqa: F811
+    client: httpx.Client, worker_factory, reward_service: str, database_url: str,
     tiny_model_dir: Path,
 ) -> None:
     worker = worker_factory(ALIGND_REWARD_URL=reward_service)

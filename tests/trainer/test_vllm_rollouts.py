@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.test_online import base_model_path, reward_url, rewards, train  # noqa: F401
+from tests.trainer.test_online import rewards, train
 from tests.trainer.test_supervised import Recorder
 from trainer.context import RolloutEngine
 
@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_grpo_samples_from_vllm_with_the_updated_lora_weights(
-        base_model_path: Path, tmp_path: Path, reward_url: str) -> None:  # noqa: F811
+        base_model_path: Path, tmp_path: Path, reward_service: str) -> None:
     from safetensors.torch import load_file
 
     recorder = Recorder()
-    result, _ = train(tmp_path, base_model_path, reward_url, recorder, max_steps=6,
+    result, _ = train(tmp_path, base_model_path, reward_service, recorder, max_steps=6,
                       lora={"r": 8}, learning_rate=1e-2,
                       rollout_engine=RolloutEngine("vllm", kv_cache_gib=0.25))
     # A pushed weight that lagged an update would put the gap at the update's size (1e-2 and
