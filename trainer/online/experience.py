@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from modeling.logprobs import gather_logprobs, response_logits
+from modeling.logprobs import gather_logprobs
 from trainer.algorithms.policy_gradient import kl_penalty
 from trainer.algorithms.reductions import masked_mean, masked_whiten
 from trainer.algorithms.registry import AdvantageOptions, Algorithm
@@ -125,13 +125,6 @@ def sequence_kl(batch: RolloutBatch, estimator: str) -> Tensor:
     """(B,) Σ_t KL_t of each response against the reference (the k-estimator's sum)."""
     kl = kl_penalty(batch.logprobs, batch.ref_logprobs, estimator)  # type: ignore[arg-type]
     return (kl * batch.mask).sum(-1)
-
-
-def model_logits(model: torch.nn.Module, temperature: float) -> LogitsFn:
-    """The LogitsFn of a causal LM sampled at ``temperature``."""
-    def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-        return response_logits(model, sequences, attention_mask, response_length, temperature)
-    return forward
 
 
 def advantage_statistics(batch: RolloutBatch) -> dict[str, float]:

@@ -33,7 +33,6 @@ from trainer.online.experience import (
     ExperienceMaker,
     Scored,
     advantage_statistics,
-    model_logits,
     sequence_kl,
 )
 from trainer.online.policy import Policy
@@ -125,7 +124,7 @@ class OnlineLoop(StepLoop):
                                    scale_rewards=getattr(hp, "scale_rewards", True),
                                    r_max=getattr(hp, "r_max", 1.0))
         return ExperienceMaker(
-            policy=model_logits(self.model, hp.temperature),
+            policy=self.policy.logits(hp.temperature),
             reference=self.policy.reference_logits(hp.temperature) if hp.beta > 0 else None,
             critic=self.critic.values if self.critic else None, algorithm=self.algorithm,
             options=options,
