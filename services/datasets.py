@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.errors import InvalidRequest
 
@@ -35,10 +35,21 @@ class PromptCompletionRow(_Row):
     completion: str
 
 
+def _a_preference(chosen: Any, rejected: Any) -> None:
+    if chosen == rejected:
+        raise ValueError("chosen and rejected are identical; a pair must prefer one response "
+                         "over another")
+
+
 class PreferenceRow(_Row):
     prompt: str = Field(min_length=1)
     chosen: str
     rejected: str
+
+    @model_validator(mode="after")
+    def _differ(self) -> PreferenceRow:
+        _a_preference(self.chosen, self.rejected)
+        return self
 
 
 class DpoInput(BaseModel):
@@ -50,6 +61,11 @@ class OpenAIPreferenceRow(_Row):
     input: DpoInput
     preferred_output: list[ChatMessage] = Field(min_length=1)
     non_preferred_output: list[ChatMessage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _differ(self) -> OpenAIPreferenceRow:
+        _a_preference(self.preferred_output, self.non_preferred_output)
+        return self
 
 
 class PromptRow(BaseModel):

@@ -24,6 +24,7 @@ from services.methods.base import (
     StrictModel,
     TrainingHyperparameters,
 )
+from services.methods.dpo import DpoHyperparameters, DpoMethod
 from services.methods.reinforcement import (
     AlgorithmHyperparameters,
     ReinforcementHyperparameters,
@@ -61,6 +62,7 @@ METHODS: dict[str, MethodType] = {
                                detail=reward_model.head_detail),
     "value_model": MethodType(ValueModelMethod, ("prompts",)),
     "reinforcement": MethodType(ReinforcementMethod, ("prompts",)),
+    "dpo": MethodType(DpoMethod, ("preference", "fine-tune")),
 }
 METHOD_SECTIONS: dict[str, type[MethodSection]] = {
     name: entry.section for name, entry in METHODS.items()
@@ -143,16 +145,14 @@ def reward_spec(method: MethodBase) -> tuple[dict[str, Any], str] | None:
     return None
 
 
-MODEL_FIELDS: dict[str, tuple[str, ...]] = {"critic_model": ("reward_model",)}
-"""Hyperparameters that name a registered model, and the kinds each may be."""
-
-
 def named_models(method: MethodBase) -> list[tuple[str, str, tuple[str, ...]]]:
     """(model id, its path in the request, the kinds it may be) of every registered model the
-    method's hyperparameters name, e.g. PPO's critic_model."""
+    method's hyperparameters name (their class's `named_model_fields`): PPO's critic_model, a
+    DPO job's reference."""
     hp = method.hyperparameters
+    fields: dict[str, tuple[str, ...]] = getattr(type(hp), "named_model_fields", {})
     return [(model_id, f"method.{method.type}.hyperparameters.{name}", kinds)
-            for name, kinds in MODEL_FIELDS.items()
+            for name, kinds in fields.items()
             if isinstance(model_id := getattr(hp, name, None), str)]
 
 
@@ -169,6 +169,8 @@ __all__ = [
     "METHOD_PURPOSES",
     "METHOD_SECTIONS",
     "AlgorithmHyperparameters",
+    "DpoHyperparameters",
+    "DpoMethod",
     "LoraConfig",
     "Method",
     "MethodBase",
@@ -188,5 +190,6 @@ __all__ = [
     "ValueModelMethod",
     "allowed_purposes",
     "describe",
-    "named_models", "reward_spec",
+    "named_models",
+    "reward_spec",
 ]

@@ -244,6 +244,8 @@ class PpoHyperparameters(ReinforcementHyperparameters):
     advantages, and by default the KL penalty in the per-token reward (Ziegler et al. 2019)."""
 
     algorithm: Literal["ppo"] = "ppo"
+    named_model_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "critic_model": ("reward_model",)}
 
     beta: Beta = 0.05
     kl_estimator: KlEstimator = "k1"

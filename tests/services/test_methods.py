@@ -139,3 +139,22 @@ def test_group_free_algorithms_take_one_sample_per_prompt() -> None:
     kept = reinforcement(algorithm="ppo", hyperparameters={
         "group_size": 4, "policy_filter": {"strategy": "best", "keep": 1}}).hyperparameters
     assert kept.sequences_per_step == 8 and kept.responses_kept == 1
+
+
+@pytest.mark.parametrize("hyperparameters", [
+    {}, {"loss": "conservative"}, {"loss": "ipo"},
+    {"loss": "tdpo", "tdpo_alpha": 0.5, "tdpo_stop_gradient": True},
+    {"reference": "ft:x:y:z", "lora": {"r": 4}},
+])
+def test_a_stored_dpo_method_reads_back_as_it_was(hyperparameters: dict) -> None:
+    """The worker re-validates the job row's method: defaults written out must not read as
+    options given against the loss."""
+    method = Method.model_validate({"type": "dpo", "dpo": {"hyperparameters": hyperparameters}})
+    assert Method.model_validate(method.model_dump(mode="json")) == method
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "remax", "ngrpo", "ppo"])
+def test_a_stored_reinforcement_method_reads_back_as_it_was(algorithm: str) -> None:
+    method = Method.model_validate({"type": "reinforcement", "reinforcement": {
+        "algorithm": algorithm, "reward": {"type": "x"}}})
+    assert Method.model_validate(method.model_dump(mode="json")) == method

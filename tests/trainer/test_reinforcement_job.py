@@ -5,14 +5,11 @@ checkpoint and the job finishes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from services.settings import InferenceSettings
-from services.web import ServerThread
 from tests.api.test_files import upload
 from tests.conftest import BASE_MODEL_ID, wait_for
 from tests.data import jsonl
@@ -33,16 +30,6 @@ def create(client: httpx.Client, training: str, validation: str | None = None,
                                                 "reinforcement": reinforcement}})
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
-
-
-@pytest.fixture(scope="module")
-def inference_url(database_url: str) -> Iterator[str]:
-    from inference.main import create_app
-
-    settings = InferenceSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                                 database_url=database_url, engine="torch", torch_threads=1)
-    with ServerThread(create_app(settings)) as server:
-        yield server.url
 
 
 def test_every_algorithm_raises_its_reward_and_its_model_is_served(

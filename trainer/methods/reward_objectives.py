@@ -24,6 +24,11 @@ from transformers import (
 
 from modeling.logprobs import response_logps, response_token_counts
 from services.methods import RewardModelHyperparameters
+from trainer.algorithms.preference import (
+    PREFERENCE_LOSSES,
+    PairLogRatios,
+    PreferenceOptions,
+)
 from trainer.algorithms.reward import (
     REWARD_LOSSES,
     center_rewards_loss,
@@ -191,7 +196,10 @@ class ImplicitPreferenceObjective(PreferenceObjective):
         """Bradley-Terry plus the chosen responses' NLL, as in Iterative RPO (Pang et al. 2024,
         eq. 1): without it likelihood can fall on both responses while their gap widens."""
         assert isinstance(outputs, ImplicitPairRewards) and self.hp.sft_coefficient is not None
-        loss = REWARD_LOSSES["preference"](outputs.chosen, outputs.rejected, self.hp.margin)
+        # The rewards are β·h already: DPO's sigmoid loss with β = 1 (one DPO in the codebase).
+        pairs = PairLogRatios(outputs.chosen, outputs.rejected)
+        loss = PREFERENCE_LOSSES["sigmoid"](
+            pairs, PreferenceOptions(beta=1.0, offset=self.hp.margin or 0.0)).mean()
         return loss + self.hp.sft_coefficient * outputs.chosen_nll.mean()
 
     def concat(self, outputs: list[PairRewards]) -> ImplicitPairRewards:
