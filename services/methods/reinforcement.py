@@ -267,9 +267,54 @@ class PpoHyperparameters(ReinforcementHyperparameters):
     """The critic's learning rate; None: learning_rate."""
 
 
+class RtoHyperparameters(PpoHyperparameters):
+    """RTO (Zhong et al. 2024, "DPO Meets PPO: Reinforced Token Optimization"): PPO over dense
+    token rewards r_t = β₁·log(π_dpo/π_ref)(a_t|s_t) − β₂·log(π/π_ref)(a_t|s_t), plus β₃ × the
+    sentence reward on the last token, where π_dpo is a model a `dpo` job trained."""
+
+    algorithm: Literal["rto"] = "rto"  # type: ignore[assignment]
+    named_model_fields: ClassVar[dict[str, tuple[str, ...]]] = {
+        "critic_model": ("reward_model",), "dpo_model": ("fine_tuned",)}
+
+    dpo_model: Annotated[str, Field(min_length=1)]
+    """The registered model (full weights) a `dpo` job trained from the same base model."""
+    beta_dpo: Annotated[float, Field(ge=0, le=100)] = 0.05
+    """β₁: the weight of the DPO model's token-level log-ratio."""
+    beta: Beta = 0.01
+    """β₂: the KL penalty's weight in the token reward."""
+    reward_coefficient: Annotated[float, Field(ge=0, le=100)] = 1.0
+    """β₃: the weight of the reward service's sentence-level reward."""
+
+
+class SuperhfHyperparameters(ReinforcementHyperparameters):
+    """SuperHF (Mukobi et al. 2023): sample group_size responses per prompt, keep the one the
+    reward ranks best, and take supervised steps on those with a KL prior (β) to the base
+    model."""
+
+    algorithm: Literal["superhf"] = "superhf"
+    compares_group: ClassVar[bool] = True
+
+    beta: Beta = 0.1
+    """The KL prior's weight, in the loss."""
+
+    @model_validator(mode="after")
+    def _keeps_its_best(self) -> SuperhfHyperparameters:
+        errors = []
+        if self.policy_filter is not None:
+            errors.append(FieldError("policy_filter", "superhf keeps the best response of "
+                                     "each prompt itself; leave policy_filter out",
+                                     self.policy_filter))
+        if self.kl_in != "loss":
+            errors.append(FieldError("kl_in", "superhf's KL prior is in the loss; leave kl_in "
+                                     "out or set it to 'loss'", self.kl_in))
+        if errors:
+            raise field_errors(type(self).__name__, errors)
+        return self
+
+
 AlgorithmHyperparameters = Annotated[
     GrpoHyperparameters | RlooHyperparameters | RemaxHyperparameters | NgrpoHyperparameters
-    | PpoHyperparameters,
+    | PpoHyperparameters | RtoHyperparameters | SuperhfHyperparameters,
     Field(discriminator="algorithm"),
 ]
 HYPERPARAMETERS: dict[str, type[ReinforcementHyperparameters]] = {

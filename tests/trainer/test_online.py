@@ -50,13 +50,15 @@ def method(algorithm: str = "grpo", **hyperparameters: Any) -> Any:
 
 def train(workdir: Path, base: Path, reward_url: str, recorder: Recorder | None = None,
           rows: list[dict[str, Any]] | None = None, algorithm: str = "grpo",
-          rollout_engine: RolloutEngine | None = None,
+          rollout_engine: RolloutEngine | None = None, models: dict[str, Path] | None = None,
           **hyperparameters: Any) -> tuple[TrainingResult, Recorder]:
+    """``models``: the registry this run sees (id → folder)."""
     recorder = recorder or Recorder()
     chosen = method(algorithm, **hyperparameters)
     ctx = context(workdir, base, chosen.hyperparameters, rows or prompt_rows(40), recorder,
                   reward=chosen.section.reward, reward_url=reward_url,
-                  rollout_engine=rollout_engine or RolloutEngine())
+                  rollout_engine=rollout_engine or RolloutEngine(),
+                  resolve_model=(models or {}).__getitem__)
     return METHODS["reinforcement"](ctx), recorder
 
 
@@ -106,7 +108,7 @@ def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tm
 
 
 @pytest.mark.parametrize("algorithm, extra", [
-    ("rloo", {}), ("remax", {}), ("ngrpo", {}), ("ppo", {}),
+    ("rloo", {}), ("remax", {}), ("ngrpo", {}), ("ppo", {}), ("superhf", {}),
     ("grpo", {"policy_filter": {"strategy": "best_random", "keep": 2}}),
 ])
 def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
@@ -116,6 +118,9 @@ def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
     assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, (algorithm, curve)
     if extra:
         assert recorder.metrics[1]["filtered_fraction"] == 0.5
+    if algorithm == "superhf":  # the best of each prompt's 4, trained on by NLL
+        assert recorder.metrics[1]["filtered_fraction"] == 0.75
+        assert all(m["clip_fraction"] == 0 for m in recorder.metrics.values())
     if algorithm == "ppo":  # a critic learns beside the policy; the KL is in the reward
         assert all(m["value_loss"] > 0 for m in recorder.metrics.values())
         assert recorder.metrics[10]["kl"] > 0 and recorder.metrics[10]["kl_coefficient"] == 0.05
@@ -210,3 +215,50 @@ def test_a_ppo_critic_starts_from_a_named_reward_model(base_model_path: Path,
     fresh = Critic.load(base_model_path, True, 0, torch.device("cpu"), hp, 10, None)
     with torch.no_grad():
         assert torch.count_nonzero(fresh.values(sequences, attention_mask, mask.shape[1])) == 0
+
+
+def test_rto_rewards_each_token_with_a_dpo_model_s_log_ratio(
+        base_model_path: Path, tmp_path: Path, reward_service: str) -> None:
+    """A DPO model trained to prefer digits steers RTO's dense rewards; its reward rises, and
+    the token rewards are β₁·(log π_dpo − log π_ref) − β₂·KL + β₃·R at the last token."""
+    from tests.trainer.test_dpo import train as train_dpo
+
+    dpo, _ = train_dpo(tmp_path / "dpo", base_model_path, n_epochs=2)
+    _, recorder = train(tmp_path / "rto", base_model_path, reward_service, algorithm="rto",
+                        models={"ft:dpo": dpo.output_dir}, dpo_model="ft:dpo",
+                        beta_dpo=0.05, reward_coefficient=2.0)
+    curve = rewards(recorder)
+    assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, curve
+    assert all(m["value_loss"] > 0 for m in recorder.metrics.values())
+
+
+def test_rto_token_rewards_follow_the_paper() -> None:
+    from trainer.algorithms.registry import ALGORITHMS, AdvantageOptions
+    from trainer.online.experience import ExperienceMaker, Scored
+
+    vocab = 5
+
+    def fixed(scale: float):  # type: ignore[no-untyped-def]
+        def logits(sequences: torch.Tensor, attention_mask: torch.Tensor, t: int) -> torch.Tensor:
+            return scale * torch.arange(vocab, dtype=torch.float32).expand(
+                sequences.shape[0], t, vocab)
+        return logits
+
+    maker = ExperienceMaker(policy=fixed(1.0), reference=fixed(0.0), critic=None,
+                            algorithm=ALGORITHMS["rto"], options=AdvantageOptions(),
+                            kl_estimator="k1", kl_in_reward=True, whiten_advantages=False,
+                            micro_batch_size=4, pad_id=0, device=torch.device("cpu"),
+                            dense=fixed(2.0), dense_coefficient=0.05, reward_scale=2.0)
+    scored = Scored([[1, 2], [3]], [[4, 0, 1], [2]], torch.tensor([1.0, -1.0]),
+                    torch.tensor([0, 1]), torch.zeros(2), [[0.0] * 3, [0.0]])
+    batch = maker.make(scored, scored.rewards, beta=0.01)
+    logp = {s: torch.log_softmax(s * torch.arange(vocab, dtype=torch.float32), -1)
+            for s in (0.0, 1.0, 2.0)}
+    for row, response in enumerate(scored.responses):
+        for t, token in enumerate(response):
+            expected = (0.05 * (logp[2.0][token] - logp[0.0][token])
+                        - 0.01 * (logp[1.0][token] - logp[0.0][token]))
+            if t == len(response) - 1:
+                expected += 2.0 * float(scored.rewards[row])
+            assert batch.token_rewards[row, t].item() == pytest.approx(float(expected), abs=1e-5)
+    assert batch.token_rewards[1, 1:].abs().sum() == 0

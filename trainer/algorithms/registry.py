@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trainer.algorithms import grpo, ngrpo, ppo, remax, rloo
+from trainer.algorithms import grpo, ngrpo, ppo, remax, rloo, superhf
+from trainer.algorithms.policy_gradient import SurrogateTerms, clipped_surrogate
 from trainer.online.batch import RolloutBatch
 
 
@@ -30,6 +31,8 @@ class AdvantageOptions:
 
 AdvantageEstimator = Callable[[RolloutBatch, AdvantageOptions], tuple[Tensor, Tensor]]
 """(batch, options) → (Â (B, T), value targets (B, T))."""
+PolicyLoss = Callable[[Tensor, Tensor, Tensor, float, float], SurrogateTerms]
+"""(log π_θ, log π_old, Â, ε_low, ε_high), each (B, T) → per-token loss terms."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,12 @@ class Algorithm:
     """Default (low, high) clip range of the surrogate ratio."""
     min_group_size: int = 1
     """Responses sampled per prompt that the baseline needs."""
+    policy_loss: PolicyLoss = clipped_surrogate
+    rollout_filter: tuple[str, int] | None = None
+    """(strategy, keep) applied to every prompt's responses (SuperHF keeps its best one); a
+    job's policy_filter (PF-PPO) is used otherwise."""
+    needs_dpo_model: bool = False
+    """Dense token rewards from a DPO-trained model's log-ratio (RTO)."""
 
 
 def per_token(estimate: Callable[[RolloutBatch, AdvantageOptions], Tensor]) -> AdvantageEstimator:
@@ -63,6 +72,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     "ngrpo": Algorithm("ngrpo", per_token(ngrpo.estimate), clip=ngrpo.NGRPO_CLIP,
                        min_group_size=2),
     "ppo": Algorithm("ppo", ppo.estimate, needs_critic=True),
+    "rto": Algorithm("rto", ppo.estimate, needs_critic=True, needs_dpo_model=True),
+    "superhf": Algorithm("superhf", superhf.estimate, min_group_size=2,
+                         policy_loss=superhf.supervised_loss, rollout_filter=("best", 1)),
 }
 
 

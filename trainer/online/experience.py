@@ -82,6 +82,12 @@ class ExperienceMaker:
     micro_batch_size: int
     pad_id: int
     device: torch.device
+    dense: LogitsFn | None = None
+    """RTO: a DPO-trained model whose token log-ratio to the reference is a dense reward."""
+    dense_coefficient: float = 0.0
+    """β₁ of RTO."""
+    reward_scale: float = 1.0
+    """β₃ of RTO: the sentence reward's weight."""
 
     @torch.no_grad()
     def make(self, scored: Scored, rewards: Tensor, beta: float) -> RolloutBatch:
@@ -96,10 +102,15 @@ class ExperienceMaker:
                   self._per_token(self.critic, sequences, attention_mask, mask, logits=False))
         kl = (kl_penalty(logprobs, ref_logprobs, self.kl_estimator)  # type: ignore[arg-type]
               if self.kl_in_reward and self.reference is not None else None)
+        rewards = rewards.to(self.device) * self.reward_scale
+        token_rewards = shape_rewards(rewards, mask, kl, beta)  # (B, T)
+        if self.dense is not None:  # RTO: β₁·log(π_dpo/π_ref)(a_t|s_t) on every token
+            dense = self._per_token(self.dense, sequences, attention_mask, mask, logits=True)
+            token_rewards += self.dense_coefficient * (dense - ref_logprobs) * mask
         batch = RolloutBatch(
             sequences=sequences, attention_mask=attention_mask, mask=mask, logprobs=logprobs,
-            ref_logprobs=ref_logprobs, values=values, rewards=rewards.to(self.device),
-            token_rewards=shape_rewards(rewards.to(self.device), mask, kl, beta),
+            ref_logprobs=ref_logprobs, values=values, rewards=rewards,
+            token_rewards=token_rewards,
             group=scored.group.to(self.device), advantages=zeros, returns=zeros,
             baseline_rewards=scored.baseline_rewards.to(self.device))
         batch.advantages, batch.returns = self.algorithm.advantages(batch, self.options)

@@ -21,7 +21,11 @@ from torch import Tensor
 
 from inference.local import Generator, LocalGenerator, VllmGenerator
 from modeling.sequences import UNLIMITED, encode_prompt
-from services.methods.reinforcement import PpoHyperparameters, ReinforcementHyperparameters
+from services.methods.reinforcement import (
+    PpoHyperparameters,
+    ReinforcementHyperparameters,
+    RtoHyperparameters,
+)
 from trainer.algorithms.kl_control import KLController
 from trainer.algorithms.pf_ppo import filter_rollouts
 from trainer.algorithms.registry import AdvantageOptions, Algorithm, get_algorithm
@@ -123,20 +127,34 @@ class OnlineLoop(StepLoop):
         options = AdvantageOptions(gamma=getattr(hp, "gamma", 1.0), lam=getattr(hp, "lam", 0.95),
                                    scale_rewards=getattr(hp, "scale_rewards", True),
                                    r_max=getattr(hp, "r_max", 1.0))
+        needs_reference = hp.beta > 0 or self.algorithm.needs_dpo_model
         return ExperienceMaker(
             policy=self.policy.logits(hp.temperature),
-            reference=self.policy.reference_logits(hp.temperature) if hp.beta > 0 else None,
+            reference=self.policy.reference_logits(hp.temperature) if needs_reference else None,
             critic=self.critic.values if self.critic else None, algorithm=self.algorithm,
             options=options,
             kl_estimator=hp.kl_estimator, kl_in_reward=hp.kl_in == "reward",
             whiten_advantages=hp.whiten_advantages, micro_batch_size=hp.micro_batch_size,
-            pad_id=self.policy.pad_id, device=self.policy.device)
+            pad_id=self.policy.pad_id, device=self.policy.device, **self._dense_rewards())
+
+    def _dense_rewards(self) -> dict[str, Any]:
+        """RTO's DPO model and its β₁ and β₃; nothing for the other algorithms."""
+        hp = self.hp
+        if not self.algorithm.needs_dpo_model:
+            return {}
+        assert isinstance(hp, RtoHyperparameters)
+        if self.ctx.resolve_model is None:
+            raise ValueError("dpo_model needs the model registry, which this run has not")
+        dense = self.policy.frozen_logits(self.ctx.resolve_model(hp.dpo_model), "dpo_model",
+                                          hp.temperature)
+        return {"dense": dense, "dense_coefficient": hp.beta_dpo,
+                "reward_scale": hp.reward_coefficient}
 
     def _update_settings(self) -> UpdateSettings:
         hp = self.hp
         low, high = hp.clip_range()
         return UpdateSettings(
-            update_epochs=hp.update_epochs, minibatch_size=self.minibatch_size,
+            policy_loss=self.algorithm.policy_loss, update_epochs=hp.update_epochs, minibatch_size=self.minibatch_size,
             micro_batch_size=hp.micro_batch_size, clip_low=low, clip_high=high,
             kl_in_loss=hp.kl_in == "loss", kl_estimator=hp.kl_estimator,
             entropy_coefficient=hp.entropy_coefficient, loss_aggregation=hp.loss_aggregation,
@@ -237,12 +255,15 @@ class OnlineLoop(StepLoop):
                       [c.logprobs for c in completions])
 
     def _filter(self, scored: Scored, step: int) -> Scored:
-        policy_filter = self.hp.policy_filter
-        if policy_filter is None:
+        chosen = self.algorithm.rollout_filter
+        if chosen is None and self.hp.policy_filter is not None:
+            chosen = (self.hp.policy_filter.strategy, self.hp.policy_filter.keep)
+        if chosen is None:
             return scored
+        strategy, keep = chosen
         generator = torch.Generator().manual_seed(step_seed(self.ctx.seed, step, "filter"))
-        kept = filter_rollouts(scored.rewards, scored.group, policy_filter.keep,
-                               policy_filter.strategy, generator)
+        kept = filter_rollouts(scored.rewards, scored.group, keep, strategy,  # type: ignore[arg-type]
+                               generator)
         return scored.select(kept.tolist())
 
     def _statistics(self, scored: Scored, kept: Scored, batch: RolloutBatch,

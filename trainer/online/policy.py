@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,6 +73,22 @@ class Policy:
         def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
             model, context = self._reference_model()
             with context, torch.no_grad():
+                return response_logits(model, sequences, attention_mask, response_length,
+                                       temperature)
+        return forward
+
+    def frozen_logits(self, folder: Path, name: str, temperature: float) -> LogitsFn:
+        """The response logits (no gradient) of another model over the same tokens, e.g.
+        RTO's DPO model; ``name`` is the field that named it, for errors."""
+        if AutoTokenizer.from_pretrained(folder).get_vocab() != self.tokenizer.get_vocab():
+            raise ValueError(f"{name} has another tokenizer than the base model; its "
+                             "log-probabilities must be of the same tokens")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     device_map=self.device)
+        model.eval().requires_grad_(False)
+
+        def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
+            with torch.no_grad():
                 return response_logits(model, sequences, attention_mask, response_length,
                                        temperature)
         return forward

@@ -1,7 +1,7 @@
 """The policy (and critic) update of one online-RL step: `update_epochs` passes over the step's
 rollouts in minibatches, each one optimizer step accumulated over micro-batches.
 
-Per token: the clipped surrogate (PPO), plus β·KL to the reference when the KL is in the loss
+Per token: the algorithm's policy loss (PPO's clipped surrogate; SuperHF's NLL), plus β·KL to the reference when the KL is in the loss
 (GRPO's way), minus the entropy bonus, plus the clipped value loss with a critic; reduced by the
 job's loss aggregation with the *minibatch's* denominators (`LossScale`), so splitting a
 minibatch into micro-batches does not change its gradient.
@@ -21,12 +21,12 @@ from trainer.algorithms.policy_gradient import (
     LOSS_AGGREGATIONS,
     LossScale,
     approx_kl,
-    clipped_surrogate,
     entropy_from_logits,
     kl_penalty,
 )
 from trainer.algorithms.ppo import clipped_value_loss
 from trainer.algorithms.reductions import masked_count, masked_sum
+from trainer.algorithms.registry import PolicyLoss
 from trainer.loop import clip_and_step
 from trainer.online.batch import RolloutBatch
 from trainer.online.critic import Critic
@@ -35,6 +35,7 @@ from trainer.online.experience import LogitsFn, chunks
 
 @dataclass(frozen=True)
 class UpdateSettings:
+    policy_loss: PolicyLoss
     update_epochs: int
     minibatch_size: int
     micro_batch_size: int
@@ -116,8 +117,8 @@ class PolicyUpdate:
         response_length = mask.shape[1]
         logits = self.policy(micro.sequences, micro.attention_mask, response_length)  # (b,T,V)
         logprobs = gather_logprobs(logits, micro.sequences[:, -response_length:])  # (b, T)
-        terms = clipped_surrogate(logprobs, micro.logprobs, micro.advantages, s.clip_low,
-                                  s.clip_high)
+        terms = s.policy_loss(logprobs, micro.logprobs, micro.advantages, s.clip_low,
+                              s.clip_high)
         per_token = terms.loss  # (b, T)
         entropy = entropy_from_logits(logits.float())  # (b, T)
         if s.entropy_coefficient > 0:
