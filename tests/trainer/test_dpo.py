@@ -121,3 +121,18 @@ def test_pairs_cut_to_max_seq_length_are_reported(base_model_path: Path,
     rows = [*pairs(7), {"prompt": "1+1=", "chosen": "2" * 40, "rejected": "3"}]
     _, recorder = train(tmp_path, base_model_path, rows=rows, max_seq_length=16, max_steps=1)
     assert any(m.startswith("1 of 8 training pairs were cut") for m in recorder.logs)
+
+
+def test_a_reference_with_another_tokenizer_is_refused(base_model_path: Path,
+                                                       tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(base_model_path, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["§"])
+    tokenizer.save_pretrained(other)
+    ctx = context(tmp_path, base_model_path, hyperparameters(reference="ft:other"), pairs(8),
+                  Recorder(), resolve_model={"ft:other": other}.__getitem__)
+    with pytest.raises(ValueError, match="reference 'ft:other' has another tokenizer"):
+        DpoTrainer(ctx)
