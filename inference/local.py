@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from inference.catalog import FolderCatalog
 from inference.engines.base import GenerationRequest, SamplingOptions
 from inference.engines.torch_engine import TorchEngine
+from services.background import BackgroundLoop
 
 __all__ = ["Generator", "LocalGenerator", "Sample", "SamplingOptions", "VllmGenerator",
            "stop_token_ids"]
@@ -75,10 +75,7 @@ class LocalGenerator:
 
     def __init__(self, *, max_batch_size: int, device: str = "cpu") -> None:
         self._engine = TorchEngine(FolderCatalog(), max_batch_size=max_batch_size, device=device)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="local-generator",
-                                        daemon=True)
-        self._thread.start()
+        self._loop = BackgroundLoop("local-generator")
 
     def pin(self, folder: str | Path, model: Any) -> None:
         """Serve ``model`` (in memory, e.g. a policy in training) as the folder ``folder``,
@@ -91,9 +88,7 @@ class LocalGenerator:
     def generate(self, folder: str | Path, prompts: Sequence[list[int]],
                  options: Sequence[SamplingOptions]) -> list[Sample]:
         """One sample per prompt (token ids) with its options, in order; all decoded together."""
-        future = asyncio.run_coroutine_threadsafe(
-            self._generate(str(folder), prompts, options), self._loop)
-        return future.result()
+        return self._loop.run(self._generate(str(folder), prompts, options))
 
     async def _generate(self, folder: str, prompts: Sequence[list[int]],
                         options: Sequence[SamplingOptions]) -> list[Sample]:
@@ -112,9 +107,7 @@ class LocalGenerator:
         return list(await asyncio.gather(*(one(index) for index in range(len(prompts)))))
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._engine.close(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._loop.run(self._engine.close())
         self._loop.close()
 
 

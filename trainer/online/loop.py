@@ -41,7 +41,7 @@ from trainer.online.experience import (
 )
 from trainer.online.policy import Policy
 from trainer.online.sampler import Completion, RolloutOptions, Sampler
-from trainer.online.scoring import RewardNormalizer, reward_item, score_items
+from trainer.online.scoring import RewardNormalizer, RewardScorer, reward_item
 from trainer.online.update import PolicyUpdate, UpdateSettings
 
 VALIDATION_SEED = 7_919
@@ -73,6 +73,10 @@ class OnlineLoop(StepLoop):
         self.normalize = RewardNormalizer(self.hp.reward_normalization, self.hp.reward_clip)
         self.sampler = Sampler(ctx.base_model_path, self.tokenizer, self._generator(),
                                live_model=self.model)
+        self.scorer = RewardScorer(ctx.reward_url, ctx.reward, service_key=ctx.reward_key,
+                                   project=ctx.project_id,
+                                   retry_seconds=ctx.reward_retry_seconds,
+                                   between_tries=ctx.check_continue)
         self.experience = self._experience_maker()
         self.update = PolicyUpdate(self.policy.logits(self.hp.temperature), self.model,
                                    self.optimizer, self.scheduler, self._update_settings(),
@@ -229,13 +233,8 @@ class OnlineLoop(StepLoop):
         return self.sampler.sample(prompts, options)
 
     def _rewards(self, rows: list[dict[str, Any]], texts: list[str]) -> list[float]:
-        assert self.ctx.reward_url is not None and self.ctx.reward is not None
-        return score_items(self.ctx.reward_url,
-                           [reward_item(row, text) for row, text in zip(rows, texts, strict=True)],
-                           self.ctx.reward, service_key=self.ctx.reward_key,
-                           project=self.ctx.project_id,
-                           retry_seconds=self.ctx.reward_retry_seconds,
-                           between_tries=self.ctx.check_continue)
+        return self.scorer.score([reward_item(row, text)
+                                  for row, text in zip(rows, texts, strict=True)])
 
     def _score(self, indices: list[int], completions: list[Completion], step: int) -> Scored:
         rows = [self.ctx.training_rows[indices[c.prompt]] for c in completions]
@@ -302,6 +301,7 @@ class OnlineLoop(StepLoop):
             metrics = self.run_steps()
         finally:
             self.sampler.close()
+            self.scorer.close()
         return self.policy.save_final(self.ctx, self.state, metrics,
                                       {"algorithm": self.hp.algorithm, "reward": self.ctx.reward})
 

@@ -13,7 +13,6 @@ al. 2019 and Ouyang et al. 2022); `RewardNormalizer` scales and clips rewards (P
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from services.background import BackgroundLoop
 from services.errors import AlignError, ServiceUnavailable
 from services.reward_client import RewardClient
 
@@ -50,58 +50,79 @@ def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:
     return {"prompt": row["prompt"], "response": completion, "item": row}
 
 
-async def _results(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
-                   timeout: float, service_key: str | None,
-                   project: str | None) -> list[dict[str, Any]]:
-    client = RewardClient(reward_url, timeout=timeout, service_key=service_key)
-    try:
+class RewardScorer:
+    """The reward service as one job scores with it: one HTTP client (one connection pool) on
+    an event loop of its own thread for the whole job, not a client, a TLS context and a loop
+    per step. Pair with `close`."""
+
+    def __init__(self, reward_url: str, reward: dict[str, Any], *, timeout: float = 300.0,
+                 service_key: str | None = None, project: str | None = None,
+                 retry_seconds: float = 0.0,
+                 between_tries: Callable[[], None] = lambda: None) -> None:
+        self.url = f"{reward_url.rstrip('/')}/v1/score"
+        self.reward, self.project = reward, project
+        self.retry_seconds, self.between_tries = retry_seconds, between_tries
+        self._loop = BackgroundLoop("reward-client")
+        self._client = RewardClient(reward_url, timeout=timeout, service_key=service_key)
+
+    def score(self, items: list[dict[str, Any]]) -> list[float]:
+        """One scalar per item, in order. An unavailable service is tried again until
+        ``retry_seconds`` have passed, calling ``between_tries`` (which may raise to stop)
+        before each new try. Raises RewardServiceError."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                return self._score_once(items)
+            except RewardServiceUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            self.between_tries()
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    def _score_once(self, items: list[dict[str, Any]]) -> list[float]:
+        try:
+            results = self._loop.run(self._results(items))
+        except ServiceUnavailable as exc:  # unreachable, or a 5xx: its message names the URL
+            raise RewardServiceUnavailable(exc.message) from exc
+        except AlignError as exc:  # the service refused the request (a bad spec, a model)
+            raise RewardServiceError(f"the reward service at {self.url} answered "
+                                     f"{exc.status_code}: {exc.message}") from exc
+        for result in results:
+            if result["score"] is None:
+                raise RewardServiceError(
+                    f"the reward service at {self.url} could not score item "
+                    f"{result['index']}: {result.get('error') or 'no score'}")
+        return [float(result["score"]) for result in results]
+
+    async def _results(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         for start in range(0, len(items), MAX_ITEMS_PER_REQUEST):
             batch = items[start : start + MAX_ITEMS_PER_REQUEST]
             results += [{**row, "index": start + row["index"]}
-                        for row in await client.score(batch, reward, project=project)]
+                        for row in await self._client.score(batch, self.reward,
+                                                            project=self.project)]
         return results
-    finally:
-        await client.aclose()
 
-
-def _score_once(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
-                timeout: float, service_key: str | None, project: str | None) -> list[float]:
-    url = f"{reward_url.rstrip('/')}/v1/score"
-    try:
-        results = asyncio.run(_results(reward_url, items, reward, timeout, service_key, project))
-    except ServiceUnavailable as exc:  # unreachable, or a 5xx: its message names URL and status
-        raise RewardServiceUnavailable(exc.message) from exc
-    except AlignError as exc:  # the service refused the request (a bad spec, an unknown model)
-        raise RewardServiceError(
-            f"the reward service at {url} answered {exc.status_code}: {exc.message}") from exc
-    for result in results:
-        if result["score"] is None:
-            raise RewardServiceError(f"the reward service at {url} could not score item "
-                                     f"{result['index']}: {result.get('error') or 'no score'}")
-    return [float(result["score"]) for result in results]
+    def close(self) -> None:
+        self._loop.run(self._client.aclose())
+        self._loop.close()
 
 
 def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
                 timeout: float = 300.0, *, service_key: str | None = None,
-                project: str | None = None, retry_seconds: float = 0.0,
-                between_tries: Callable[[], None] = lambda: None) -> list[float]:
-    """One scalar per item, in order. Items are `/v1/score` items ({"prompt", "response",
-    "item"} or {"messages", "item"}); `reward` is a reward spec, scored with ``project``'s
-    reward models (the service key vouches for it). An unavailable service is tried again
-    until ``retry_seconds`` have passed, calling ``between_tries`` (which may raise to stop)
-    before each new try. Raises RewardServiceError."""
-    deadline = time.monotonic() + retry_seconds
-    delay = BACKOFF_FIRST_S
-    while True:
-        try:
-            return _score_once(reward_url, items, reward, timeout, service_key, project)
-        except RewardServiceUnavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        between_tries()
-        delay = min(delay * 2, BACKOFF_MAX_S)
+                project: str | None = None, retry_seconds: float = 0.0) -> list[float]:
+    """One scalar per item, in order, from a scorer that lives for this call
+    (`RewardScorer`). Items are `/v1/score` items ({"prompt", "response", "item"} or
+    {"messages", "item"}); `reward` is a reward spec, scored with ``project``'s reward models
+    (the service key vouches for it). Raises RewardServiceError."""
+    scorer = RewardScorer(reward_url, reward, timeout=timeout, service_key=service_key,
+                          project=project, retry_seconds=retry_seconds)
+    try:
+        return scorer.score(items)
+    finally:
+        scorer.close()
 
 
 def shape_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None, beta: float) -> Tensor:
