@@ -88,14 +88,18 @@ class ExperienceMaker:
     """β₁ of RTO."""
     reward_scale: float = 1.0
     """β₃ of RTO: the sentence reward's weight."""
+    on_policy: bool = False
+    """The update's own forward gives log π_old (`UpdateSettings.on_policy`): skip this one
+    and leave `logprobs` zero for it to fill."""
 
     @torch.no_grad()
     def make(self, scored: Scored, rewards: Tensor, beta: float) -> RolloutBatch:
         """The batch of ``scored``, whose rewards (B,) after normalisation are ``rewards``."""
         sequences, attention_mask, mask = pack(scored.prompts, scored.responses, self.pad_id,
                                                self.device)
-        logprobs = self._per_token(self.policy, sequences, attention_mask, mask, logits=True)
-        zeros = torch.zeros_like(logprobs)
+        zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (B, T)
+        logprobs = (zeros.clone() if self.on_policy else
+                    self._per_token(self.policy, sequences, attention_mask, mask, logits=True))
         ref_logprobs = (zeros if self.reference is None else
                         self._per_token(self.reference, sequences, attention_mask, mask, True))
         values = (zeros if self.critic is None else

@@ -123,6 +123,15 @@ class OnlineLoop(StepLoop):
         return self.hp.max_steps * self.hp.update_epochs * per_step
 
     @property
+    def on_policy(self) -> bool:
+        """One update pass of one minibatch, with nothing before the update that needs
+        log π_old (a KL penalty in the reward, RTO's dense rewards)."""
+        hp = self.hp
+        return (hp.update_epochs == 1 and self.minibatch_size >= hp.sequences_per_step
+                and not (hp.kl_in == "reward" and hp.beta > 0)
+                and not self.algorithm.needs_dpo_model)
+
+    @property
     def minibatch_size(self) -> int:
         return self.hp.minibatch_size or self.hp.sequences_per_step
 
@@ -139,7 +148,8 @@ class OnlineLoop(StepLoop):
             options=options,
             kl_estimator=hp.kl_estimator, kl_in_reward=hp.kl_in == "reward",
             whiten_advantages=hp.whiten_advantages, micro_batch_size=hp.micro_batch_size,
-            pad_id=self.policy.pad_id, device=self.policy.device, **self._dense_rewards())
+            pad_id=self.policy.pad_id, device=self.policy.device, on_policy=self.on_policy,
+            **self._dense_rewards())
 
     def _dense_rewards(self) -> dict[str, Any]:
         """RTO's DPO model and its β₁ and β₃; nothing for the other algorithms."""
@@ -164,7 +174,7 @@ class OnlineLoop(StepLoop):
             entropy_coefficient=hp.entropy_coefficient, loss_aggregation=hp.loss_aggregation,
             max_new_tokens=hp.max_new_tokens, max_grad_norm=hp.max_grad_norm,
             value_coefficient=getattr(hp, "value_coefficient", 0.0),
-            value_clip=getattr(hp, "value_clip", None))
+            value_clip=getattr(hp, "value_clip", None), on_policy=self.on_policy)
 
     # -- the StepLoop contract -------------------------------------------------------------------
 

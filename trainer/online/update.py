@@ -49,6 +49,10 @@ class UpdateSettings:
     max_grad_norm: float
     value_coefficient: float = 0.0
     value_clip: float | None = None
+    on_policy: bool = False
+    """One epoch of one minibatch: the policy being updated is the one that sampled, so
+    log π_old is its own forward's, detached (the experience maker skips that forward), and
+    is written into the batch as it is computed."""
 
 
 @dataclass
@@ -97,27 +101,33 @@ class PolicyUpdate:
         for _ in range(self.settings.update_epochs):
             order = torch.randperm(batch.size, generator=generator).tolist()
             for rows in chunks(batch.size, self.settings.minibatch_size):
-                self._minibatch(batch.select(order[rows]), beta, tally)
+                self._minibatch(batch, order[rows], beta, tally)
         return tally.means()
 
-    def _minibatch(self, minibatch: RolloutBatch, beta: float, tally: Tally) -> None:
-        scale = LossScale.of(minibatch.mask, self.settings.max_new_tokens)
-        for rows in chunks(minibatch.size, self.settings.micro_batch_size):
-            micro = minibatch.select(list(range(rows.start, rows.stop)))
-            loss = self._loss(micro, beta, scale, tally)
+    def _minibatch(self, batch: RolloutBatch, rows: list[int], beta: float,
+                   tally: Tally) -> None:
+        scale = LossScale.of(batch.mask[rows], self.settings.max_new_tokens)
+        for part in chunks(len(rows), self.settings.micro_batch_size):
+            micro = batch.select(rows[part])
+            loss, logprobs = self._loss(micro, beta, scale, tally)
             loss.backward()
+            if self.settings.on_policy:  # log π_old is this very forward's
+                batch.logprobs[rows[part]] = logprobs.detach() * micro.mask
         tally.grad_norm += clip_and_step(self.model, self.optimizer, self.scheduler,
                                          self.settings.max_grad_norm)
         if self.critic is not None:
             tally.critic_grad_norm += self.critic.step()
         tally.optimizer_steps += 1
 
-    def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale, tally: Tally) -> Tensor:
+    def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale,
+              tally: Tally) -> tuple[Tensor, Tensor]:
+        """The micro-batch's share of its minibatch's loss, and its log π_θ (b, T)."""
         s, mask = self.settings, micro.mask
         response_length = mask.shape[1]
         logits = self.policy(micro.sequences, micro.attention_mask, response_length)  # (b,T,V)
         logprobs = gather_logprobs(logits, micro.sequences[:, -response_length:])  # (b, T)
-        terms = s.policy_loss(logprobs, micro.logprobs, micro.advantages, s.clip_low,
+        old_logprobs = logprobs.detach() if s.on_policy else micro.logprobs
+        terms = s.policy_loss(logprobs, old_logprobs, micro.advantages, s.clip_low,
                               s.clip_high)
         per_token = terms.loss  # (b, T)
         entropy = entropy_from_logits(logits.float())  # (b, T)
@@ -131,7 +141,7 @@ class PolicyUpdate:
         losses = {"policy_loss": loss.item()}
         sums: dict[str, float] = {
             "clip_fraction": float(masked_sum(terms.clipped.float(), mask)),
-            "approx_kl": float(approx_kl(logprobs, micro.logprobs, mask)) * tokens,
+            "approx_kl": float(approx_kl(logprobs, old_logprobs, mask)) * tokens,
             "entropy": float(masked_sum(entropy.detach(), mask)),
             "ratio": float(masked_sum(terms.ratio.detach(), mask)),
         }
@@ -144,5 +154,5 @@ class PolicyUpdate:
             loss = loss + s.value_coefficient * value_loss
             losses["value_loss"] = value_loss.item()
         tally.add(tokens, losses, **sums)
-        return loss
+        return loss, logprobs
 
