@@ -94,7 +94,8 @@ class LocalGenerator:
                         options: Sequence[SamplingOptions]) -> list[Sample]:
         async def one(index: int) -> Sample:
             request = GenerationRequest(request_id=f"local-{index}", model=folder,
-                                        prompt_ids=prompts[index], options=options[index])
+                                        prompt_ids=prompts[index], options=options[index],
+                                        stream=False)
             ids: list[int] = []
             logprobs: list[float] = []
             finished = False

@@ -48,6 +48,10 @@ class GenerationRequest:
     """A registry id the engine's `ModelResolver` knows."""
     prompt_ids: list[int]
     options: SamplingOptions
+    stream: bool = True
+    """False: the sequence is handed over whole when it finishes (one wake-up of its reader,
+    not one per step), for readers that want it whole, like a trainer's rollouts. Engines
+    that stream anyway may ignore it."""
 
 
 @dataclass(frozen=True)

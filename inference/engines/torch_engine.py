@@ -53,6 +53,8 @@ class _Sequence:
     guides: list[Guide] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     """β_i of each guide."""
+    held: list[TokenStep] = field(default_factory=list)
+    """Steps of a request that is not streamed, until it finishes."""
 
     @property
     def options(self) -> SamplingOptions:
@@ -278,7 +280,14 @@ class TorchEngine:
             sequence.generated += 1
             finish = ("stop" if token in sequence.stop_ids else
                       "length" if sequence.generated >= sequence.options.max_tokens else None)
-            self._outbox.post(sequence, self._token_step(sequence, group.next_logits[row], token, finish))
+            step = self._token_step(sequence, group.next_logits[row], token, finish)
+            if sequence.request.stream:
+                self._outbox.post(sequence, step)
+            else:  # held until the sequence is done, then handed over in one delivery
+                sequence.held.append(step)
+                if finish is not None:
+                    for held in sequence.held:
+                        self._outbox.post(sequence, held)
             if finish is None:
                 tokens.append(token)
                 keep.append(row)
