@@ -19,6 +19,8 @@ def processed_probs(logits: Tensor, temperature: Tensor, top_k: Tensor,
     cuts: top-k keeps the first k sorted tokens, top-p those whose preceding mass is < top_p.
     """
     scaled = logits / temperature.unsqueeze(-1)  # (B, V)
+    if bool((top_k == 0).all()) and bool((top_p >= 1.0).all()):
+        return torch.softmax(scaled, dim=-1)  # no cut on any row: no sort either
     sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)  # (B, V)
     rank = torch.arange(scaled.shape[-1], device=scaled.device).unsqueeze(0)  # (1, V)
     k = torch.where(top_k > 0, top_k, scaled.shape[-1]).unsqueeze(-1)  # (B, 1)

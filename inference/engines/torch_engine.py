@@ -274,13 +274,17 @@ class TorchEngine:
                 live.append(row)
         sequences = [group.rows[row] for row in live]
         sampled = self._sample(sequences, group.next_logits[live])
+        # The model's own distribution, for the rows that report log-probabilities: one pass.
+        logprobs = (torch.log_softmax(group.next_logits, dim=-1)  # (B, V)
+                    if any(s.options.logprobs is not None for s in sequences) else None)
         tokens: list[int] = []
         keep: list[int] = []
         for row, sequence, token in zip(live, sequences, sampled, strict=True):
             sequence.generated += 1
             finish = ("stop" if token in sequence.stop_ids else
                       "length" if sequence.generated >= sequence.options.max_tokens else None)
-            step = self._token_step(sequence, group.next_logits[row], token, finish)
+            step = self._token_step(sequence, None if logprobs is None else logprobs[row], token,
+                                    finish)
             if sequence.request.stream:
                 self._outbox.post(sequence, step)
             else:  # held until the sequence is done, then handed over in one delivery
@@ -344,12 +348,12 @@ class TorchEngine:
         return tokens
 
     @staticmethod
-    def _token_step(sequence: _Sequence, logits: Tensor, token: int,
+    def _token_step(sequence: _Sequence, logprobs: Tensor | None, token: int,
                     finish: str | None) -> TokenStep:
+        """logprobs: (V,) the row's log-probabilities, when any row of the step wants them."""
         wanted = sequence.options.logprobs
-        if wanted is None:
+        if wanted is None or logprobs is None:
             return TokenStep(token_id=token, finish_reason=finish)  # type: ignore[arg-type]
-        logprobs = torch.log_softmax(logits, dim=-1)  # (V,) the model's own distribution
         return TokenStep(token_id=token, logprob=float(logprobs[token]),
                          top_logprobs=top_logprobs(logprobs, wanted),
                          finish_reason=finish)  # type: ignore[arg-type]
