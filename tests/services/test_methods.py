@@ -107,12 +107,14 @@ def test_an_option_of_another_algorithm_says_how_to_fix_it() -> None:
     assert where == "method.reinforcement.hyperparameters.r_max"
     assert message == ("r_max is an option of algorithm 'ngrpo', not 'grpo'; remove it or set "
                        "algorithm to 'ngrpo'")
-    with pytest.raises(ValidationError, match="gamma is an option of algorithm 'ppo', not 'rloo'"):
+    with pytest.raises(ValidationError,
+                       match="gamma is an option of algorithm 'ppo' or 'rto', not 'rloo'"):
         reinforcement(algorithm="rloo", hyperparameters={"gamma": 0.9})
 
 
 @pytest.mark.parametrize("section, where, words", [
-    ({"algorithm": "superhf"}, "algorithm", "choose one of grpo, rloo, remax, ngrpo, ppo"),
+    ({"algorithm": "dpo"}, "algorithm",
+     "choose one of grpo, rloo, remax, ngrpo, ppo, rto, superhf"),
     ({"hyperparameters": {"clip_range": 0.2}}, "hyperparameters.clip_range", "Extra inputs"),
     ({"hyperparameters": {"algorithm": "ppo"}}, "hyperparameters", "set it once"),
     ({"algorithm": "rloo", "hyperparameters": {"group_size": 1}}, "hyperparameters.group_size",

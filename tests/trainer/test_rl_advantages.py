@@ -184,11 +184,13 @@ def test_ppo_estimator_is_gae_on_the_critic_values() -> None:
 
 
 def test_registry_records_what_each_algorithm_needs() -> None:
-    assert set(ALGORITHMS) == {"grpo", "rloo", "remax", "ngrpo", "ppo"}
-    assert [name for name, a in ALGORITHMS.items() if a.needs_critic] == ["ppo"]
+    assert set(ALGORITHMS) == {"grpo", "rloo", "remax", "ngrpo", "ppo", "rto", "superhf"}
+    assert [name for name, a in ALGORITHMS.items() if a.needs_critic] == ["ppo", "rto"]
     assert [name for name, a in ALGORITHMS.items() if a.needs_greedy_baseline] == ["remax"]
+    assert [name for name, a in ALGORITHMS.items() if a.needs_dpo_model] == ["rto"]
     assert {name for name, a in ALGORITHMS.items() if a.min_group_size == 2} == {
-        "grpo", "rloo", "ngrpo"}
+        "grpo", "rloo", "ngrpo", "superhf"}
+    assert ALGORITHMS["superhf"].rollout_filter == ("best", 1)
     assert ALGORITHMS["ngrpo"].clip == (0.16, 0.24) and ALGORITHMS["ppo"].clip == (0.2, 0.2)
     with pytest.raises(ValueError, match="one of .*'grpo'.*got 'dpo'"):
         get_algorithm("dpo")
