@@ -98,7 +98,7 @@ EXACT_ANSWER = {"type": "string_check", "name": "exact", "operation": "eq",
                 "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
 """The demo task's grader as a reward spec: 1 when the response is the answer, else 0."""
 GRPO_HYPERPARAMETERS = {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 6,
-                        "learning_rate": 2e-5, "checkpoint_every": 20}
+                        "learning_rate": 3e-5, "checkpoint_every": 20}
 
 
 def _reinforce(client: AlignClient, world: Any, sft: dict[str, Any], steps: int,

@@ -1,4 +1,7 @@
-"""How a reward is read off a trained reward model folder: the file beside its weights.
+"""Model heads: how a reward is read off a trained reward model folder (the file beside its
+weights), and the value head of a value model or a PPO critic (`load_value_model`).
+
+Reward heads.
 
 A classifier reward model is a save_pretrained `AutoModelForSequenceClassification` and needs
 no more. An implicit one is a save_pretrained causal LM whose reward is
@@ -18,6 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForTokenClassification, PreTrainedModel
 
 from services.methods import RewardModelHyperparameters
 
@@ -76,3 +82,20 @@ def read_head(folder: Path) -> ImplicitHead | None:
         beta=float(raw["beta"]),
         reference=None if reference is None else Reference(str(reference["path"]),
                                                            reference.get("model")))
+
+
+def load_value_model(source: Path, pad_id: int, device: torch.device,
+                     zero_head: bool) -> PreTrainedModel:
+    """The value model in float32: from a base causal LM (the head is new; `zero_head` zeroes
+    it) or from a checkpoint. No dropout in the head, so a value is a function of the text."""
+    config = AutoConfig.from_pretrained(source, num_labels=1, id2label={0: "value"},
+                                        label2id={"value": 0}, pad_token_id=pad_id)
+    config.classifier_dropout = 0.0  # read by the head; not every config class declares it
+    model = AutoModelForTokenClassification.from_pretrained(
+        source, config=config, dtype=torch.float32, device_map=device)
+    if zero_head:
+        with torch.no_grad():
+            model.score.weight.zero_()
+            if model.score.bias is not None:
+                model.score.bias.zero_()
+    return model

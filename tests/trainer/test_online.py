@@ -33,7 +33,8 @@ DIGIT_SHARE = {
 STEP_METRICS = {"reward_mean", "reward_std", "entropy", "clip_fraction", "approx_kl",
                 "response_length", "advantage_mean", "advantage_std", "filtered_fraction",
                 "samples_per_second", "tokens_per_second", "rollout_seconds", "score_seconds",
-                "update_seconds", "policy_loss", "grad_norm", "learning_rate"}
+                "update_seconds", "policy_loss", "grad_norm", "learning_rate",
+                "uniform_group_fraction", "zero_reward_group_fraction"}
 
 
 def prompt_rows(n: int) -> list[dict[str, Any]]:
@@ -262,3 +263,12 @@ def test_rto_token_rewards_follow_the_paper() -> None:
                 expected += 2.0 * float(scored.rewards[row])
             assert batch.token_rewards[row, t].item() == pytest.approx(float(expected), abs=1e-5)
     assert batch.token_rewards[1, 1:].abs().sum() == 0
+
+
+def test_group_fractions_count_prompts_not_responses() -> None:
+    from trainer.online.loop import uniform_group_fraction, zero_reward_group_fraction
+
+    rewards = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 1.0])
+    group = torch.tensor([0, 0, 1, 1, 2, 2])  # all wrong, mixed, all right
+    assert zero_reward_group_fraction(rewards, group) == pytest.approx(1 / 3)
+    assert uniform_group_fraction(rewards, group) == pytest.approx(2 / 3)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from modeling.heads import load_value_model
 from modeling.sequences import encode_prompt
 from services.methods import METHOD_PURPOSES, Method, ValueModelHyperparameters
 from tests.trainer.test_supervised import Recorder, context
@@ -20,7 +21,6 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.context import JobStopped
 from trainer.demo_world import build_tokenizer, make_problems
 from trainer.methods import METHODS
-from trainer.methods.value_model import load_value_model
 from trainer.online.scoring import RewardServiceError, reward_item
 from trainer.value_data import ROLLOUTS_FILE, Rollout, collate_values
 

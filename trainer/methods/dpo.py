@@ -43,8 +43,8 @@ from trainer.loop import (
     count_steps,
     pick_device,
 )
-from trainer.methods.supervised import load_model
 from trainer.reward_data import PairExample, collate_pairs, tokenize_pair
+from trainer.trained_model import load_model
 
 REFERENCE_FILE = "reference_logps.pt"
 

@@ -9,17 +9,14 @@ steps long and a checkpoint's stream position is all a resumed run needs to see 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoTokenizer
 
 from modeling.logprobs import token_nll
 from modeling.sequences import (
@@ -28,10 +25,9 @@ from modeling.sequences import (
     collate,
     tokenize_supervised_row,
 )
-from services.methods import LoraConfig, SupervisedHyperparameters
+from services.methods import SupervisedHyperparameters
 from trainer.algorithms.reductions import masked_count, masked_sum
 from trainer.algorithms.sft import completion_token_count, sft_loss
-from trainer.checkpoint import model_dir
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import (
     StepLoop,
@@ -43,33 +39,7 @@ from trainer.loop import (
     count_steps,
     pick_device,
 )
-
-CausalLM = PreTrainedModel | PeftModel
-"""What a method trains: a causal LM, or one wrapped by peft (which then saves its adapter only)."""
-
-def load_model(
-    base_model_path: Path, lora: LoraConfig | None, resume_from: Path | None, device: torch.device
-) -> CausalLM:
-    """The model to train: base weights (or a checkpoint's), wrapped in a LoRA adapter if asked.
-
-    Weights stay in float32: the optimizer updates them directly, with no master copy.
-    """
-    if lora is None:
-        source = model_dir(resume_from) if resume_from is not None else base_model_path
-        return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, device_map=device)
-    base = AutoModelForCausalLM.from_pretrained(
-        base_model_path, dtype=torch.float32, device_map=device
-    )
-    if resume_from is not None:
-        return PeftModel.from_pretrained(base, model_dir(resume_from), is_trainable=True)
-    config = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # annotated int; peft computes alpha / r
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, config)
+from trainer.trained_model import load_model
 
 
 @dataclass

@@ -20,18 +20,15 @@ stream of rollouts: a step reads the next `batch_size * gradient_accumulation_st
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import transformers
 from torch import Tensor
 from transformers import (
-    AutoConfig,
-    AutoModelForTokenClassification,
     AutoTokenizer,
-    PreTrainedModel,
 )
 
+from modeling.heads import load_value_model
 from modeling.sequences import encode_prompt
 from services.methods import ValueModelHyperparameters
 from trainer.algorithms.reductions import masked_count
@@ -61,23 +58,6 @@ from trainer.value_data import (
 
 VALIDATION_SEED_OFFSET = 1_000_003
 """Validation prompts are sampled from seed + this, apart from the training prompts' draws."""
-
-
-def load_value_model(source: Path, pad_id: int, device: torch.device,
-                     zero_head: bool) -> PreTrainedModel:
-    """The value model in float32: from a base causal LM (the head is new; `zero_head` zeroes
-    it) or from a checkpoint. No dropout in the head, so a value is a function of the text."""
-    config = AutoConfig.from_pretrained(source, num_labels=1, id2label={0: "value"},
-                                        label2id={"value": 0}, pad_token_id=pad_id)
-    config.classifier_dropout = 0.0  # read by the head; not every config class declares it
-    model = AutoModelForTokenClassification.from_pretrained(
-        source, config=config, dtype=torch.float32, device_map=device)
-    if zero_head:
-        with torch.no_grad():
-            model.score.weight.zero_()
-            if model.score.bias is not None:
-                model.score.bias.zero_()
-    return model
 
 
 class ValueModelTrainer(StepLoop):

@@ -1,7 +1,7 @@
 """PPO's critic: V(s_t) for the state before each response token, trained beside the policy.
 
 A separate model with a one-output token-classification head (the value model's layout,
-`trainer.methods.value_model.load_value_model`), initialised from the job's base model with a
+`modeling.heads.load_value_model`), initialised from the job's base model with a
 zeroed head, or from a registered reward model named by `critic_model` (PPO-max: a critic that
 starts from the reward model's features, and its head when it is a classifier). It has its own
 optimizer and schedule and is saved in every checkpoint beside the policy.
@@ -18,11 +18,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from modeling.heads import read_head
+from modeling.heads import load_value_model, read_head
 from modeling.logprobs import left_padded_positions
 from services.methods.reinforcement import PpoHyperparameters
 from trainer.loop import build_optimizer, build_scheduler, clip_and_step
-from trainer.methods.value_model import load_value_model
 
 CRITIC_DIR, CRITIC_OPTIMIZER, CRITIC_SCHEDULER = "critic", "critic_optimizer.pt", "critic_scheduler.pt"
 

@@ -206,8 +206,10 @@ class OnlineLoop(StepLoop):
         step = self.state.step
         started = time.perf_counter()
         completions = self._sample(indices, step)
+        greedy = (self._greedy([self.prompts[i] for i in indices])  # ReMax's baseline
+                  if self.algorithm.needs_greedy_baseline else None)
         sampled = time.perf_counter()
-        scored = self._score(indices, completions, step)
+        scored = self._score(indices, completions, greedy)
         kept = self._filter(scored, step)
         scored_at = time.perf_counter()
         batch = self.experience.make(kept, self.normalize(kept.rewards), self.kl.value)
@@ -246,17 +248,19 @@ class OnlineLoop(StepLoop):
         return self.scorer.score([reward_item(row, text)
                                   for row, text in zip(rows, texts, strict=True)])
 
-    def _score(self, indices: list[int], completions: list[Completion], step: int) -> Scored:
+    def _score(self, indices: list[int], completions: list[Completion],
+               greedy: list[Completion] | None) -> Scored:
+        """The sampled responses' rewards, and those of the greedy ones (ReMax's baselines)
+        scored in the same request."""
         rows = [self.ctx.training_rows[indices[c.prompt]] for c in completions]
         texts = [c.text for c in completions]
         baseline = torch.zeros(len(completions))
-        if self.algorithm.needs_greedy_baseline:  # ReMax: one greedy response per prompt
-            greedy = self._greedy([self.prompts[i] for i in indices])
+        if greedy is not None:
             rows += [self.ctx.training_rows[i] for i in indices]
             texts += [c.text for c in greedy]
         rewards = torch.tensor(self._rewards(rows, texts), dtype=torch.float32)
         group = torch.tensor([c.prompt for c in completions], dtype=torch.long)
-        if self.algorithm.needs_greedy_baseline:
+        if greedy is not None:
             baseline = rewards[len(completions):][group]
             rewards = rewards[: len(completions)]
         return Scored([self.prompts[indices[c.prompt]] for c in completions],
@@ -285,6 +289,8 @@ class OnlineLoop(StepLoop):
                  "finished_fraction": sum(c.finished for c in completions) / len(completions),
                  "filtered_fraction": 1.0 - kept.rewards.numel() / rewards.numel(),
                  "uniform_group_fraction": uniform_group_fraction(rewards, scored.group),
+                 "zero_reward_group_fraction": zero_reward_group_fraction(rewards,
+                                                                          scored.group),
                  **advantage_statistics(batch)}
         if self.hp.beta > 0:
             stats["kl"] = float(sequence_kl(batch, self.hp.kl_estimator).mean())
@@ -321,6 +327,14 @@ def uniform_group_fraction(rewards: Tensor, group: Tensor) -> float:
     groups = group.unique()
     uniform = sum(bool((rewards[group == g] == rewards[group == g][0]).all()) for g in groups)
     return uniform / max(len(groups), 1)
+
+
+def zero_reward_group_fraction(rewards: Tensor, group: Tensor) -> float:
+    """Fraction of prompts none of whose responses scored above 0 (all wrong, for a 0/1
+    grader): GRPO learns nothing from them; NGRPO's virtual sample does."""
+    groups = group.unique()
+    zero = sum(bool((rewards[group == g] <= 0).all()) for g in groups)
+    return zero / max(len(groups), 1)
 
 
 def engine_gap(kept: Scored, batch: RolloutBatch) -> float:

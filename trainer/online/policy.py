@@ -25,8 +25,8 @@ from services.methods.reinforcement import ReinforcementHyperparameters
 from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import build_optimizer, build_scheduler, pick_device
-from trainer.methods.supervised import load_model
 from trainer.online.experience import LogitsFn
+from trainer.trained_model import load_model
 
 
 @dataclass
