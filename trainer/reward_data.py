@@ -26,7 +26,13 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from modeling.sequences import TextBatch, pad_right, response_labels, tokenize_scored
+from modeling.sequences import (
+    TextBatch,
+    pad_right,
+    response_labels,
+    split_scored,
+    tokenize_scored,
+)
 
 PREFERENCE_OBJECTIVES = ["reward"]
 """A preference-trained model has one head: the scalar reward."""
@@ -70,6 +76,8 @@ class PairExample:
     """Index of the chosen response's first token in chosen_ids."""
     rejected_start: int
     """Index of the rejected response's first token in rejected_ids."""
+    cut: bool = False
+    """Either text was longer than max_seq_length and lost its end."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,13 @@ def tokenize_pair(
     else:
         prompt = row["input"]["messages"]
         chosen, rejected = row["preferred_output"], row["non_preferred_output"]
-    chosen_ids, chosen_start = tokenize_scored(tokenizer, prompt, chosen, max_seq_length)
-    rejected_ids, rejected_start = tokenize_scored(tokenizer, prompt, rejected, max_seq_length)
-    return PairExample(chosen_ids, rejected_ids, chosen_start, rejected_start)
+    chosen_prompt, chosen_ids = split_scored(tokenizer, prompt, chosen)
+    rejected_prompt, rejected_ids = split_scored(tokenizer, prompt, rejected)
+    chosen_text, rejected_text = chosen_prompt + chosen_ids, rejected_prompt + rejected_ids
+    return PairExample(  # as tokenize_scored cuts, each text tokenized once
+        chosen_text[:max_seq_length], rejected_text[:max_seq_length],
+        min(len(chosen_prompt), max_seq_length), min(len(rejected_prompt), max_seq_length),
+        cut=max(len(chosen_text), len(rejected_text)) > max_seq_length)
 
 
 def tokenize_rated(

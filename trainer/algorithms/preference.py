@@ -80,10 +80,14 @@ def sequential_kl(reference_logits: Tensor, logits: Tensor, mask: Tensor) -> Ten
     reference_logits, logits: (N, T, V) at the positions that predict the response tokens;
     mask: (N, T) bool, the response's tokens.
     """
+    return masked_sum(token_kl(reference_logits, logits), mask, dim=-1)
+
+
+def token_kl(reference_logits: Tensor, logits: Tensor) -> Tensor:
+    """(N, T) KL(π_ref(·|s_t) ‖ π_θ(·|s_t)) at every position; logits (N, T, V)."""
     reference_logps = torch.log_softmax(reference_logits.float(), dim=-1)  # (N, T, V)
     logps = torch.log_softmax(logits.float(), dim=-1)  # (N, T, V)
-    per_token = (reference_logps.exp() * (reference_logps - logps)).sum(-1)  # (N, T)
-    return masked_sum(per_token, mask, dim=-1)
+    return (reference_logps.exp() * (reference_logps - logps)).sum(-1)
 
 
 PREFERENCE_LOSSES: dict[str, Callable[[PairLogRatios, PreferenceOptions], Tensor]] = {

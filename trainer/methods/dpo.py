@@ -23,14 +23,13 @@ import transformers
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling.logprobs import IGNORE_INDEX, response_logps, response_token_counts
-from modeling.sequences import UNLIMITED
+from modeling.packing import PackedBatch, pack, packing_matches
 from services.methods import DpoHyperparameters
 from trainer.algorithms.preference import (
     PREFERENCE_LOSSES,
     PairLogRatios,
     PreferenceOptions,
-    sequential_kl,
+    token_kl,
 )
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import (
@@ -43,7 +42,7 @@ from trainer.loop import (
     count_steps,
     pick_device,
 )
-from trainer.reward_data import PairExample, collate_pairs, tokenize_pair
+from trainer.reward_data import PairExample, tokenize_pair
 from trainer.trained_model import load_model
 
 REFERENCE_FILE = "reference_logps.pt"
@@ -75,6 +74,7 @@ class DpoTrainer(StepLoop):
         self.total_steps = count_steps(len(self.train_examples), self.hp)
         self.model = load_model(ctx.base_model_path, self.hp.lora, ctx.resume_from, self.device)
         self.model.train()
+        self._packs = {id(self.model): self._packing_matches(self.model, "the policy")}
         self.options = PreferenceOptions(beta=self.hp.beta,
                                          label_smoothing=self.hp.label_smoothing or 0.0,
                                          tdpo_alpha=self.hp.tdpo_alpha,
@@ -89,17 +89,29 @@ class DpoTrainer(StepLoop):
     # -- data ------------------------------------------------------------------------------------
 
     def _tokenize(self, rows: list[dict[str, Any]], name: str) -> list[PairExample]:
-        examples, cut = [], 0
-        for row in rows:
-            example = tokenize_pair(self.tokenizer, row, self.hp.max_seq_length)
-            whole = tokenize_pair(self.tokenizer, row, UNLIMITED)
-            cut += (len(whole.chosen_ids), len(whole.rejected_ids)) != \
-                (len(example.chosen_ids), len(example.rejected_ids))
-            examples.append(example)
+        examples = [tokenize_pair(self.tokenizer, row, self.hp.max_seq_length) for row in rows]
+        cut = sum(example.cut for example in examples)
         if cut:
             self.ctx.log(f"{cut} of {len(rows)} {name} pairs were cut to max_seq_length "
                          f"({self.hp.max_seq_length}); their log-ratios cover the tokens kept")
         return examples
+
+    def _packing_matches(self, model: Any, name: str) -> bool:
+        """Whether ``model`` may run on packed rows (`modeling.packing`), checked on the first
+        pairs; logged when it may not."""
+        sample = self.train_examples[: max(self.hp.batch_size, 2)]
+        sequences, starts = _texts(sample)
+        matches = packing_matches(model, sequences, starts, self.pad_id, self.device)
+        if not matches:
+            self.ctx.log(f"{name} runs on right-padded rows: packed rows did not give it the "
+                         "same log-probabilities")
+        return matches
+
+    def _pack(self, examples: list[PairExample], *models: Any) -> PackedBatch:
+        """The pairs' 2B texts (chosen, then rejected), packed when every model allows."""
+        sequences, starts = _texts(examples)
+        return pack(sequences, starts, self.pad_id, self.device,
+                    packed=all(self._packs[id(model)] for model in models))
 
     # -- the reference ---------------------------------------------------------------------------
 
@@ -122,7 +134,9 @@ class DpoTrainer(StepLoop):
                                  "the base model; log-ratios need the same tokens")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                      device_map=self.device)
-        return model.eval().requires_grad_(False)
+        model.eval().requires_grad_(False)
+        self._packs[id(model)] = self._packing_matches(model, "the reference")
+        return model
 
     @torch.no_grad()
     def _reference_logps(self, examples: list[PairExample]) -> Tensor:
@@ -131,10 +145,8 @@ class DpoTrainer(StepLoop):
         parts = []
         with context:
             for rows in chunk(list(range(len(examples))), self.hp.batch_size):
-                batch = collate_pairs([examples[i] for i in rows], self.pad_id, self.device)
-                logits = model(input_ids=batch.texts.input_ids,
-                               attention_mask=batch.texts.attention_mask).logits
-                logps = response_logps(logits, batch.labels)  # (2b,)
+                batch = self._pack([examples[i] for i in rows], model)
+                logps = batch.response_logps(batch.logits(model))  # (2b,)
                 parts.append(logps.view(2, -1).T)  # (b, 2)
         return torch.cat(parts).cpu()
 
@@ -157,26 +169,30 @@ class DpoTrainer(StepLoop):
 
     def _forward(self, examples: list[PairExample], split: str,
                  indices: list[int]) -> PairOutputs:
-        batch = collate_pairs(examples, self.pad_id, self.device)
-        texts, labels = batch.texts, batch.labels  # (2B, T) each
-        logits = self.model(input_ids=texts.input_ids, attention_mask=texts.attention_mask).logits
-        logps = response_logps(logits, labels)  # (2B,)
-        n = batch.num_pairs
-        nll = -logps[:n] / response_token_counts(labels[:n]).clamp(min=1.0)  # (B,)
+        n = len(examples)
         if self.hp.loss != "tdpo":
+            batch = self._pack(examples, self.model)
+            logps = batch.response_logps(batch.logits(self.model))  # (2B,)
             reference = self.reference_logps[split][indices].to(self.device)  # (B, 2)
             pairs = PairLogRatios(logps[:n] - reference[:, 0], logps[n:] - reference[:, 1])
-            return PairOutputs(logps[:n], logps[n:], pairs, nll)
+            return PairOutputs(logps[:n], logps[n:], pairs, self._chosen_nll(batch, logps))
         model, context = self._reference()
+        batch = self._pack(examples, self.model, model)  # one layout: the KL is per position
+        logits = batch.logits(self.model)  # (R, L, V)
         with context, torch.no_grad():
-            reference_logits = model(input_ids=texts.input_ids,
-                                     attention_mask=texts.attention_mask).logits
-        reference_logps = response_logps(reference_logits, labels)  # (2B,)
-        mask = labels[:, 1:] != IGNORE_INDEX  # (2B, T-1)
-        seq_kl = sequential_kl(reference_logits[:, :-1], logits[:, :-1], mask)  # (2B,)
-        ratios = logps - reference_logps
+            reference_logits = batch.logits(model)
+        logps = batch.response_logps(logits)  # (2B,)
+        ratios = logps - batch.response_logps(reference_logits)
+        per_token = token_kl(reference_logits[:, :-1], logits[:, :-1])  # (R, L-1)
+        seq_kl = batch.per_sequence(per_token * batch.response_mask)  # (2B,)
         pairs = PairLogRatios(ratios[:n], ratios[n:], seq_kl[:n], seq_kl[n:])
-        return PairOutputs(logps[:n], logps[n:], pairs, nll)
+        return PairOutputs(logps[:n], logps[n:], pairs, self._chosen_nll(batch, logps))
+
+    @staticmethod
+    def _chosen_nll(batch: PackedBatch, logps: Tensor) -> Tensor:
+        """(B,) per-token NLL of each chosen response; logps (2B,) chosen first."""
+        n = len(logps) // 2
+        return -logps[:n] / batch.response_token_counts()[:n].clamp(min=1.0)
 
     def _loss(self, outputs: PairOutputs) -> Tensor:
         """(B,) the loss of each pair, with the chosen response's NLL when asked (RPO)."""
@@ -237,6 +253,12 @@ class DpoTrainer(StepLoop):
                               final_metrics=metrics,
                               metadata={"loss": self.hp.loss, "beta": self.hp.beta,
                                         "reference": self.hp.reference or self.ctx.base_model})
+
+
+def _texts(examples: list[PairExample]) -> tuple[list[list[int]], list[int]]:
+    """The 2B texts of B pairs, chosen then rejected, and where each one's response starts."""
+    return ([e.chosen_ids for e in examples] + [e.rejected_ids for e in examples],
+            [e.chosen_start for e in examples] + [e.rejected_start for e in examples])
 
 
 def run(ctx: TrainingContext) -> TrainingResult:
