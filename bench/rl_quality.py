@@ -1,4 +1,5 @@
-"""Online RL on the demo task: held-out quality before and after each algorithm, and its cost.
+"""Online RL and preference optimisation on the demo task: held-out quality before and after
+each algorithm, and its cost.
 
 One run:
   1. fine-tunes the demo world's pretrained base as `alignd demo` does (the `supervised`
@@ -6,9 +7,14 @@ One run:
   2. starts alignd's reward service in a thread on loopback (a throwaway migrated database),
      scoring with the gold grader as a `string_check` (the response is the answer), which it
      checks against the task's `gold_grade` on 800 sampled responses;
-  3. trains the supervised model with each algorithm through `OnlineLoop` (the `reinforcement`
-     method's loop) on the demo's 1,000 RL prompts, for --steps steps or --budget-minutes,
-     each algorithm in a process of its own (its peak memory is its own);
+  3. trains the supervised model with each algorithm, each in a process of its own (its peak
+     memory is its own), for --steps steps or --budget-minutes:
+     - DPO, IPO, cDPO and TDPO through a `dpo` job's loop on the demo's 2,000 preference pairs
+       (chosen: the gold answer; rejected: a wrong answer or the question echoed);
+     - GRPO, RLOO, ReMax, NGRPO, PPO, RTO and SuperHF through `OnlineLoop` (the
+       `reinforcement` method's loop) on the demo's 1,000 RL prompts; RTO's `dpo_model` is the
+       model a preference run trained (`dpo` unless --rto-dpo-model names another; that run
+       comes first whenever RTO runs);
   4. measures the supervised model and each trained policy on the 200 held-out problems:
   - exact match: greedy answers graded by `gold_grade` (as `exact_match_accuracy` does);
   - mean gold reward: `gold_grade` of EVAL_SAMPLES responses per prompt sampled at
@@ -21,6 +27,7 @@ One run:
 
     python -m bench.rl_quality                         # every algorithm, the defaults below
     python -m bench.rl_quality --algorithms grpo --steps 20
+    python -m bench.rl_quality --algorithms dpo rto ppo   # RTO against PPO, DPO first
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import statistics
@@ -39,12 +47,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from bench._harness import REPO, fresh_database, machine_info, ratio, scratch_dir
+from bench._heldout import Quality, measure, peak_memory, reset_peak_memory, sample
 
 OUT = REPO / "bench" / "out" / "rl_quality"
-ALGORITHMS = ("grpo", "rloo", "remax", "ngrpo", "ppo")
+ONLINE = ("grpo", "rloo", "remax", "ngrpo", "ppo", "rto", "superhf")
+"""`reinforcement` algorithms, trained by the online loop on the demo's prompts."""
+PREFERENCE_RUNS: dict[str, dict[str, Any]] = {
+    "dpo": {"loss": "sigmoid"}, "rpo": {"loss": "sigmoid", "sft_coefficient": 1.0},
+    "ipo": {"loss": "ipo"}, "cdpo": {"loss": "conservative"}, "tdpo": {"loss": "tdpo"}}
+"""`dpo` jobs, trained on the demo's preference pairs: each run's hyperparameters over
+DPO_HYPERPARAMETERS (rpo: DPO with the chosen responses' NLL added, Pang et al. 2024)."""
+ALGORITHMS = (*PREFERENCE_RUNS, *ONLINE)
+"""In the order they run: RTO reads the model a preference run saved."""
+OWN_BETA = ("rto", "superhf")
+"""Algorithms whose β is part of the method (RTO's β₂ of the token reward, SuperHF's KL
+prior): they keep their defaults instead of RL_HYPERPARAMETERS' 0."""
 SFT_HYPERPARAMETERS: dict[str, Any] = {"max_steps": 300, "n_epochs": 100, "batch_size": 32,
                                        "learning_rate": 1e-3, "checkpoint_every": 10_000}
 """What `alignd demo` fine-tunes with (cli/demo.py), without its validation file."""
@@ -60,23 +79,13 @@ RL_HYPERPARAMETERS: dict[str, Any] = {
 set to 0 too, so that no algorithm loads a reference). lr 3e-5 from the runs in RESULTS.md §9:
 1e-5 barely moves, 1e-4 and 3e-4 fit the training prompts faster and lose held-out exact
 match, 1e-3 collapses to reward 0 within 100 steps."""
-EVAL_SAMPLES = 4
-"""Responses sampled per held-out prompt for the mean reward and the KL."""
-MAX_NEW_TOKENS = 8
-"""Greedy tokens per held-out answer (answers are at most 4 characters and a stop token)."""
-
-
-@dataclass
-class Quality:
-    """A model on the held-out prompts."""
-
-    exact_match: float
-    mean_reward: float
-    kl_to_start: float
-    unsolved_exact_match: float
-    """Exact match on the prompts whose supervised samples were all wrong."""
-    solved_in_samples: list[bool] = field(repr=False)
-    """Per prompt: at least one of its samples was right."""
+DPO_HYPERPARAMETERS: dict[str, Any] = {
+    "batch_size": 16, "learning_rate": 1e-5, "lr_scheduler": "constant", "beta": 0.1,
+    "n_epochs": 100, "checkpoint_every": 100_000, "max_seq_length": 32}
+"""Every `dpo` run's hyperparameters (max_steps from --steps; the loss per run). Plain DPO
+lowered held-out exact match at every learning rate tried (2e-6: -5 points, 1e-5: -12.5,
+1e-4: -17.5, 1e-3: collapse, 250 steps): the chosen responses' log-probability falls with the
+rejected ones' (-0.3 to -1.5 nats), the "likelihood displacement" RPO's NLL term counters."""
 
 
 @dataclass
@@ -155,77 +164,6 @@ def check_reward(reward_url: str, rows: list[dict[str, Any]], texts: list[str]) 
     return sum(s != gold_grade(t, r["answer"]) for s, t, r in zip(scores, texts, rows))
 
 
-# --- held-out quality -----------------------------------------------------------------------
-
-
-@dataclass
-class Samples:
-    """EVAL_SAMPLES responses per held-out prompt, prompt by prompt."""
-
-    prompts: list[list[int]]
-    responses: list[list[int]]
-    texts: list[str]
-    rows: list[dict[str, Any]]
-
-
-def sample(model: Any, model_path: Path, tokenizer: Any, rows: list[dict[str, Any]],
-           seed: int) -> Samples:
-    from inference.local import LocalGenerator
-    from modeling.sequences import UNLIMITED, encode_prompt
-    from trainer.online.sampler import RolloutOptions, Sampler
-
-    prompts = [encode_prompt(tokenizer, row, UNLIMITED) for row in rows]
-    sampler = Sampler(model_path, tokenizer, LocalGenerator(max_batch_size=256),
-                      live_model=model)
-    try:
-        completions = sampler.sample(prompts, RolloutOptions(
-            samples_per_prompt=EVAL_SAMPLES, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0,
-            top_k=0, seed=seed))
-    finally:
-        sampler.close()
-    return Samples([prompts[c.prompt] for c in completions], [c.token_ids for c in completions],
-                   [c.text for c in completions], [rows[c.prompt] for c in completions])
-
-
-@torch.no_grad()
-def sequence_logprobs(model: Any, samples: Samples, pad_id: int, batch: int = 256) -> Tensor:
-    """(N,) Σ_t log π(a_t | s_t) of each sampled response under ``model``."""
-    from modeling.logprobs import gather_logprobs, response_logits
-    from trainer.online.experience import chunks, pack
-
-    totals = []
-    for rows in chunks(len(samples.prompts), batch):
-        sequences, attention_mask, mask = pack(samples.prompts[rows], samples.responses[rows],
-                                               pad_id, torch.device("cpu"))
-        length = mask.shape[1]
-        logits = response_logits(model, sequences, attention_mask, length)  # (b, T, V)
-        logprobs = gather_logprobs(logits, sequences[:, -length:])  # (b, T)
-        totals.append((logprobs * mask).sum(-1))
-    return torch.cat(totals)
-
-
-def measure(model: Any, start: Any, model_path: Path, tokenizer: Any,
-            rows: list[dict[str, Any]], solved_before: list[bool] | None) -> Quality:
-    """``model`` on the held-out ``rows``; ``start`` is the supervised model (KL's reference)."""
-    from trainer.demo_world.evaluate import greedy_completions
-    from trainer.demo_world.task import gold_grade
-
-    model.eval()
-    greedy = greedy_completions(model, tokenizer, [r["prompt"] for r in rows],
-                                max_new_tokens=MAX_NEW_TOKENS, batch_size=200)
-    right = [gold_grade(text, row["answer"]) for text, row in zip(greedy, rows)]
-    samples = sample(model, model_path, tokenizer, rows, seed=0)
-    rewards = [gold_grade(t, r["answer"]) for t, r in zip(samples.texts, samples.rows)]
-    pad_id = tokenizer.pad_token_id
-    kl = sequence_logprobs(model, samples, pad_id) - sequence_logprobs(start, samples, pad_id)
-    solved = [max(rewards[i * EVAL_SAMPLES:(i + 1) * EVAL_SAMPLES]) > 0 for i in range(len(rows))]
-    unsolved = [r for r, s in zip(right, solved_before or solved) if not s]
-    return Quality(exact_match=statistics.mean(right), mean_reward=statistics.mean(rewards),
-                   kl_to_start=float(kl.mean()),
-                   unsolved_exact_match=statistics.mean(unsolved) if unsolved else float("nan"),
-                   solved_in_samples=solved)
-
-
 # --- training -------------------------------------------------------------------------------
 
 
@@ -247,34 +185,6 @@ class Recorder:
             raise JobStopped(f"budget of {self.budget_seconds:.0f} s spent")
 
 
-def train(algorithm: str, sft: Path, rows: list[dict[str, Any]], reward_url: str,
-          hyperparameters: dict[str, Any], budget_seconds: float, workdir: Path,
-          validation_rows: list[dict[str, Any]] | None = None) -> tuple[Any, Recorder, float]:
-    """The policy trained with ``algorithm`` from ``sft`` (in memory), its metrics, seconds.
-    Stops at max_steps or, before the step that would start past the budget, at the budget."""
-    from services.methods import Method
-    from trainer.context import JobStopped, TrainingContext
-
-    method = Method.model_validate({"type": "reinforcement", "reinforcement": {
-        "algorithm": algorithm, "reward": GOLD_REWARD, "hyperparameters": hyperparameters}})
-    recorder = Recorder(budget_seconds)
-    ctx = TrainingContext(
-        job_id=f"bench-{algorithm}", base_model_path=sft, training_rows=rows,
-        validation_rows=validation_rows, hyperparameters=method.hyperparameters, seed=0,
-        output_dir=workdir / algorithm / "model",
-        checkpoint_root=workdir / algorithm / "checkpoints",
-        report_metrics=recorder.report_metrics, check_continue=recorder.check_continue,
-        reward=GOLD_REWARD, reward_url=reward_url)
-    from trainer.online.loop import OnlineLoop
-
-    loop = OnlineLoop(ctx)
-    try:
-        loop.train()
-    except JobStopped:
-        pass
-    return loop.model, recorder, time.perf_counter() - recorder.started
-
-
 @dataclass(frozen=True)
 class Setup:
     """What every algorithm's run shares; picklable, as each runs in a process of its own (its
@@ -282,9 +192,11 @@ class Setup:
 
     sft: Path
     train_rows: list[dict[str, Any]]
+    preference_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     reward_url: str
     hyperparameters: dict[str, Any]
+    dpo_hyperparameters: dict[str, Any]
     budget_seconds: float
     workdir: Path
     threads: int
@@ -292,6 +204,70 @@ class Setup:
     eval_every: int | None
     """Steps between the loop's own held-out evaluations (greedy, scored by the reward
     service), inside the budget; None: none."""
+    rto_dpo_run: str = "dpo"
+    """The preference run whose model is RTO's `dpo_model`."""
+
+    def output_dir(self, algorithm: str) -> Path:
+        return self.workdir / algorithm / "model"
+
+    def context(self, algorithm: str, method: Any, recorder: Recorder, **fields: Any) -> Any:
+        from trainer.context import TrainingContext
+
+        return TrainingContext(
+            job_id=f"bench-{algorithm}", base_model_path=self.sft,
+            hyperparameters=method.hyperparameters, seed=0,
+            output_dir=self.output_dir(algorithm),
+            checkpoint_root=self.workdir / algorithm / "checkpoints",
+            report_metrics=recorder.report_metrics, check_continue=recorder.check_continue,
+            resolve_model=lambda _: self.output_dir(self.rto_dpo_run), **fields)
+
+
+def train_online(algorithm: str, setup: Setup, recorder: Recorder) -> Any:
+    """The policy trained with the online ``algorithm`` from the supervised model (in memory).
+    Stops at max_steps or, before the step that would start past the budget, at the budget.
+    RTO's `dpo_model` is the model the --rto-dpo-model run saved."""
+    from services.methods import Method
+    from trainer.context import JobStopped
+    from trainer.online.loop import OnlineLoop
+
+    hyperparameters = dict(setup.hyperparameters)
+    if algorithm in OWN_BETA:
+        del hyperparameters["beta"]
+    if algorithm == "rto":
+        hyperparameters["dpo_model"] = "ft:bench:dpo"
+    if setup.eval_every:
+        hyperparameters["eval_every"] = setup.eval_every
+    method = Method.model_validate({"type": "reinforcement", "reinforcement": {
+        "algorithm": algorithm, "reward": GOLD_REWARD, "hyperparameters": hyperparameters}})
+    loop = OnlineLoop(setup.context(
+        algorithm, method, recorder, training_rows=setup.train_rows,
+        validation_rows=setup.eval_rows if setup.eval_every else None, reward=GOLD_REWARD,
+        reward_url=setup.reward_url))
+    try:
+        loop.train()
+    except JobStopped:
+        pass
+    return loop.model
+
+
+def train_preference(algorithm: str, setup: Setup, recorder: Recorder) -> Any:
+    """The policy trained by a `dpo` job's loop with ``algorithm``'s loss on the demo's
+    preference pairs, from the supervised model; saved (RTO may read it) and returned."""
+    from services.methods import Method
+    from trainer.context import JobStopped
+    from trainer.methods.dpo import DpoTrainer
+
+    method = Method.model_validate({"type": "dpo", "dpo": {"hyperparameters": {
+        **setup.dpo_hyperparameters, **PREFERENCE_RUNS[algorithm]}}})
+    trainer = DpoTrainer(setup.context(algorithm, method, recorder,
+                                       training_rows=setup.preference_rows,
+                                       validation_rows=None))
+    try:
+        trainer.train()
+    except JobStopped:
+        trainer.model.save_pretrained(setup.output_dir(algorithm))
+        trainer.tokenizer.save_pretrained(setup.output_dir(algorithm))
+    return trainer.model
 
 
 def run_isolated(algorithm: str, setup: Setup) -> Run:
@@ -312,44 +288,19 @@ def run_algorithm(algorithm: str, setup: Setup) -> Run:
     torch.set_num_threads(setup.threads)
     start = AutoModelForCausalLM.from_pretrained(setup.sft).eval()
     tokenizer = AutoTokenizer.from_pretrained(setup.sft)
-    hyperparameters = dict(setup.hyperparameters)
-    if setup.eval_every:
-        hyperparameters["eval_every"] = setup.eval_every
-    held = _reset_peak_memory()
+    train = train_preference if algorithm in PREFERENCE_RUNS else train_online
+    recorder = Recorder(setup.budget_seconds)
+    held = reset_peak_memory()
     try:
-        model, recorder, seconds = train(
-            algorithm, setup.sft, setup.train_rows, setup.reward_url, hyperparameters,
-            setup.budget_seconds, setup.workdir, setup.eval_rows if setup.eval_every else None)
+        model = train(algorithm, setup, recorder)
     except ValueError as exc:  # an algorithm the loop refuses (PPO before it had a critic)
         return Run(algorithm, None, 0.0, 0, {}, note=f"not run: {exc}")
-    peak = _peak_memory() - held
+    seconds = time.perf_counter() - recorder.started
+    peak = peak_memory() - held
     model = model.cpu()  # measured where the supervised start is
     quality = measure(model, start, setup.sft, tokenizer, setup.eval_rows,
                       setup.before.solved_in_samples)
     return Run(algorithm, quality, seconds, len(recorder.metrics), recorder.metrics, peak)
-
-
-def _reset_peak_memory() -> float:
-    """The memory held now (MiB); from here on `_peak_memory` reports the peak. On CPU the
-    resident set's high-water mark is reset through /proc/self/clear_refs (Linux)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    Path("/proc/self/clear_refs").write_text("5")
-    return _proc_status_mib("VmRSS")
-
-
-def _peak_memory() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return _proc_status_mib("VmHWM")
-
-
-def _proc_status_mib(field_name: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field_name}:"):
-            return int(line.split()[1]) / 2**10  # kB
-    return float("nan")
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -359,7 +310,11 @@ def report(before: Quality, runs: list[Run], budget_seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="held-out demo problems (200): the supervised start → after RL")
+    def mean(run: Run, name: str) -> str:
+        value = run.mean_metric(name)
+        return "" if math.isnan(value) else f"{value:.3f}"  # a metric the run has not
+
+    table = Table(title="held-out demo problems (200): the supervised start → after training")
     for header in ("algorithm", "steps", "wall s", "s/step", "exact match", "Δ points",
                    "mean gold reward", "KL to start", "all-wrong groups", "uniform groups",
                    "unsolved: exact match", "peak MiB"):
@@ -378,14 +333,19 @@ def report(before: Quality, runs: list[Run], budget_seconds: float) -> None:
             f"{before.exact_match:.3f} → {q.exact_match:.3f}",
             f"{100 * (q.exact_match - before.exact_match):+.1f}",
             f"{before.mean_reward:.3f} → {q.mean_reward:.3f}", f"{q.kl_to_start:.3f}",
-            f"{run.mean_metric('zero_reward_group_fraction'):.3f}",
-            f"{run.mean_metric('uniform_group_fraction'):.3f}",
+            mean(run, "zero_reward_group_fraction"), mean(run, "uniform_group_fraction"),
             f"{before.unsolved_exact_match:.3f} → {q.unsolved_exact_match:.3f}",
             f"{run.peak_mib:.0f}")
     Console(width=200).print(table)
     for run in runs:
         if run.note:
             print(f"{run.algorithm}: {run.note}")
+        elif run.algorithm in PREFERENCE_RUNS:
+            final = run.metrics[max(run.metrics)] if run.metrics else {}
+            print(f"{run.algorithm}: last step's reward accuracy "
+                  f"{final.get('reward_accuracy', float('nan')):.3f}, margin "
+                  f"{final.get('reward_margin', float('nan')):.3f}, tokens/s "
+                  f"{run.mean_metric('tokens_per_second'):,.0f}")
         elif run.metrics:
             parts = ("rollout", "score", "update")
             print(f"{run.algorithm}: mean s per step " + ", ".join(
@@ -416,6 +376,16 @@ def verdicts(before: Quality, runs: dict[str, Run], budget_seconds: float) -> No
               f"{grpo.quality.unsolved_exact_match:.3f}, NGRPO "
               f"{ngrpo.quality.unsolved_exact_match:.3f} (start "
               f"{before.unsolved_exact_match:.3f})")
+    dpo, rto = runs.get("dpo"), runs.get("rto")
+    if dpo is not None and dpo.quality is not None:
+        gain = 100 * (dpo.quality.exact_match - before.exact_match)
+        print(f"goal: DPO on the demo preference pairs raises held-out exact match over the "
+              f"supervised model: {gain:+.1f} points: {'met' if gain > 0 else 'not met'}")
+    if rto is not None and ppo is not None and rto.quality and ppo.quality:
+        met = rto.quality.exact_match >= ppo.quality.exact_match
+        print(f"goal: RTO at least matches PPO on the same budget: exact match RTO "
+              f"{rto.quality.exact_match:.3f}, PPO {ppo.quality.exact_match:.3f} "
+              f"({rto.steps} and {ppo.steps} steps): {'met' if met else 'not met'}")
     if remax is not None and ppo is not None:
         print(f"ReMax vs PPO, same steps and batch: step time "
               f"{ratio(remax.mean_metric('step_seconds'), ppo.mean_metric('step_seconds')):.2f}x,"
@@ -442,9 +412,14 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     hyperparameters = {**RL_HYPERPARAMETERS, "max_steps": args.steps,
                        **json.loads(args.hyperparameters)}
+    dpo_hyperparameters = {**DPO_HYPERPARAMETERS, "max_steps": args.steps,
+                           **json.loads(args.dpo_hyperparameters)}
+    algorithms = [a for a in ALGORITHMS if a in args.algorithms  # RTO needs its DPO model
+                  or (a == args.rto_dpo_model and "rto" in args.algorithms)]
     print(f"machine: {machine_info()}")
-    print(f"hyperparameters (every algorithm): {hyperparameters}; budget "
-          f"{args.budget_minutes:g} min per algorithm")
+    print(f"online hyperparameters: {hyperparameters} (rto and superhf keep their own beta)")
+    print(f"dpo hyperparameters: {dpo_hyperparameters}")
+    print(f"budget {args.budget_minutes:g} min per algorithm")
     world = build_demo_world(default_demo_root())
     sft = supervised_model(world)
     eval_rows = read_jsonl(world.eval_prompts)
@@ -455,11 +430,12 @@ def main() -> None:
         samples = sample(start, sft, tokenizer, eval_rows, seed=1)
         print(f"reward spec vs gold_grade: {check_reward(reward_url, samples.rows, samples.texts)}"
               f" of {len(samples.texts)} sampled responses scored differently")
-        setup = Setup(sft, read_jsonl(world.prompts), eval_rows, reward_url, hyperparameters,
+        setup = Setup(sft, read_jsonl(world.prompts), read_jsonl(world.preference), eval_rows,
+                      reward_url, hyperparameters, dpo_hyperparameters,
                       60 * args.budget_minutes, workdir, args.torch_threads, before,
-                      args.eval_every)
+                      args.eval_every, args.rto_dpo_model)
         runs = []
-        for algorithm in args.algorithms:
+        for algorithm in algorithms:
             runs.append(run_isolated(algorithm, setup))
             print(f"  {algorithm}: {runs[-1].steps} steps in {runs[-1].seconds:.0f} s "
                   f"{runs[-1].note}")
@@ -474,7 +450,12 @@ def parse_args() -> argparse.Namespace:
                         help="wall-clock budget of each run; no step starts after it")
     parser.add_argument("--torch-threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--hyperparameters", default="{}",
-                        help="JSON merged over the defaults, e.g. '{\"learning_rate\": 1e-4}'")
+                        help="JSON merged over the online defaults, e.g. "
+                             "'{\"learning_rate\": 1e-4}'")
+    parser.add_argument("--rto-dpo-model", choices=list(PREFERENCE_RUNS), default="dpo",
+                        help="the preference run whose model is RTO's dpo_model (dpo)")
+    parser.add_argument("--dpo-hyperparameters", default="{}",
+                        help="JSON merged over the dpo runs' defaults")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="also evaluate held-out exact match every N steps (in the budget)")
     return parser.parse_args()

@@ -1,4 +1,5 @@
-"""GRPO throughput: alignd's reinforcement job loop against TRL's `GRPOTrainer`.
+"""GRPO throughput: alignd's reinforcement job loop against TRL's `GRPOTrainer` (`--method dpo`:
+DPO, alignd's dpo job loop against TRL's `DPOTrainer`, in bench/vs_trl_dpo.py).
 
 Both sides train the demo world's pretrained tiny Llama on the demo's prompt rows
 (`{"prompt", "answer"}`) with the same exact-match reward, group size, prompts per step,
@@ -464,6 +465,15 @@ def parse_arguments() -> tuple[argparse.Namespace, Settings]:
 
 
 def main() -> None:
+    chooser = argparse.ArgumentParser(add_help=False)
+    chooser.add_argument("--method", choices=("grpo", "dpo"), default="grpo")
+    chosen, rest = chooser.parse_known_args()
+    if chosen.method == "dpo":  # DPOTrainer against the dpo job loop: bench/vs_trl_dpo.py
+        from bench.vs_trl_dpo import main as dpo_main
+
+        dpo_main(rest)
+        return
+    sys.argv[1:] = rest
     args, settings = parse_arguments()
     if args.child:
         child_main(args.child)
