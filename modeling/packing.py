@@ -76,31 +76,95 @@ def pack(sequences: list[list[int]], starts: list[int], pad_id: int, device: tor
     """``sequences`` (prompt + response ids; the response from ``starts[i]``) packed
     first-fit, longest first, into rows of max(longest, MIN_ROW_LENGTH) tokens; ``packed``
     False: one sequence per row (right padding)."""
-    lengths = [len(s) for s in sequences]
-    rows = (first_fit(lengths, max(max(lengths), MIN_ROW_LENGTH)) if packed
-            else [[i] for i in range(len(sequences))])
-    width = max(sum(lengths[i] for i in row) for row in rows)
-    ids = [[pad_id] * width for _ in rows]
-    positions = [[0] * width for _ in rows]
-    labels = [[IGNORE_INDEX] * width for _ in rows]
-    owners = [[len(sequences)] * width for _ in rows]
-    for r, members in enumerate(rows):
-        offset = 0
-        for index in members:
-            sequence = sequences[index]
-            start = max(starts[index], 1)  # nothing in the row predicts a sequence's first token
-            end = offset + len(sequence)
-            ids[r][offset:end] = sequence
-            positions[r][offset:end] = range(len(sequence))
-            labels[r][offset + start:end] = sequence[start:]
-            owners[r][offset:end] = [index] * len(sequence)
-            offset = end
+    layout = Layout.of([len(s) for s in sequences], packed=packed)
+    ids = [[pad_id] * layout.width for _ in layout.rows]
+    positions = [[0] * layout.width for _ in layout.rows]
+    labels = [[IGNORE_INDEX] * layout.width for _ in layout.rows]
+    owners = [[len(sequences)] * layout.width for _ in layout.rows]
+    for index, (row, offset) in enumerate(layout.places):
+        sequence = sequences[index]
+        start = max(starts[index], 1)  # nothing in the row predicts a sequence's first token
+        end = offset + len(sequence)
+        ids[row][offset:end] = sequence
+        positions[row][offset:end] = range(len(sequence))
+        labels[row][offset + start:end] = sequence[start:]
+        owners[row][offset:end] = [index] * len(sequence)
 
     def tensor(values: list[list[int]]) -> Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
     return PackedBatch(tensor(ids), tensor(positions), tensor(labels), tensor(owners),
                        len(sequences))
+
+
+@dataclass
+class Layout:
+    """Where each sequence goes: rows of sequence indices, and each sequence's (row, offset)."""
+
+    rows: list[list[int]]
+    places: list[tuple[int, int]]
+    width: int
+
+    @classmethod
+    def of(cls, lengths: list[int], *, packed: bool = True) -> Layout:
+        rows = (first_fit(lengths, max(max(lengths), MIN_ROW_LENGTH)) if packed
+                else [[i] for i in range(len(lengths))])
+        places = [(0, 0)] * len(lengths)
+        for r, members in enumerate(rows):
+            offset = 0
+            for index in members:
+                places[index] = (r, offset)
+                offset += lengths[index]
+        return cls(rows, places, max(sum(lengths[i] for i in row) for row in rows))
+
+
+def packed_response_logits(model: Any, sequences: Tensor, attention_mask: Tensor,
+                           response_length: int, temperature: float = 1.0) -> Tensor:
+    """`modeling.logprobs.response_logits` computed on packed rows: (B, T, V) logits of each
+    response token for rows laid out as a left-padded prompt then a right-padded response
+    of T = ``response_length`` columns. sequences, attention_mask: (B, S); the real tokens of
+    a row are contiguous, and its prompt has at least one."""
+    batch, width = sequences.shape
+    real = attention_mask.bool()
+    first = real.to(torch.int64).argmax(dim=1)  # (B,) the first real column
+    lengths = real.sum(dim=1)  # (B,)
+    ids, first_list, length_list = sequences.tolist(), first.tolist(), lengths.tolist()
+    texts = [ids[b][first_list[b]:first_list[b] + length_list[b]] for b in range(batch)]
+    layout = Layout.of(length_list)
+    rows = [[0] * layout.width for _ in layout.rows]
+    positions = [[0] * layout.width for _ in layout.rows]
+    for text, (row, offset) in zip(texts, layout.places, strict=True):
+        rows[row][offset:offset + len(text)] = text
+        positions[row][offset:offset + len(text)] = range(len(text))
+    device = sequences.device
+    logits = model(input_ids=torch.tensor(rows, device=device),
+                   position_ids=torch.tensor(positions, device=device),
+                   use_cache=False).logits  # (R, L, V)
+    in_row = torch.tensor([place[0] for place in layout.places], device=device)  # (B,)
+    at = torch.tensor([place[1] for place in layout.places], device=device)  # (B,)
+    # Column P - 1 + t of the original row predicts response token t; past a row's last real
+    # token (its response padding) any real position of the row will do.
+    columns = torch.arange(width - response_length - 1, width - 1, device=device)  # (T,)
+    index = at.unsqueeze(1) + (columns.unsqueeze(0) - first.unsqueeze(1))  # (B, T)
+    index = torch.minimum(index, (at + lengths - 1).unsqueeze(1))
+    out = logits[in_row.unsqueeze(1).expand(-1, response_length), index]  # (B, T, V)
+    return out / temperature if temperature != 1.0 else out
+
+
+def supports_packing(model: Any, device: torch.device) -> bool:
+    """Whether ``model`` gives packed sequences the logits it gives them one per row (it
+    builds its attention mask with transformers' packed-sequence detection), tried on a few
+    fixed sequences of its vocabulary."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(model.config.vocab_size)
+    sequences = [torch.randint(1, vocab, (n,), generator=generator).tolist()
+                 for n in (5, 11, 3, 8, 2, 13, 7)]
+    training = model.training
+    model.eval()  # dropout would tell two identical forwards apart
+    try:
+        return packing_matches(model, sequences, [1] * len(sequences), 0, device)
+    finally:
+        model.train(training)
 
 
 def first_fit(lengths: list[int], row_length: int) -> list[list[int]]:

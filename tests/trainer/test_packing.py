@@ -111,3 +111,25 @@ def test_a_model_that_ignores_packing_is_detected(model: Any) -> None:
     with torch.no_grad():
         actual = unpacked.response_logps(unpacked.logits(PaddedMaskOnly(model)))
     assert torch.allclose(actual, response_logps(logits, labels), atol=1e-4)
+
+
+def test_packed_response_logits_equal_the_padded_layout_s(model: Any) -> None:
+    """The online loop's layout: left-padded prompts of 1-7 tokens, right-padded responses
+    of 0-9 tokens (an empty one too), at temperature 0.7."""
+    from modeling.logprobs import response_logits
+    from modeling.packing import packed_response_logits
+    from trainer.online.experience import pack as pack_rollouts
+
+    rng = random.Random(3)
+    prompts = [[1] + [rng.randrange(3, 90) for _ in range(rng.randrange(0, 7))]
+               for _ in range(12)]
+    responses = [[rng.randrange(3, 90) for _ in range(rng.randrange(0, 10))] for _ in range(12)]
+    responses[0] = [2] * 9
+    sequences, attention_mask, mask = pack_rollouts(prompts, responses, 0, CPU)
+    length = mask.shape[1]
+    with torch.no_grad():
+        expected = response_logits(model, sequences, attention_mask, length, 0.7)
+        actual = packed_response_logits(model, sequences, attention_mask, length, 0.7)
+    assert actual.shape == expected.shape
+    kept = mask.bool()  # padding columns differ by design: nothing reads them
+    assert torch.allclose(actual[kept], expected[kept], atol=1e-4)

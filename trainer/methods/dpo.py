@@ -23,7 +23,7 @@ import transformers
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from modeling.packing import PackedBatch, pack, packing_matches
+from modeling.packing import PackedBatch, pack, supports_packing
 from services.methods import DpoHyperparameters
 from trainer.algorithms.preference import (
     PREFERENCE_LOSSES,
@@ -97,11 +97,8 @@ class DpoTrainer(StepLoop):
         return examples
 
     def _packing_matches(self, model: Any, name: str) -> bool:
-        """Whether ``model`` may run on packed rows (`modeling.packing`), checked on the first
-        pairs; logged when it may not."""
-        sample = self.train_examples[: max(self.hp.batch_size, 2)]
-        sequences, starts = _texts(sample)
-        matches = packing_matches(model, sequences, starts, self.pad_id, self.device)
+        """Whether ``model`` may run on packed rows (`modeling.packing`); logged when not."""
+        matches = supports_packing(model, self.device)
         if not matches:
             self.ctx.log(f"{name} runs on right-padded rows: packed rows did not give it the "
                          "same log-probabilities")

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from modeling.logprobs import response_logits
+from modeling.packing import packed_response_logits, supports_packing
 from services.methods.reinforcement import ReinforcementHyperparameters
 from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
@@ -41,6 +42,8 @@ class Policy:
     base_model_path: str
     lora: bool
     _reference: Any = field(default=None, repr=False)
+    _packs: dict[int, bool] = field(default_factory=dict, repr=False)
+    """Per model (by id): whether it runs on packed rows."""
 
     @classmethod
     def load(cls, ctx: TrainingContext, hp: ReinforcementHyperparameters) -> Policy:
@@ -64,8 +67,8 @@ class Policy:
     def logits(self, temperature: float) -> LogitsFn:
         """The policy's response logits, with gradient."""
         def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
-            return response_logits(self.model, sequences, attention_mask, response_length,
-                                   temperature)
+            return self._response_logits(self.model, sequences, attention_mask,
+                                         response_length, temperature)
         return forward
 
     def reference_logits(self, temperature: float) -> LogitsFn:
@@ -73,8 +76,8 @@ class Policy:
         def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
             model, context = self._reference_model()
             with context, torch.no_grad():
-                return response_logits(model, sequences, attention_mask, response_length,
-                                       temperature)
+                return self._response_logits(model, sequences, attention_mask,
+                                             response_length, temperature)
         return forward
 
     def frozen_logits(self, folder: Path, name: str, temperature: float) -> LogitsFn:
@@ -89,9 +92,18 @@ class Policy:
 
         def forward(sequences: Tensor, attention_mask: Tensor, response_length: int) -> Tensor:
             with torch.no_grad():
-                return response_logits(model, sequences, attention_mask, response_length,
-                                       temperature)
+                return self._response_logits(model, sequences, attention_mask,
+                                             response_length, temperature)
         return forward
+
+    def _response_logits(self, model: Any, sequences: Tensor, attention_mask: Tensor,
+                         response_length: int, temperature: float) -> Tensor:
+        """(B, T, V) response logits on packed rows (`modeling.packing`: no compute on the
+        rows' padding) where ``model`` gives them the logits it gives padded rows."""
+        if id(model) not in self._packs:
+            self._packs[id(model)] = supports_packing(model, self.device)
+        forward = packed_response_logits if self._packs[id(model)] else response_logits
+        return forward(model, sequences, attention_mask, response_length, temperature)
 
     def _reference_model(self) -> tuple[Any, contextlib.AbstractContextManager[Any]]:
         if self.lora:
