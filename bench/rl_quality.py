@@ -376,11 +376,14 @@ def verdicts(before: Quality, runs: dict[str, Run], budget_seconds: float) -> No
               f"{grpo.quality.unsolved_exact_match:.3f}, NGRPO "
               f"{ngrpo.quality.unsolved_exact_match:.3f} (start "
               f"{before.unsolved_exact_match:.3f})")
-    dpo, rto = runs.get("dpo"), runs.get("rto")
-    if dpo is not None and dpo.quality is not None:
-        gain = 100 * (dpo.quality.exact_match - before.exact_match)
-        print(f"goal: DPO on the demo preference pairs raises held-out exact match over the "
-              f"supervised model: {gain:+.1f} points: {'met' if gain > 0 else 'not met'}")
+    for name, label in (("dpo", "DPO"), ("rpo", "DPO with sft_coefficient 1 (RPO)")):
+        run = runs.get(name)
+        if run is not None and run.quality is not None:
+            gain = 100 * (run.quality.exact_match - before.exact_match)
+            print(f"goal: {label} on the demo preference pairs raises held-out exact match "
+                  f"over the supervised model: {gain:+.1f} points: "
+                  f"{'met' if gain > 0 else 'not met'}")
+    rto = runs.get("rto")
     if rto is not None and ppo is not None and rto.quality and ppo.quality:
         met = rto.quality.exact_match >= ppo.quality.exact_match
         print(f"goal: RTO at least matches PPO on the same budget: exact match RTO "
