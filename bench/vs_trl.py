@@ -312,9 +312,10 @@ def demo_world() -> Any:
     return build_demo_world(default_demo_root())
 
 
-def run_side(side: str, settings: Settings, out: Path, reward_url: str | None = None
-             ) -> SideResult:
-    """``side`` in a child process of its own (this script with --child)."""
+def run_side(side: str, settings: Any, out: Path, reward_url: str | None = None,
+             script: str = "bench.vs_trl") -> SideResult:
+    """``side`` in a child process of its own (``script`` with --child); ``settings`` is the
+    script's settings dataclass, with `threads`."""
     out.mkdir(parents=True, exist_ok=True)
     spec = {"side": side, "out": str(out), "reward_url": reward_url, "settings": asdict(settings)}
     threads = str(settings.threads)
@@ -323,7 +324,7 @@ def run_side(side: str, settings: Settings, out: Path, reward_url: str | None = 
     log = out / "side.log"  # TRL prints every step's logs; neither side's output is the report
     with log.open("wb") as output:
         finished = subprocess.run(
-            [sys.executable, "-m", "bench.vs_trl", "--child", json.dumps(spec)], check=False,
+            [sys.executable, "-m", script, "--child", json.dumps(spec)], check=False,
             cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT)
     if finished.returncode:
         raise RuntimeError(f"the {side} side failed:\n{log.read_text(errors='replace')[-4000:]}")

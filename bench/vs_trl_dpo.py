@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,8 +37,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from bench._harness import REPO, machine_info, print_table, ratio, scratch_dir
-from bench.vs_trl import SEED, SIDES, SideResult, Step, demo_world, peak_rss
+from bench._harness import machine_info, print_table, ratio, scratch_dir
+from bench.vs_trl import SEED, SIDES, SideResult, Step, demo_world, peak_rss, run_side
 
 
 @dataclass(frozen=True)
@@ -183,30 +180,13 @@ def child_main(spec: str) -> None:
     (out / "result.json").write_text(json.dumps(asdict(result)))
 
 
-def run_side(side: str, settings: DpoSettings, out: Path) -> SideResult:
-    out.mkdir(parents=True, exist_ok=True)
-    spec = {"side": side, "out": str(out), "settings": asdict(settings)}
-    threads = str(settings.threads)
-    environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                   "TOKENIZERS_PARALLELISM": "false"}
-    log = out / "side.log"
-    with log.open("wb") as output:
-        finished = subprocess.run(
-            [sys.executable, "-m", "bench.vs_trl_dpo", "--child", json.dumps(spec)],
-            check=False, cwd=REPO, env=environment, stdout=output, stderr=subprocess.STDOUT)
-    if finished.returncode:
-        raise RuntimeError(f"the {side} side failed:\n{log.read_text(errors='replace')[-4000:]}")
-    data = json.loads((out / "result.json").read_text())
-    data["steps"] = [Step(**step) for step in data["steps"]]
-    return SideResult(**data)
-
-
 def compare(settings: DpoSettings, repeats: int) -> dict[str, list[SideResult]]:
     results: dict[str, list[SideResult]] = {side: [] for side in SIDES}
     with scratch_dir("alignd-bench-trl-dpo-") as scratch:
         for repeat in range(repeats):
             for side in SIDES if repeat % 2 == 0 else SIDES[::-1]:
-                results[side].append(run_side(side, settings, scratch / f"{side}-{repeat}"))
+                results[side].append(run_side(side, settings, scratch / f"{side}-{repeat}",
+                                              script="bench.vs_trl_dpo"))
     return results
 
 
