@@ -1,8 +1,9 @@
 """Running reward normalisation (PPO-max, Zheng et al. 2023, "Secrets of RLHF in Large
 Language Models Part I"): scores are scaled by statistics of every score seen so far.
 
-Statistics live in the service process, one Welford accumulator per key, and start afresh when
-it restarts. Each request first adds its scores to the statistics, then is normalised by them
+Statistics live in the service process, one Welford accumulator per key (the scorer scopes
+keys by project: one project's scores never move another's statistics), and start afresh
+when it restarts. Each request first adds its scores to the statistics, then is normalised by them
 (so the first request of a key is normalised by its own mean and spread; a lone first score
 becomes 0).
 """
@@ -10,6 +11,7 @@ becomes 0).
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -35,14 +37,14 @@ class RunningMoments:
 
 class RunningNormalizer:
     def __init__(self) -> None:
-        self._moments: dict[str, RunningMoments] = {}
+        self._moments: dict[Hashable, RunningMoments] = {}
 
-    def normalize(self, key: str, scores: list[float], epsilon: float = 1e-8) -> list[float]:
+    def normalize(self, key: Hashable, scores: list[float], epsilon: float = 1e-8) -> list[float]:
         moments = self._moments.setdefault(key, RunningMoments())
         moments.update(scores)
         return [(score - moments.mean) / (moments.std + epsilon) for score in scores]
 
-    def moments(self, key: str) -> RunningMoments:
+    def moments(self, key: Hashable) -> RunningMoments:
         return self._moments.get(key, RunningMoments())
 
 

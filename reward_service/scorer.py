@@ -29,7 +29,7 @@ class Scorer:
         except Exception:
             self.metrics.requests.labels(spec.type, "error").inc()
             raise
-        scores = self.post_process(spec, evaluation.results)
+        scores = self.post_process(spec, evaluation.results, project_id)
         elapsed = time.perf_counter() - started
         self.metrics.requests.labels(spec.type, "ok").inc()
         self.metrics.items.labels(spec.type).inc(len(request.items))
@@ -40,13 +40,15 @@ class Scorer:
         return ScoreResponse(data=data, usage=Usage(tokens=evaluation.tokens,
                                                     ms=round(elapsed * 1000, 3)))
 
-    def post_process(self, spec: SpecBase, results: list[ItemScore]) -> list[float | None]:
-        """Running normalisation (of the items that have a score), then clipping."""
+    def post_process(self, spec: SpecBase, results: list[ItemScore],
+                     project_id: str | None) -> list[float | None]:
+        """Running normalisation (of the items that have a score) with ``project_id``'s own
+        statistics, then clipping."""
         scores = [result.score for result in results]
         if spec.normalize is not None:
             scored = {i: score for i, score in enumerate(scores) if score is not None}
-            normalized = self.normalizer.normalize(spec.statistics_key(), list(scored.values()),
-                                                   spec.normalize.epsilon)
+            normalized = self.normalizer.normalize((project_id, spec.statistics_key()),
+                                                   list(scored.values()), spec.normalize.epsilon)
             for i, value in zip(scored, normalized, strict=True):
                 scores[i] = value
         return [None if score is None else clip(score, spec.clip) for score in scores]

@@ -88,3 +88,26 @@ def test_the_service_key_acts_for_the_project_it_names(guarded_url: str,
     other = {"X-Alignd-Project": "proj-nobody"}
     assert score(guarded_url, SERVICE_KEY, reward_world.single, **other).status_code == 404
     assert score(guarded_url, SERVICE_KEY, reward_world.single).status_code == 200
+
+
+def test_running_normalisation_statistics_are_per_project(guarded_url: str,
+                                                          keys: dict[str, str]) -> None:
+    """Project A's scores under a key must not move project B's statistics for that key: B's
+    first lone score is its own mean, 0.0 (it came back -2.0 when the key was shared)."""
+    key = f"shared-{uuid.uuid4().hex[:6]}"
+    spec = {"type": "string_check", "name": "eq", "operation": "eq",
+            "input": "{{sample.output_text}}", "reference": "2",
+            "normalize": {"type": "running", "key": key}}
+
+    def normalized(api_key: str, responses: list[str]) -> list[float]:
+        response = httpx.post(f"{guarded_url}/v1/score", timeout=30,
+                              headers={"Authorization": f"Bearer {api_key}"}, json={
+                                  "reward": spec,
+                                  "items": [{"prompt": "1+1=", "response": r} for r in responses]})
+        assert response.status_code == 200, response.text
+        return [item["score"] for item in response.json()["data"]]
+
+    for _ in range(3):
+        normalized(keys["owner"], ["2", "2", "2", "2", "3"])  # A: mostly right
+    assert normalized(keys["other"], ["3"]) == [0.0]
+    assert normalized(keys["owner"], ["3"])[0] < -1.0  # A's own statistics are still A's
