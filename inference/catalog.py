@@ -113,8 +113,10 @@ class ResolvedModels:
         InvalidRequest as `checked` raises them."""
         known = self._known.get((model_id, kinds))
         if known is None or time.monotonic() - known[1] >= self._ttl_s:
-            served = await asyncio.to_thread(self.catalog.resolve, model_id, None, param=param,
-                                             kinds=kinds)
+            # Read as the caller: another project's row of the wrong kind must be "does not
+            # exist" to it, not "is a <kind>" (which would tell it the id and the kind).
+            served = await asyncio.to_thread(self.catalog.resolve, model_id, project_id,
+                                             param=param, kinds=kinds)
             if len(self._known) >= RESOLVED_ENTRIES:
                 self._known.clear()
             known = self._known[(model_id, kinds)] = (served, time.monotonic())

@@ -49,6 +49,27 @@ def test_a_row_is_read_once_and_checked_for_every_caller(
     assert catalog.reads == 2  # the adapter once, the value model once
 
 
+def test_another_project_learns_neither_the_id_nor_the_kind(
+        catalog: CountingCatalog, inference_world: InferenceWorld) -> None:
+    """Another project naming this project's value model where a generation model goes gets
+    "does not exist", cold and after the owner's own lookup of it, never "is a value_model"."""
+    value_model = inference_world.values[0]
+
+    async def scenario(models: ResolvedModels) -> None:
+        with pytest.raises(NotFound):
+            await models.resolve(value_model, "proj-someone-else")
+        assert (await models.resolve(value_model, inference_world.project,
+                                     kinds=(VALUE_MODEL,))).id == value_model
+        with pytest.raises(NotFound):
+            await models.resolve(value_model, "proj-someone-else")
+        with pytest.raises(NotFound):
+            await models.resolve(value_model, "proj-someone-else", kinds=(VALUE_MODEL,))
+        with pytest.raises(InvalidRequest, match="is a value_model"):  # its owner is told
+            await models.resolve(value_model, inference_world.project)
+
+    asyncio.run(scenario(ResolvedModels(catalog, ttl_s=60)))
+
+
 def test_a_miss_is_not_remembered_and_rows_go_stale(
         catalog: CountingCatalog, database_url: str, inference_world: InferenceWorld) -> None:
     model_id = f"vm:late:{uuid.uuid4().hex[:8]}"
