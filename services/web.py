@@ -4,6 +4,7 @@ and the health routes. Imported only by the service apps (FastAPI lives in the [
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
@@ -60,11 +61,82 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str]:
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
     if "input" in first and first.get("type") not in ("missing", "extra_forbidden"):
-        message = f"{message}, got {first['input']!r}"
+        message = f"{message}, got {_shown(first['input'])}"
     return param, f"{param}: {message}"
 
 
+ECHOED_CHARS = 120
+"""How much of a refused value an error message repeats (a 20 MB name is not echoed back)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if len(text) <= ECHOED_CHARS:
+        return text
+    return f"{text[:ECHOED_CHARS]}… ({len(text):,} characters)"
+
+
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""A JSON escape of U+0000: ``\\u0000`` after an even number of backslashes."""
+
+
+class RefuseNulBytes:
+    """A plain ASGI middleware: a request whose path, query string or JSON body holds a NUL
+    character gets a 400 before any route sees it. PostgreSQL's text and jsonb cannot store
+    U+0000, so such a value would otherwise fail deep in a query as a 500.
+
+    A JSON body is read whole to be checked (the route reads it whole anyway) and handed on
+    unchanged; other bodies (uploads) pass untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"").lower()
+        if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+            await _refuse(scope, receive, send, "the URL")
+            return
+        headers = dict(scope.get("headers", []))
+        if b"json" not in headers.get(b"content-type", b"").lower():
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if b"\x00" in body or _JSON_NUL.search(body):
+            await _refuse(scope, receive, send, "the JSON body")
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return dict(await receive())
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse(scope: dict[str, Any], receive: Any, send: Any, where: str) -> None:
+    response = envelope(400, f"{where} holds a NUL character (U+0000), which alignd does not "
+                        "accept in ids, names or text", "invalid_request_error",
+                        code="nul_character")
+    await response(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The error envelope for every error, and NUL characters refused at the edge."""
+    app.add_middleware(RefuseNulBytes)
+
     @app.exception_handler(AlignError)
     async def _domain(request: Request, exc: AlignError) -> JSONResponse:
         return JSONResponse(status_code=exc.status_code, content=exc.envelope())

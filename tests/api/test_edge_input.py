@@ -1,0 +1,61 @@
+"""Input refused at the edge of every service: NUL characters (which PostgreSQL cannot store)
+in a URL or a JSON body get a 400 with the envelope, the connection stays usable and nothing is
+stored; a refused value is echoed only in part."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.api.test_files import assert_envelope
+
+
+def test_a_nul_in_the_path_or_query_is_a_400_and_the_connection_survives(
+        client: httpx.Client) -> None:
+    for url in ("/v1/files/file-abc%00def", "/v1/files?after=file-%00", "/v1/models/a%00b"):
+        error = assert_envelope(client.get(url), 400)
+        assert error["code"] == "nul_character", url
+    assert client.get("/v1/files").status_code == 200  # the same keep-alive connection
+
+
+def test_a_nul_in_a_json_body_is_a_400_and_nothing_is_stored(client: httpx.Client) -> None:
+    before = client.get("/v1/fine_tuning/jobs").json()["data"]
+    for body in ({"model": "a\u0000b", "training_file": "file-x"},
+                 {"model": "m", "training_file": "file-x", "suffix": "s\u0000",
+                  "metadata": {"k": "v"}}):
+        response = client.post("/v1/fine_tuning/jobs", json=body)
+        assert assert_envelope(response, 400)["code"] == "nul_character"
+    raw = b'{"model": "a\x00b", "training_file": "file-x"}'  # a raw NUL byte too
+    response = client.post("/v1/fine_tuning/jobs", content=raw,
+                           headers={"Content-Type": "application/json"})
+    assert assert_envelope(response, 400)["code"] == "nul_character"
+    assert client.get("/v1/fine_tuning/jobs").json()["data"] == before
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul(client: httpx.Client) -> None:
+    """`"\\\\u0000"` in JSON is a backslash and the text u0000, which is fine to store."""
+    body = json.dumps({"model": "no-such-model\\u0000", "training_file": "file-x"})
+    assert "\\\\u0000" in body
+    response = client.post("/v1/fine_tuning/jobs", content=body,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 404)
+    assert response.json()["error"]["code"] != "nul_character"
+
+
+def test_the_reward_service_refuses_a_nul_too(session_reward_url: str) -> None:
+    response = httpx.post(f"{session_reward_url}/v1/score", timeout=30, json={
+        "items": [{"prompt": "1+1=", "response": "2\u0000"}],
+        "reward": {"type": "string_check", "name": "eq", "operation": "eq",
+                   "input": "{{sample.output_text}}", "reference": "2"}})
+    assert assert_envelope(response, 400)["code"] == "nul_character"
+
+
+@pytest.mark.parametrize("size", [10_000, 5_000_000])
+def test_a_refused_value_is_echoed_only_in_part(admin: httpx.Client, size: int) -> None:
+    response = admin.post("/v1/admin/projects", json={"name": "x" * size})
+    error = assert_envelope(response, 400)
+    assert error["param"] == "name"
+    assert len(response.content) < 1_000
+    assert f"({size + 2:,} characters)" in error["message"]  # repr adds the quotes
