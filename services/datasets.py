@@ -118,6 +118,8 @@ def _row_problem(line: bytes, shapes: tuple[type[BaseModel], ...]) -> str | None
         value = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+    except RecursionError:
+        return "JSON nested too deeply"
     if not isinstance(value, dict):
         return f"expected a JSON object, got {type(value).__name__}"
     problems = []

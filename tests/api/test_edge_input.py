@@ -59,3 +59,14 @@ def test_a_refused_value_is_echoed_only_in_part(admin: httpx.Client, size: int) 
     assert error["param"] == "name"
     assert len(response.content) < 1_000
     assert f"({size + 2:,} characters)" in error["message"]  # repr adds the quotes
+
+
+def test_a_deeply_nested_line_is_a_400_naming_it(client: httpx.Client) -> None:
+    from tests.api.test_files import upload
+    from tests.data import jsonl, supervised_rows
+
+    nested = b'{"a":' * 5_000 + b"1" + b"}" * 5_000  # past Python's recursion limit
+    response = upload(client, jsonl(supervised_rows(2)) + nested + b"\n")
+    error = assert_envelope(response, 400)
+    assert "line 3: JSON nested too deeply" in error["message"]
+    assert client.get("/v1/files").json()["data"] == []
