@@ -20,6 +20,7 @@ from inference.metrics import InferenceMetrics
 from inference.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from inference.text import TextStream
 from inference.vas import DEFAULT_TOP_K
+from modeling.sequences import render_chat
 from services.errors import InvalidRequest
 from services.reward_client import RewardClient
 
@@ -127,10 +128,9 @@ class Generator:
                                      "/v1/completions", param="messages", code="no_chat_template")
             try:
                 messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+                text = render_chat(tokenizer, messages, generation_prompt=True)
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="messages") from exc
-            text = tokenizer.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True)
             return [(text, tokenizer(text, add_special_tokens=False)["input_ids"])]
         prompt: list[Any] = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if all(isinstance(p, int) for p in prompt):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -81,12 +82,20 @@ def tokenize_prompt_completion(
     return _truncate(input_ids, labels, max_seq_length)
 
 
-def _render(
+def render_chat(
     tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], generation_prompt: bool
 ) -> str:
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+    """The conversation as the model's chat template writes it. ValueError when the template
+    refuses it (a role it has no place for, e.g. `tool` or `developer` in a template that knows
+    only system, user and assistant), with the template's own reason."""
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except TemplateError as exc:
+        roles = sorted({str(m.get("role")) for m in messages})
+        raise ValueError(f"the model's chat template refused these messages (roles "
+                         f"{', '.join(roles)}): {exc}") from exc
     assert isinstance(text, str)
     return text
 
@@ -100,13 +109,13 @@ def assistant_spans(
     (the model writes from there at inference) and ends where the conversation up to and
     including it ends, so its end-of-turn marker is trained too.
     """
-    text = _render(tokenizer, messages, generation_prompt=False)
+    text = render_chat(tokenizer, messages, generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:index], generation_prompt=True)
-        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        before = render_chat(tokenizer, messages[:index], generation_prompt=True)
+        through = render_chat(tokenizer, messages[: index + 1], generation_prompt=False)
         previous_end = spans[-1][1] if spans else 0
         prefix_stable = text.startswith(before) and text.startswith(through)
         if not prefix_stable or len(before) < previous_end:
@@ -225,8 +234,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any],
     if "messages" in row:
         if tokenizer.chat_template is None:
             raise ValueError("rows with 'messages' need a tokenizer with a chat_template")
-        text = tokenizer.apply_chat_template(row["messages"], tokenize=False,
-                                             add_generation_prompt=True)
+        text = render_chat(tokenizer, row["messages"], generation_prompt=True)
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     elif "prompt" in row:
         ids = list(tokenizer(row["prompt"])["input_ids"])

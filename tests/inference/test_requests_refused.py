@@ -93,3 +93,15 @@ def test_malformed_bodies(inference_url: str, inference_world: InferenceWorld) -
                    "best_of_n": {"n": 2, "reward": {"type": "string_check"}}}
     assert "cannot stream" in error(post(inference_url, inference_world.key, best_stream),
                                     400)["message"]
+
+
+@pytest.mark.parametrize("role", ["tool", "developer"])
+def test_a_role_the_chat_template_has_no_place_for_is_a_400(
+        inference_url: str, inference_world: InferenceWorld, role: str) -> None:
+    """The schema accepts OpenAI's roles; the demo model's template knows system, user and
+    assistant only, and raises for the others (a 500 before)."""
+    chat = {"model": inference_world.base, "max_tokens": 2,
+            "messages": [{"role": "user", "content": "1+1="}, {"role": role, "content": "x"}]}
+    err = error(post(inference_url, inference_world.key, chat, "/v1/chat/completions"), 400)
+    assert err["param"] == "messages"
+    assert "chat template refused" in err["message"] and role in err["message"]
