@@ -78,8 +78,11 @@ class Prepared:
 
 class Generator:
     def __init__(self, catalog: ModelCatalog, engine: Engine, rewards: RewardClient,
-                 metrics: InferenceMetrics, *, stream_interval: int = 1):
+                 metrics: InferenceMetrics, *, stream_interval: int = 1,
+                 max_sequences: int = 256):
         self.catalog, self.engine, self.rewards, self.metrics = catalog, engine, rewards, metrics
+        self.max_sequences = max_sequences
+        """Completions one request may ask for (`InferenceSettings.max_sequences_per_request`)."""
         self.models = ResolvedModels(catalog)
         self._vocabularies_compared: dict[tuple[int, int], bool] = {}
         self.stream_interval = stream_interval
@@ -103,6 +106,13 @@ class Generator:
         guides = self._value_guides(body, served, tokenizer, values)
         stop_ids = () if body.ignore_eos else self.catalog.eos_token_ids(served)
         samples = body.best_of_n.n if body.best_of_n is not None else body.n
+        if len(prompts) * samples > self.max_sequences:
+            raise InvalidRequest(
+                f"{len(prompts)} prompt(s) x {samples} completion(s) each is "
+                f"{len(prompts) * samples} sequences; a request may ask for at most "
+                f"{self.max_sequences} (ALIGND_MAX_SEQUENCES_PER_REQUEST)",
+                param="best_of_n.n" if body.best_of_n is not None else "n",
+                code="too_many_sequences")
         request_id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-" \
                      f"{uuid.uuid4().hex}"
         runs: list[Run] = []

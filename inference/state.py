@@ -67,7 +67,8 @@ class InferenceState:
         return cls(settings=settings, database_url=url, sessions=sessions, catalog=catalog,
                    engine=engine, rewards=rewards, metrics=metrics,
                    generator=Generator(catalog, engine, rewards, metrics,
-                                             stream_interval=settings.stream_interval),
+                                       stream_interval=settings.stream_interval,
+                                       max_sequences=settings.max_sequences_per_request),
                    keys=KeyCache(sessions))
 
     async def close(self) -> None:

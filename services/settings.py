@@ -131,6 +131,9 @@ class InferenceSettings(AlignSettings):
     """torch: transformers with continuous batching (any machine); vllm: vLLM's async engine."""
     max_batch_size: int = Field(default=64, ge=1, le=4096)
     """Sequences one model decodes together (torch engine); more wait for a slot."""
+    max_sequences_per_request: int = Field(default=256, ge=1, le=65_536)
+    """Completions one request may ask for: its prompts x `n` (or `best_of_n.n`); a request
+    past it is a 400 rather than thousands of sequences queued for one client."""
     model_cache_bytes: int = Field(default=8 * 1024**3, ge=1)
     """Bytes of parameters resident models may take together (least recently used dropped)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -105,3 +105,13 @@ def test_a_role_the_chat_template_has_no_place_for_is_a_400(
     err = error(post(inference_url, inference_world.key, chat, "/v1/chat/completions"), 400)
     assert err["param"] == "messages"
     assert "chat template refused" in err["message"] and role in err["message"]
+
+
+def test_prompts_times_n_is_bounded(inference_url: str, inference_world: InferenceWorld) -> None:
+    """50 prompts x n 64 = 3,200 sequences was accepted; past the setting (256) it is a 400."""
+    body = {"model": inference_world.base, "prompt": ["1+1="] * 50, "n": 64, "max_tokens": 1}
+    err = error(post(inference_url, inference_world.key, body), 400)
+    assert err["param"] == "n" and err["code"] == "too_many_sequences"
+    assert "3200 sequences" in err["message"] and "at most 256" in err["message"]
+    fits = {**body, "prompt": ["1+1="] * 4}  # 256 exactly
+    assert post(inference_url, inference_world.key, fits).status_code == 200
