@@ -90,3 +90,12 @@ class LocalArtifactStore:
 
     def remove_directory(self, *parts: str) -> None:
         shutil.rmtree(self.root.joinpath(*parts), ignore_errors=True)
+
+    def remove_tree(self, path: Path) -> bool:
+        """Remove ``path`` if it is a folder inside this store (never the operator's model
+        folders or anything else outside it); whether it did."""
+        root, target = self.root.resolve(), path.resolve()
+        if target == root or root not in target.parents or not target.is_dir():
+            return False
+        shutil.rmtree(target, ignore_errors=True)
+        return True

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
-from services.db.models import RegisteredModel
-from services.errors import Forbidden, NotFound
+from services.db.models import Job, RegisteredModel
+from services.errors import Conflict, Forbidden, NotFound
+from services.job_states import TERMINAL
 
 BASE = "base"
 
@@ -36,12 +37,36 @@ def get_visible_model(session: Session, project_id: str, model_id: str,
     return model
 
 
-def delete_model(session: Session, project_id: str, model_id: str) -> None:
+def delete_model(session: Session, project_id: str, model_id: str) -> RegisteredModel:
+    """Take the project's model out of the registry (the caller commits and then removes its
+    files); Conflict while a model built on it or an unfinished job still needs it."""
     model = get_visible_model(session, project_id, model_id)
     if model.project_id is None:
         raise Forbidden(f"model {model_id!r} is a base model declared by the operator; "
                         "it cannot be deleted through the api", param="model")
+    user = model_user(session, model_id)
+    if user is not None:
+        raise Conflict(f"model {model_id!r} cannot be deleted while {user}", param="model",
+                       code="model_in_use")
     session.delete(model)
+    return model
+
+
+def model_user(session: Session, model_id: str) -> str | None:
+    """What still needs the model's files, if anything: a registered model built on it (a
+    LoRA adapter, a value model) or an unfinished job that names it (its base model, or any
+    model its method names)."""
+    dependent = session.scalar(
+        select(RegisteredModel.id).where(RegisteredModel.base_model == model_id).limit(1))
+    if dependent is not None:
+        return f"model {dependent!r} is built on it"
+    job = session.scalar(
+        select(Job.id).where(
+            Job.status.not_in([status.value for status in TERMINAL]),
+            or_(Job.model == model_id,
+                cast(Job.method, Text).contains(f'"{model_id}"', autoescape=True)),
+        ).limit(1))
+    return None if job is None else f"job {job} uses it"
 
 
 def declare_base_models(session: Session, base_models: dict[str, str]) -> None:
@@ -56,9 +81,13 @@ def declare_base_models(session: Session, base_models: dict[str, str]) -> None:
 
 def register_model(session: Session, *, model_id: str, project_id: str, kind: str, path: str,
                    base_model: str, job_id: str, metadata: dict[str, Any] | None = None) -> None:
-    """Idempotent: a job re-run after a crash registers the same id once."""
+    """Idempotent: a job re-run after a crash registers the same id once. A row of another
+    project (or the operator's) under the id is never overwritten."""
     existing = session.get(RegisteredModel, model_id)
     if existing is not None:
+        if existing.project_id != project_id:
+            raise Conflict(f"model id {model_id!r} is taken", param="model",
+                           code="model_id_taken")
         existing.path, existing.kind = path, kind
         return
     session.add(RegisteredModel(id=model_id, project_id=project_id, kind=kind, path=path,

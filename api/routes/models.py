@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter
 
-from api.deps import ProjectId, SessionDep
+from api.deps import ProjectId, SessionDep, StateDep
 from api.presenters import model_object
 from api.protocol import Deleted, ListObject, ModelObject
 from services import registry
@@ -25,7 +27,11 @@ def retrieve_model(model_id: str, session: SessionDep, project_id: ProjectId) ->
 
 
 @router.delete("/{model_id:path}", response_model=Deleted)
-def delete_model(model_id: str, session: SessionDep, project_id: ProjectId) -> Deleted:
-    registry.delete_model(session, project_id, model_id)
+def delete_model(model_id: str, session: SessionDep, project_id: ProjectId,
+                 state: StateDep) -> Deleted:
+    """Out of the registry, and its files off the artifact store (409 while a model built on
+    it or an unfinished job still needs them)."""
+    row = registry.delete_model(session, project_id, model_id)
     session.commit()
+    state.store.remove_tree(Path(row.path))
     return Deleted(id=model_id, object="model")
