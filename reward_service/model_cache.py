@@ -8,14 +8,16 @@ tokens; its reference, if any, is loaded into this cache like any model (key
 ``reference:<path>``). A `reward_ensemble` row's path holds `ensemble.json`
 (`{"members": [...], "objectives": [...]}`) and one such folder per member, `member-<i>/`.
 
-Registry rows are read on a cache miss only: a model stays served from memory, as it was
-loaded, until it is evicted (or the service restarts).
+Registry rows are read on a cache miss, and again for a model in memory once `recheck_seconds`
+have passed since the last read: a model taken out of the registry stops scoring within that
+(and is dropped from memory), as inference's resolved rows do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,8 +214,9 @@ class RewardModelCache:
 
     def __init__(self, sessions: sessionmaker[Session], *, capacity_bytes: int,
                  max_input_tokens: int, max_wait_ms: float, max_batch_tokens: int,
-                 observe: BatchObserver | None = None):
+                 observe: BatchObserver | None = None, recheck_seconds: float = 5.0):
         self._sessions = sessions
+        self._recheck_seconds = recheck_seconds
         self._capacity = capacity_bytes
         self._max_input_tokens = max_input_tokens
         self._batcher_options = {"max_wait_ms": max_wait_ms, "max_batch_tokens": max_batch_tokens,
@@ -224,6 +227,8 @@ class RewardModelCache:
         self._locks: dict[str, asyncio.Lock] = {}
         self._owners: dict[str, str | None] = {}
         """Registry id → owning project, for every model looked up so far."""
+        self._read_at: dict[str, float] = {}
+        """Registry id → when its row was last read (monotonic seconds)."""
 
     @property
     def resident_bytes(self) -> int:
@@ -237,8 +242,28 @@ class RewardModelCache:
                 raise NotFound(f"model {model_id!r} does not exist", param=param,
                                code="model_not_found") from None
             self._owners[row.id] = row.project_id
+            self._read_at[row.id] = time.monotonic()
             return Registered(id=row.id, kind=row.kind, path=path, metadata=row.metadata_ or {},
                               owner=row.project_id)
+
+    async def _recheck(self, model_id: str, param: str) -> None:
+        """Read a remembered model's row again once `recheck_seconds` have passed; a model no
+        longer in the registry is forgotten (its weights dropped) and NotFound."""
+        if time.monotonic() - self._read_at.get(model_id, 0.0) < self._recheck_seconds:
+            return
+        try:
+            await asyncio.to_thread(self.lookup, model_id, param)
+        except NotFound:
+            self._forget(model_id)
+            raise
+
+    def _forget(self, model_id: str) -> None:
+        members = self._ensembles.pop(model_id, [])
+        for key in [model_id, *(f"{model_id}#member-{i}" for i in range(len(members)))]:
+            self._loaded.pop(key, None)  # a request that holds it finishes with it
+        self._manifests.pop(model_id, None)
+        self._owners.pop(model_id, None)
+        self._read_at.pop(model_id, None)
 
     def _check_visible(self, model_id: str, project_id: str | None, param: str) -> None:
         """A model of another project does not exist, as far as this caller can tell."""
@@ -250,6 +275,8 @@ class RewardModelCache:
     async def reward_model(self, model_id: str, param: str,
                            project_id: str | None = None) -> LoadedModel:
         """A registered `reward_model` ``project_id`` may use (None: any), loaded on first use."""
+        if model_id in self._loaded:
+            await self._recheck(model_id, param)
         if model_id in self._loaded:
             self._check_visible(model_id, project_id, param)
             return self._touch(model_id)
@@ -269,6 +296,8 @@ class RewardModelCache:
     async def ensemble(self, model_id: str, param: str,
                        project_id: str | None = None) -> list[LoadedModel]:
         """The members of a registered `reward_ensemble`, each loaded (and cached) on its own."""
+        if model_id in self._ensembles:
+            await self._recheck(model_id, param)
         if model_id not in self._ensembles:
             row = await asyncio.to_thread(self.lookup, model_id, param)
             self._check_visible(model_id, project_id, param)

@@ -42,7 +42,8 @@ class RewardState:
         cache = RewardModelCache(
             sessions, capacity_bytes=settings.reward_cache_bytes,
             max_input_tokens=settings.max_input_tokens, max_wait_ms=settings.max_wait_ms,
-            max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch)
+            max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch,
+            recheck_seconds=settings.registry_recheck_seconds)
         scorer = Scorer(ScoringContext(cache=cache), RunningNormalizer(), metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
                    metrics=metrics, scorer=scorer, keys=KeyCache(sessions))

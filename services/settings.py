@@ -122,6 +122,9 @@ class RewardSettings(AlignSettings):
     """Longest (prompt, response) sequence scored; capped further by a model's
     max_position_embeddings. Longer items are truncated (see reward_service.encoding)."""
     torch_threads: int | None = None
+    registry_recheck_seconds: float = Field(default=5.0, ge=0)
+    """How long a loaded model is served before its registry row is read again: a model taken
+    out of the registry (`DELETE /v1/models/...`) stops scoring within this."""
 
 
 class InferenceSettings(AlignSettings):

@@ -111,3 +111,40 @@ def test_running_normalisation_statistics_are_per_project(guarded_url: str,
         normalized(keys["owner"], ["2", "2", "2", "2", "3"])  # A: mostly right
     assert normalized(keys["other"], ["3"]) == [0.0]
     assert normalized(keys["owner"], ["3"])[0] < -1.0  # A's own statistics are still A's
+
+
+def test_a_model_taken_out_of_the_registry_stops_scoring(database_url: str,
+                                                         reward_world: RewardWorld,
+                                                         keys: dict[str, str]) -> None:
+    """It kept scoring 60 s and more after its row was deleted; now within the re-check
+    interval (0.3 s here, 5 s by default), for models and ensembles alike."""
+    import time
+
+    from services.db.models import RegisteredModel
+    from services.registry import register_model
+
+    copies = {"reward_model": (f"rm-gone-{uuid.uuid4().hex[:6]}", reward_world.single),
+              "reward_ensemble": (f"ens-gone-{uuid.uuid4().hex[:6]}", reward_world.ensemble)}
+    with session_scope(session_factory(database_url)) as session:
+        for kind, (model_id, original) in copies.items():
+            register_model(session, model_id=model_id, project_id=reward_world.project,
+                           kind=kind, path=str(reward_world.paths[original]),
+                           base_model="base", job_id="t")
+
+    def scored(model_id: str, kind: str) -> int:
+        spec_type = "ensemble" if kind == "reward_ensemble" else "reward_model"
+        return httpx.post(f"{url}/v1/score", timeout=60,
+                          headers={"Authorization": f"Bearer {keys['owner']}"},
+                          json={"items": ITEM,
+                                "reward": {"type": spec_type, "model": model_id}}).status_code
+
+    with reward_service(database_url, admin_key=SERVICE_KEY,
+                        registry_recheck_seconds=0.3) as url:
+        for kind, (model_id, _) in copies.items():
+            assert scored(model_id, kind) == 200  # loaded and held in memory
+        with session_scope(session_factory(database_url)) as session:
+            for model_id, _ in copies.values():
+                session.delete(session.get(RegisteredModel, model_id))
+        time.sleep(0.4)
+        for kind, (model_id, _) in copies.items():
+            assert scored(model_id, kind) == 404
