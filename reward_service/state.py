@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from reward_service.evaluation import ScoringContext
+from reward_service.graders import SandboxLimits
 from reward_service.metrics import RewardMetrics
 from reward_service.model_cache import RewardModelCache
 from reward_service.normalize import RunningNormalizer
@@ -44,6 +45,10 @@ class RewardState:
             max_input_tokens=settings.max_input_tokens, max_wait_ms=settings.max_wait_ms,
             max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch,
             recheck_seconds=settings.registry_recheck_seconds)
-        scorer = Scorer(ScoringContext(cache=cache), RunningNormalizer(), metrics)
+        # The python grader's sandbox covers the service's own folders too.
+        limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
+                                       str(settings.artifacts_dir)))
+        scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits), RunningNormalizer(),
+                        metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
                    metrics=metrics, scorer=scorer, keys=KeyCache(sessions))

@@ -2,10 +2,21 @@
 `python -I _runner.py`, a script rather than a module, so it imports nothing of alignd's and
 nothing but the standard library before user code runs.
 
+Where the kernel lets it (root, or CAP_SYS_ADMIN), the runner leaves the host's network,
+mount table and process tree: it unshares those namespaces and forks the namespace's init,
+which mounts a fresh /proc, hides the host's sockets and data behind empty read-only tmpfs
+mounts (/run, /tmp, /var/lib, ... and the service's data and artifact folders), gives the run a
+private tmpfs /tmp, and forks the grading process. When the grading process ends, or the
+parent kills the runner, init exits and the kernel kills every process left in the namespace:
+nothing user code forks, even after setsid(), outlives the run. Each exit is passed up, so the
+parent sees the grading process's own status (a death by SIGXCPU stays one).
+
 Protocol, JSON lines on private copies of stdin/stdout (fds 0 and 1 are pointed at /dev/null
 so that the user's print() and input() cannot corrupt it):
-  parent -> {"source", "cpu_seconds", "memory_bytes", "file_bytes", "run_as_uid", "workdir"}
-  child  -> {"ready": true, "network": "netns" | "audit-hook"} or {"fatal": message}
+  parent -> {"source", "cpu_seconds", "memory_bytes", "file_bytes", "max_processes",
+             "run_as_uid", "workdir", "hidden"}
+  child  -> {"ready": true, "network": "netns" | "audit-hook", "namespaces": [...]}
+            or {"fatal": message}
   parent -> {"sample": {...}, "item": {...}}          (repeated)
   child  -> {"score": float} or {"error": message}    (one per item)
 """
@@ -18,13 +29,18 @@ import numbers
 import os
 import resource
 import shutil
+import signal
 import sys
 import sysconfig
 import traceback
 from collections.abc import Callable
 from typing import Any, TextIO
 
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 SIGKILL = 9
@@ -35,13 +51,13 @@ def main() -> None:
     """Isolate, load the source once, then grade items until the parent closes stdin."""
     reader, writer = _claim_stdio()
     config = json.loads(reader.readline())
-    network = _isolate(config)
+    network, namespaces = _isolate(config)
     try:
         grade = _load(config["source"], config)
     except BaseException as exc:  # noqa: BLE001 - report anything, then stop
         _send(writer, {"fatal": f"loading the source failed: {_describe(exc, config)}"})
         return
-    _send(writer, {"ready": True, "network": network})
+    _send(writer, {"ready": True, "network": network, "namespaces": namespaces})
     for number, line in enumerate(reader):
         request = json.loads(line)
         _send(writer, _grade_one(grade, request, config, number))
@@ -62,18 +78,32 @@ def _send(writer: TextIO, message: dict[str, Any]) -> None:
     writer.flush()
 
 
-def _isolate(config: dict[str, Any]) -> str:
-    """Leave the network, cap memory and file sizes, then drop root. Order matters: unshare
-    needs CAP_SYS_ADMIN and raising limits needs CAP_SYS_RESOURCE, both lost with root."""
+def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
+    """Leave the host's network, mounts and processes where allowed, cap resources, then drop
+    root. Returns in the process that grades. Order matters: unshare and mount need
+    CAP_SYS_ADMIN and raising limits CAP_SYS_RESOURCE, both lost with root."""
     libc = ctypes.CDLL(None, use_errno=True)
-    network = "netns" if libc.unshare(CLONE_NEWNET) == 0 else _block_sockets()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # gone with the service
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0:
+        network, namespaces = "netns", ["net", "mount", "pid"]
+        _fork_and_wait(as_init=False)  # returns in the namespace's init (pid 1)
+        libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
+        _hide_host(libc, config)
+        _fork_and_wait(as_init=True)  # returns in the grading process (pid 2)
+    elif libc.unshare(CLONE_NEWNET) == 0:
+        network, namespaces = "netns", ["net"]
+    else:
+        network, namespaces = _block_sockets(), []
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if os.getuid() == 0 and config["run_as_uid"] is not None:
         if not _readable_by_others(sysconfig.get_paths()["stdlib"]):
             _preload_stdlib()  # the user we become could not import it later
         uid = config["run_as_uid"]
+        # Processes of this uid: with a uid of its own per run, this run's alone.
+        resource.setrlimit(resource.RLIMIT_NPROC,
+                           (config["max_processes"], config["max_processes"]))
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
@@ -82,8 +112,82 @@ def _isolate(config: dict[str, Any]) -> str:
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
     os.chdir(config["workdir"])
-    os.environ["HOME"] = config["workdir"]
-    return network
+    os.environ["HOME"] = os.environ["TMPDIR"] = config["workdir"]
+    return network, namespaces
+
+
+HIDDEN = ("/run", "/var/run", "/var/tmp", "/dev/shm", "/dev/mqueue", "/home", "/root",
+          "/var/lib", "/var/spool", "/var/log", "/srv", "/mnt", "/media")
+"""Host folders where sockets, databases, logs and users' files live: each is covered by an
+empty read-only tmpfs inside the sandbox (with the folders the service names in "hidden")."""
+SANDBOX_TMP = "/tmp"
+"""The run's own tmpfs (the host's /tmp is covered by it); its working folder is inside."""
+
+
+def _hide_host(libc: Any, config: dict[str, Any]) -> None:
+    """In the new mount namespace (as root): mounts private, a /proc of this process tree
+    only, the host's folders covered, and a private tmpfs /tmp holding the working folder."""
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    interpreter = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                sysconfig.get_paths()["stdlib"])]
+    for folder in (*HIDDEN, *config.get("hidden", [])):
+        path = os.path.realpath(folder)
+        if not os.path.isdir(path) or any(p == path or p.startswith(path + "/")
+                                          for p in interpreter):
+            continue  # nothing there, or the interpreter itself lives there
+        _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               "size=4k,mode=0555")
+    _mount(libc, "tmpfs", SANDBOX_TMP, "tmpfs", MS_NOSUID | MS_NODEV,
+           f"size={config['file_bytes']},mode=0700")
+    workdir = os.path.join(SANDBOX_TMP, "work")
+    os.mkdir(workdir, 0o700)
+    uid = config["run_as_uid"]
+    if uid is not None:
+        os.chown(SANDBOX_TMP, uid, uid)
+        os.chown(workdir, uid, uid)
+    config["workdir"] = workdir
+
+
+def _mount(libc: Any, source: str | None, target: str, kind: str | None, flags: int,
+           options: str | None = None) -> None:
+    def encoded(value: str | None) -> bytes | None:
+        return None if value is None else value.encode()
+
+    if libc.mount(encoded(source), encoded(target), encoded(kind), flags, encoded(options)):
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {kind or ''} on {target}: {os.strerror(errno)}")
+
+
+def _fork_and_wait(*, as_init: bool) -> None:
+    """Fork; return in the child. The parent waits for it (as a namespace's init, reaping
+    every orphan meanwhile) and exits as it did: an init cannot die by a signal it sends
+    itself, so it exits 128 + the signal, and the outer runner turns that back into the
+    signal."""
+    child = os.fork()
+    if child == 0:
+        return
+    while True:
+        try:
+            waited, status = os.waitpid(-1 if as_init else child, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if waited == child:
+            break
+    code = os.waitstatus_to_exitcode(status)
+    if as_init:
+        os._exit(128 - code if code < 0 else code)
+    if code > 128 and code - 128 in SIGNALS_PASSED_UP:
+        code = -(code - 128)
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code if code >= 0 else 1)
+
+
+SIGNALS_PASSED_UP = frozenset({signal.SIGXCPU, signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT,
+                               signal.SIGBUS, signal.SIGXFSZ, signal.SIGTERM})
+"""Deaths the parent tells apart (`sandbox._describe_exit`)."""
 
 
 PRELOADED = (

@@ -1,10 +1,12 @@
 """Run `python` graders' user code in a child process, never in the service's.
 
 One child grades a batch item by item, so the interpreter starts once per batch and the
-source compiles once per child. Each child leaves the network (a namespace of its own),
-drops root for `nobody`, lives under CPU, address-space and file-size limits, works in a fresh
-temporary directory (one per item, inside one per child, all removed afterwards) and sees a
-minimal environment: no ALIGND_* settings or other secrets. The parent enforces the
+source compiles once per child. Each child runs in namespaces of its own (network, mounts,
+processes: see _runner.py), so it reaches no socket, no other run's files and none of the
+service's data, and nothing it forks outlives it. It drops root for a uid no other run has,
+lives under CPU, address-space, file-size and process-count limits, works in a fresh directory
+(one per item, on the run's own tmpfs) and sees a minimal environment: no ALIGND_* settings or
+other secrets. The parent enforces the
 wall-clock limit; when a child dies or overruns, that item records why, and a fresh child
 takes the rest of the batch. Nothing the user's code does raises in the caller."""
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import selectors
 import shutil
 import signal
@@ -21,13 +24,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from reward_service.graders.outcome import GradeOutcome
 
 MiB = 2**20
 RUNNER = Path(__file__).with_name("_runner.py")
 NOBODY = 65534
+FRESH_UIDS = (1_000_000, 2_000_000)
+"""The uids a run is given one of (at random) when it gets a uid of its own: no account has
+them, so no file on the host belongs to them and no two concurrent runs share one."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,17 @@ class SandboxLimits:
     """Wall-clock seconds per item, enforced by the parent killing the child."""
     file_bytes: int = 64 * MiB
     """Largest file the code may write (RLIMIT_FSIZE), so it cannot fill the disk."""
-    run_as_uid: int | None = NOBODY
-    """The uid (and gid) the child drops to when the service runs as root; None keeps root,
-    which lets user code read the service's files and raise its own limits."""
+    run_as_uid: int | Literal["fresh"] | None = "fresh"
+    """The uid (and gid) the child drops to when the service runs as root: "fresh", one of
+    FRESH_UIDS per run, so that runs cannot signal or read each other; a number, that uid
+    (NOBODY, say); None keeps root, which lets user code read the service's files and raise
+    its own limits."""
+    max_processes: int = 16
+    """Processes (and threads) the run's uid may have at once (RLIMIT_NPROC): a fork bomb
+    stops there."""
+    hidden: tuple[str, ...] = ()
+    """Folders of the service's own (its data folder, the artifact root) covered inside the
+    sandbox, besides the host folders _runner.HIDDEN covers."""
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < 1:
@@ -94,6 +108,8 @@ class _Child:
     def __init__(self, source: str, limits: SandboxLimits) -> None:
         self.source = source
         self.limits = limits
+        self.uid = (FRESH_UIDS[0] + secrets.randbelow(FRESH_UIDS[1] - FRESH_UIDS[0])
+                    if limits.run_as_uid == "fresh" else limits.run_as_uid)
         self.workdir = tempfile.mkdtemp(prefix="alignd-grader-")
         self.buffer = b""
         self.process: subprocess.Popen[bytes] | None = None
@@ -106,14 +122,15 @@ class _Child:
 
     def start(self) -> str | None:
         """Start the runner and load the source; the reason it failed, or None."""
-        if os.getuid() == 0 and self.limits.run_as_uid is not None:
-            os.chown(self.workdir, self.limits.run_as_uid, self.limits.run_as_uid)
+        if os.getuid() == 0 and self.uid is not None:
+            os.chown(self.workdir, self.uid, self.uid)  # used where mounts cannot be private
         self.process = subprocess.Popen(
             [sys.executable, "-I", str(RUNNER)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             cwd=self.workdir, env=_minimal_env(self.workdir), start_new_session=True,
         )
-        config = {"source": self.source, "workdir": self.workdir, **asdict(self.limits)}
+        config = {"source": self.source, "workdir": self.workdir, **asdict(self.limits),
+                  "run_as_uid": self.uid}
         reply = self._exchange(config)
         if "ready" in reply:
             return None

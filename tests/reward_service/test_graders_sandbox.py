@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from reward_service.graders import GradeOutcome, SandboxLimits, grade_batch, parse_grader_spec
-from reward_service.graders.sandbox import RUNNER
+from reward_service.graders.sandbox import FRESH_UIDS, NOBODY, RUNNER
 
 FAST = SandboxLimits(cpu_seconds=1, wall_seconds=1.0)
 
@@ -122,15 +122,14 @@ def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_files_land_in_a_fresh_directory_that_is_removed(private_tmp: Path) -> None:
-    body = f"""
+    body = """
         seen = len(os.listdir('.'))
         with open('scratch.txt', 'w') as f:
             f.write('x' * 10)
-        inside = os.getcwd().startswith({str(private_tmp)!r})
-        return float(seen == 0 and inside and os.path.getsize('scratch.txt') == 10)
+        return float(seen == 0 and os.path.getsize('scratch.txt') == 10)
     """
     assert grade(body, [{}, {}]) == [GradeOutcome(score=1.0)] * 2
-    assert list(private_tmp.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []  # and nothing left on the host's disk
 
 
 def test_the_environment_holds_no_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,8 +139,13 @@ def test_the_environment_holds_no_service_settings(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="privileges are dropped only when run as root")
-def test_user_code_runs_as_nobody() -> None:
-    assert grade("return float(os.getuid())", [{}]) == [GradeOutcome(score=65534.0)]
+def test_each_run_gets_a_uid_of_its_own() -> None:
+    [first] = grade("return float(os.getuid())", [{}])
+    [second] = grade("return float(os.getuid())", [{}])
+    assert first.score is not None and second.score is not None
+    assert FRESH_UIDS[0] <= first.score < FRESH_UIDS[1] and first.score != second.score
+    assert grade("return float(os.getuid())", [{}], SandboxLimits(run_as_uid=NOBODY)) == [
+        GradeOutcome(score=float(NOBODY))]
 
 
 def test_a_source_that_fails_to_load_fails_every_item() -> None:
@@ -181,3 +185,112 @@ def test_the_audit_hook_fallback_blocks_sockets() -> None:
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                             check=True)
     assert "network access is disabled in graders (socket.__new__)" in result.stdout
+
+
+# --- attacks on the sandbox (root, as CI runs the suite: the namespaces need it) -------------
+
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="namespaces need root")
+SLOW = SandboxLimits(cpu_seconds=30, wall_seconds=60.0)
+
+
+def processes_of(uid: int) -> list[int]:
+    """Host pids whose real uid is ``uid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if entry.name.isdigit() and f"\nUid:\t{uid}\t" in status:
+            pids.append(int(entry.name))
+    return pids
+
+
+@needs_root
+def test_a_forked_setsid_grandchild_does_not_outlive_the_run() -> None:
+    """Fork, setsid, fork again, sleep: the grandchild left the process group the parent
+    kills, and ran on as nobody for 40 s after the response before namespaces."""
+    body = """
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        time.sleep(0.2)
+        return float(os.getuid())
+    """
+    [outcome] = grade(body, [{}], SLOW)
+    assert outcome.score is not None
+    from tests.conftest import wait_for
+
+    wait_for(lambda: not processes_of(int(outcome.score or 0)), timeout=5,
+             message="every process of the run to be gone")
+
+
+@needs_root
+def test_no_socket_file_is_reachable() -> None:
+    """Walk the whole tree the sandbox sees: not one socket (PostgreSQL's in /run/postgresql
+    connected, with trust auth, before)."""
+    body = """
+        import stat
+        found = []
+        for root, dirs, files in os.walk('/'):
+            if root in ('/proc', '/sys'):
+                dirs[:] = []
+                continue
+            for name in files + dirs:
+                try:
+                    if stat.S_ISSOCK(os.lstat(os.path.join(root, name)).st_mode):
+                        found.append(os.path.join(root, name))
+                except OSError:
+                    pass
+        if found:
+            raise ValueError(', '.join(found[:5]))
+        return 1.0
+    """
+    assert grade(body, [{}], SLOW) == [GradeOutcome(score=1.0)]
+
+
+@needs_root
+def test_the_service_s_folders_are_hidden(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Another project's artifacts (configs, tokenizers, optimizer state) were readable from a
+    grader; the artifact root and data folder are covered inside the sandbox."""
+    root = Path(__file__).resolve().parents[2] / f".sandbox-test-{os.getpid()}"
+    secret = root / "models" / "ftjob-a" / "config.json"
+    secret.parent.mkdir(parents=True)
+    try:
+        for folder in (root, root / "models", secret.parent):
+            folder.chmod(0o755)
+        secret.write_text('{"secret": true}')
+        secret.chmod(0o644)
+        body = f"return float(len(open({str(secret)!r}).read()))"
+        assert grade(body, [{}]) == [GradeOutcome(score=16.0)]  # readable unless hidden
+        [hidden] = grade(body, [{}], SandboxLimits(cpu_seconds=1, wall_seconds=1.0,
+                                                   hidden=(str(root),)))
+        assert hidden.error is not None and "FileNotFoundError" in hidden.error
+    finally:
+        import shutil
+
+        shutil.rmtree(root)
+
+
+@needs_root
+def test_the_run_sees_only_its_own_processes_and_forks_a_bounded_number() -> None:
+    body = """
+        mine = [p for p in os.listdir('/proc') if p.isdigit()]
+        children = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                children += 1
+        except OSError:
+            pass
+        return len(mine) * 1000 + children
+    """
+    [outcome] = grade(body, [{}], SLOW)
+    assert outcome.score is not None
+    seen, children = divmod(int(outcome.score), 1000)
+    assert seen <= 3  # init, the grading process (and /proc's own reader)
+    assert children < SandboxLimits().max_processes
