@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,13 @@ app.command("models")(user.list_models)
 console = Console()
 
 
+def private_files() -> None:
+    """Files and folders this process (and what it starts) creates are its owner's alone
+    (0600/0700): models, checkpoints, optimizer and RNG state, rollouts, uploads and logs hold
+    other people's data, and a python grader or another local user must not read them."""
+    os.umask(0o077)
+
+
 class Service(StrEnum):
     api = "api"
     reward = "reward"
@@ -29,6 +37,7 @@ class Service(StrEnum):
 @app.command()
 def migrate() -> None:
     """Upgrade the database schema to this version of alignd."""
+    private_files()
     from services.db.migrate import head_revision, upgrade
     from services.embedded import resolve_database_url
 
@@ -39,6 +48,7 @@ def migrate() -> None:
 @app.command()
 def serve(service: Service) -> None:
     """Run one HTTP service in the foreground (ALIGND_HOST / ALIGND_PORT)."""
+    private_files()
     if service is Service.api:
         from api.main import serve as serve_api
 
@@ -56,6 +66,7 @@ def serve(service: Service) -> None:
 @app.command()
 def worker() -> None:
     """Run a Celery worker that trains jobs (queues from ALIGND_QUEUES)."""
+    private_files()
     from trainer.worker import run_worker
 
     run_worker()
@@ -64,6 +75,7 @@ def worker() -> None:
 @app.command()
 def up() -> None:
     """Start the embedded stack (api, worker, reward, inference) and wait for Ctrl-C."""
+    private_files()
     from cli.stack import embedded_stack
 
     stack = embedded_stack(AlignSettings())
@@ -86,6 +98,7 @@ def demo(
         help="GRPO steps after fine-tuning (0 skips the GRPO step)")] = 40,
 ) -> None:
     """Build the demo world, start the stack, fine-tune over HTTP, then GRPO; report accuracy."""
+    private_files()
     from cli.demo import run_demo
 
     run_demo(AlignSettings(), console, keep_running=keep_running, demo_dir=demo_dir, steps=steps,

@@ -91,6 +91,10 @@ def test_supervised_job_trains_registers_and_lowers_held_out_loss(client, shared
 
     path = Path(service_path(job_id))
     assert AutoModelForCausalLM.from_pretrained(path).num_parameters() > 0
+    written = [path, *path.rglob("*"), *Path(service_path(job_id), "..", "..", "checkpoints",
+                                               job_id).resolve().rglob("*")]
+    shared = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.stat().st_mode & 0o077}
+    assert len(written) > 10 and shared == {}  # the worker's files are its own (0600/0700)
 
 
 def service_path(job_id: str) -> str:
