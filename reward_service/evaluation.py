@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reward_service.graders import SandboxLimits
+from reward_service.grading_pool import GradingPool
 from reward_service.model_cache import RewardModelCache
 from reward_service.protocol import ScoreItem
 
@@ -37,6 +38,8 @@ class ScoringContext:
     """CPU, memory and wall-clock limits of each `python` grader item."""
     project_id: str | None = None
     """Whose reward models a request may name (set per request); None: every project's."""
+    grading: GradingPool = field(default_factory=lambda: GradingPool(8, 4, 64))
+    """Where graders run (their own threads, fair between projects)."""
 
 
 Evaluator = Callable[[Any, list[ScoreItem], ScoringContext], Awaitable[Evaluation]]

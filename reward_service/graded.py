@@ -77,8 +77,8 @@ async def evaluate_grader(spec: Any, items: list[ScoreItem],
                           context: ScoringContext) -> Evaluation:
     samples = [item.response_text for item in items]
     rows = [_row(item) for item in items]
-    outcomes = await asyncio.to_thread(
-        grade_batch, spec, samples, rows, score_model_fn=_judge(context, asyncio.get_running_loop()),
-        limits=context.sandbox_limits)
+    outcomes = await context.grading.run(
+        context.project_id, grade_batch, spec, samples, rows,
+        score_model_fn=_judge(context, asyncio.get_running_loop()), limits=context.sandbox_limits)
     return Evaluation(results=[ItemScore(score=o.score, parts=dict(o.parts), error=o.error)
                                for o in outcomes])

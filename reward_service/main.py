@@ -25,6 +25,7 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         app.state.alignd = state
         yield
         await state.cache.close()
+        state.scorer.context.grading.close()
 
     app = FastAPI(title="alignd reward service", version="0.1.0", lifespan=lifespan,
                   description="Scores (prompt, response) items with reward models and ensembles.")

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from reward_service.evaluation import ScoringContext
 from reward_service.graders import SandboxLimits
+from reward_service.grading_pool import GradingPool
 from reward_service.metrics import RewardMetrics
 from reward_service.model_cache import RewardModelCache
 from reward_service.normalize import RunningNormalizer
@@ -48,7 +49,9 @@ class RewardState:
         # The python grader's sandbox covers the service's own folders too.
         limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
                                        str(settings.artifacts_dir)))
-        scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits), RunningNormalizer(),
-                        metrics)
+        grading = GradingPool(settings.grader_threads, settings.grader_threads_per_project,
+                              settings.grader_queue)
+        scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits, grading=grading),
+                        RunningNormalizer(), metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
                    metrics=metrics, scorer=scorer, keys=KeyCache(sessions))

@@ -55,6 +55,18 @@ class PayloadTooLarge(AlignError):
     error_type = "invalid_request_error"
 
 
+class TooManyRequests(AlignError):
+    """429; the response carries `Retry-After: retry_after` (seconds)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(AlignError):
     status_code = 503
     error_type = "service_unavailable"

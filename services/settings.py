@@ -122,6 +122,14 @@ class RewardSettings(AlignSettings):
     """Longest (prompt, response) sequence scored; capped further by a model's
     max_position_embeddings. Longer items are truncated (see reward_service.encoding)."""
     torch_threads: int | None = None
+    grader_threads: int = Field(default=8, ge=1, le=1024)
+    """Gradings (a python grader's sandbox among them) that run at once, on threads of their
+    own: the service's own work never waits behind them."""
+    grader_threads_per_project: int = Field(default=4, ge=1, le=1024)
+    """Of those, at most this many one project's at once."""
+    grader_queue: int = Field(default=64, ge=0, le=100_000)
+    """A project's grading requests that may wait beyond its running ones; more get a 429
+    with Retry-After."""
     registry_recheck_seconds: float = Field(default=5.0, ge=0)
     """How long a loaded model is served before its registry row is read again: a model taken
     out of the registry (`DELETE /v1/models/...`) stops scoring within this."""

@@ -38,6 +38,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "No such object in this project",
         409: "The object's state does not allow this",
         413: "Upload too large",
+        429: "Too many requests; retry after the Retry-After header's seconds",
         503: "A dependency is unavailable",
     }.items()
 }
@@ -139,7 +140,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(AlignError)
     async def _domain(request: Request, exc: AlignError) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content=exc.envelope())
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return JSONResponse(status_code=exc.status_code, content=exc.envelope(),
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -148,3 +148,43 @@ def test_a_model_taken_out_of_the_registry_stops_scoring(database_url: str,
         time.sleep(0.4)
         for kind, (model_id, _) in copies.items():
             assert scored(model_id, kind) == 404
+
+
+def test_one_project_s_slow_graders_do_not_starve_another_or_the_service(
+        database_url: str, keys: dict[str, str]) -> None:
+    """Six concurrent requests whose python graders sleep made another project's string_check,
+    /readyz and /v1/reward_models wait 11 s (they shared one thread pool). Now a project's
+    burst runs on the graders' own threads, bounded per project, its excess refused (429)."""
+    import asyncio
+
+    slow = {"type": "python", "name": "slow",
+            "source": "import time\ndef grade(sample, item):\n    time.sleep(1.5)\n    return 1.0"}
+    quick = {"type": "string_check", "name": "eq", "operation": "eq",
+             "input": "{{sample.output_text}}", "reference": "2"}
+
+    async def scenario(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            def post(key: str, reward: dict[str, Any]) -> Any:
+                return http.post("/v1/score", json={"items": ITEM, "reward": reward},
+                                 headers={"Authorization": f"Bearer {key}"})
+
+            burst = [asyncio.create_task(post(keys["other"], slow)) for _ in range(6)]
+            await asyncio.sleep(0.3)  # the burst is in: one running, two waiting, three refused
+            assert (await post(keys["owner"], quick)).status_code == 200
+            assert (await http.get("/readyz")).status_code == 200
+            listed = await http.get("/v1/reward_models",
+                                    headers={"Authorization": f"Bearer {keys['owner']}"})
+            assert listed.status_code == 200
+            # served while the burst's first grading still sleeps, not behind it
+            graded = [t.result().status_code for t in burst if t.done()]
+            answers = await asyncio.gather(*burst)
+        statuses = sorted(r.status_code for r in answers)
+        assert statuses == [200, 200, 200, 429, 429, 429], statuses
+        refused = next(r for r in answers if r.status_code == 429)
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"]["code"] == "grader_queue_full"
+        assert graded == [429, 429, 429], graded
+
+    with reward_service(database_url, admin_key=SERVICE_KEY, grader_threads=2,
+                        grader_threads_per_project=1, grader_queue=2) as url:
+        asyncio.run(scenario(url))
