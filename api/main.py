@@ -12,7 +12,10 @@ from api.routes import admin, files, jobs, models
 from api.state import ApiState
 from services.db.engine import ping
 from services.settings import ApiSettings
-from services.web import health_router, install_error_handlers
+from services.web import BodyLimit, health_router, install_error_handlers
+
+UPLOAD_FRAMING_BYTES = 64 * 1024
+"""What multipart framing may add to an upload's file (boundaries, part headers, the purpose)."""
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -31,6 +34,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="alignd api", version="0.1.0", lifespan=lifespan,
                   description="Fine-tuning jobs, files and models (OpenAI-compatible shapes).")
     install_error_handlers(app)
+    # Multipart framing adds a little to the file itself; the route checks the file's size.
+    app.add_middleware(BodyLimit, prefix="/v1/files",
+                       limit=lambda: settings.max_upload_bytes + UPLOAD_FRAMING_BYTES)
     app.include_router(health_router(readiness))
     for module in (files, jobs, models, admin):
         app.include_router(module.router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 
 import httpx
 
@@ -96,3 +97,38 @@ def test_delete_and_isolation(client: httpx.Client, api_url: str, admin: httpx.C
     deleted = client.delete(f"/v1/files/{file_id}")
     assert deleted.json() == {"id": file_id, "object": "file", "deleted": True}
     assert_envelope(client.get(f"/v1/files/{file_id}"), 404)
+
+
+def test_a_chunked_upload_is_cut_at_the_limit(client: httpx.Client) -> None:
+    """Without a Content-Length the body was spooled whole before the size check; now the
+    api stops reading it at the limit (200,000 bytes here) and answers 413."""
+    sent = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal sent
+        boundary = b"--b0undary\r\n"
+        yield (boundary + b'Content-Disposition: form-data; name="purpose"\r\n\r\nsupervised\r\n'
+               + boundary + b'Content-Disposition: form-data; name="file"; '
+               b'filename="big.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n')
+        line = jsonl(supervised_rows(1))
+        for _ in range(200_000):  # about 12 MB if it were all read
+            sent += len(line) * 100
+            yield line * 100
+        yield b"\r\n--b0undary--\r\n"
+
+    try:
+        response = client.post("/v1/files", content=body(),
+                               headers={"Content-Type": "multipart/form-data; boundary=b0undary"})
+    except httpx.HTTPError:  # the server may close while the client still writes
+        response = None
+    if response is not None:
+        error = assert_envelope(response, 413)
+        assert error["code"] == "payload_too_large"
+    assert sent < 5_000_000  # the client was stopped long before the end
+    assert client.get("/v1/files").json()["data"] == []
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(client: httpx.Client) -> None:
+    response = client.post("/v1/files", content=b"x" * 300_000,
+                           headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert assert_envelope(response, 413)["code"] == "payload_too_large"
