@@ -115,3 +115,17 @@ def test_prompts_times_n_is_bounded(inference_url: str, inference_world: Inferen
     assert "3200 sequences" in err["message"] and "at most 256" in err["message"]
     fits = {**body, "prompt": ["1+1="] * 4}  # 256 exactly
     assert post(inference_url, inference_world.key, fits).status_code == 200
+
+
+def test_ignore_eos_runs_to_max_tokens_on_every_engine(inference_url: str,
+                                                       inference_world: InferenceWorld) -> None:
+    """alignd's vLLM engine stopped at the model's eos with "stop" (vLLM's own eos check),
+    where the torch engine and vLLM's own server ran to max_tokens with "length"."""
+    body = {"model": inference_world.base, "prompt": "1+1=", "max_tokens": 48, "n": 24,
+            "temperature": 1.0, "seed": 7}
+    stopping = post(inference_url, inference_world.key, body).json()["choices"]
+    assert "stop" in {c["finish_reason"] for c in stopping}  # some do sample the eos
+    response = post(inference_url, inference_world.key, {**body, "ignore_eos": True})
+    assert response.status_code == 200, response.text
+    assert {c["finish_reason"] for c in response.json()["choices"]} == {"length"}
+    assert response.json()["usage"]["completion_tokens"] == 24 * 48
