@@ -14,6 +14,7 @@ from api.jobs_service import JobService
 from api.projects_service import ProjectService
 from api.reward_check import RewardSpecCheck
 from api.state import ApiState
+from services.auth import Caller, caller_for_key
 from services.errors import Unauthorized
 from services.security import same_secret
 
@@ -47,8 +48,17 @@ def _secret(credentials: HTTPAuthorizationCredentials | None) -> str:
     return credentials.credentials
 
 
-def get_project_id(credentials: Credentials, session: SessionDep) -> str:
-    return ProjectService(session).authenticate(_secret(credentials))
+def get_caller(request: Request, credentials: Credentials, session: SessionDep,
+               state: StateDep) -> Caller:
+    """The calling key: `read` for GET, `train` for every change; within its rate."""
+    caller = caller_for_key(session, _secret(credentials))
+    caller.require("read" if request.method in ("GET", "HEAD") else "train")
+    state.limiter.admit(caller.key_id)
+    return caller
+
+
+def get_project_id(caller: Annotated[Caller, Depends(get_caller)]) -> str:
+    return caller.project_id
 
 
 def require_admin(credentials: Credentials, state: StateDep) -> None:

@@ -72,4 +72,5 @@ def project_object(row: Project) -> protocol.ProjectObject:
 
 def key_object(row: ApiKey, secret: str | None = None) -> protocol.ApiKeyObject:
     return protocol.ApiKeyObject(id=row.id, name=row.name, project_id=row.project_id,
-                                 prefix=row.prefix, created_at=ts(row.created_at) or 0, key=secret)
+                                 prefix=row.prefix, created_at=ts(row.created_at) or 0,
+                                 scopes=list(row.scopes or []), key=secret)

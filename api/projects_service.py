@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.auth import project_for_key
+from services.auth import SCOPES, project_for_key
 from services.db.models import ApiKey, Project
 from services.errors import Conflict, NotFound
 from services.ids import new_id
@@ -38,11 +39,13 @@ class ProjectService:
             raise NotFound(f"project {project_id!r} does not exist", param="project_id")
         return project
 
-    def create_key(self, project_id: str, name: str) -> tuple[ApiKey, str]:
+    def create_key(self, project_id: str, name: str,
+                   scopes: Sequence[str] = SCOPES) -> tuple[ApiKey, str]:
         self.get_project(project_id)
         secret = generate_key()
         key = ApiKey(id=new_id("key"), project_id=project_id, name=name,
-                     key_hash=hash_key(secret), prefix=secret[:14])
+                     key_hash=hash_key(secret), prefix=secret[:14],
+                     scopes=[scope for scope in SCOPES if scope in scopes])
         self.session.add(key)
         self.session.commit()
         return key, secret

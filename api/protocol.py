@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,9 +129,17 @@ class ProjectObject(BaseModel):
     created_at: int
 
 
+Scope = Literal["read", "train", "generate", "score"]
+"""`services.auth.SCOPES`."""
+
+
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="default", min_length=1, max_length=200)
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(get_args(Scope)), min_length=1,
+        description="What the key may do: read (the api's GET routes), train (files, jobs, "
+                    "deleting models), generate (inference), score (the reward service).")
 
 
 class ApiKeyObject(BaseModel):
@@ -141,5 +149,6 @@ class ApiKeyObject(BaseModel):
     project_id: str
     prefix: str
     created_at: int
+    scopes: list[str]
     key: str | None = None
     """Only in the response that created it."""

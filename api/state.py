@@ -8,6 +8,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.artifacts import LocalArtifactStore
+from services.auth import RateLimiter
 from services.celery_app import enqueue_job, make_celery
 from services.db.engine import session_factory, session_scope
 from services.db.migrate import ensure_migrated
@@ -23,6 +24,7 @@ class ApiState:
     sessions: sessionmaker[Session]
     store: LocalArtifactStore
     celery: Celery
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: ApiSettings) -> ApiState:
@@ -32,7 +34,8 @@ class ApiState:
         with session_scope(sessions) as session:
             declare_base_models(session, settings.base_models)
         return cls(settings=settings, database_url=url, sessions=sessions,
-                   store=LocalArtifactStore(settings.artifacts_dir), celery=make_celery(settings))
+                   store=LocalArtifactStore(settings.artifacts_dir), celery=make_celery(settings),
+                   limiter=RateLimiter(settings.key_requests_per_minute))
 
     def enqueue(self, job_id: str) -> None:
         enqueue_job(self.celery, job_id, self.settings.job_queue)

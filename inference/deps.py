@@ -26,7 +26,9 @@ async def get_project_id(state: StateDep, credentials: Credentials) -> str | Non
     if not state.settings.require_api_key:
         return None
     secret = credentials.credentials if credentials is not None else None
-    return await state.keys.project(secret)
+    caller = (await state.keys.caller(secret)).require("generate")
+    state.limiter.admit(caller.key_id)
+    return caller.project_id
 
 
 def get_generator(state: StateDep) -> Generator:

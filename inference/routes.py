@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -20,7 +20,7 @@ from inference.protocol import (
     ModelList,
     ModelObject,
 )
-from services.web import ERROR_RESPONSES
+from services.web import ERROR_RESPONSES, metrics_access
 
 router = APIRouter(tags=["generation"], responses=ERROR_RESPONSES)
 
@@ -55,5 +55,6 @@ async def list_models(state: StateDep, project: ProjectId) -> ModelList:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(state: StateDep) -> Response:
+def metrics(request: Request, state: StateDep) -> Response:
+    metrics_access(request, state.settings)
     return Response(state.metrics.render(), media_type=state.metrics.content_type)

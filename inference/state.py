@@ -11,7 +11,7 @@ from inference.catalog import ModelCatalog
 from inference.engines.base import Engine
 from inference.metrics import InferenceMetrics
 from inference.serving import Generator
-from services.auth import KeyCache
+from services.auth import KeyCache, RateLimiter
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
@@ -48,6 +48,7 @@ class InferenceState:
     metrics: InferenceMetrics
     generator: Generator
     keys: KeyCache
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: InferenceSettings, engine: Engine | None = None) -> InferenceState:
@@ -69,7 +70,7 @@ class InferenceState:
                    generator=Generator(catalog, engine, rewards, metrics,
                                        stream_interval=settings.stream_interval,
                                        max_sequences=settings.max_sequences_per_request),
-                   keys=KeyCache(sessions))
+                   keys=KeyCache(sessions), limiter=RateLimiter(settings.key_requests_per_minute))
 
     async def close(self) -> None:
         await self.engine.close()

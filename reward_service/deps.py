@@ -35,7 +35,9 @@ async def get_project_id(
     admin = state.settings.admin_key.get_secret_value()
     if not state.settings.require_api_key or (secret and same_secret(secret, admin)):
         return acting_for
-    return await state.keys.project(secret)
+    caller = (await state.keys.caller(secret)).require("score")
+    state.limiter.admit(caller.key_id)
+    return caller.project_id
 
 
 def get_scorer(state: StateDep) -> Scorer:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from reward_service.deps import MetricsDep, ProjectId, ScorerDep, StateDep
 from reward_service.model_cache import registered_reward_models
 from reward_service.protocol import RewardModelList, RewardModelObject, ScoreRequest, ScoreResponse
-from services.web import ERROR_RESPONSES
+from services.web import ERROR_RESPONSES, metrics_access
 
 router = APIRouter(tags=["rewards"], responses=ERROR_RESPONSES)
 
@@ -32,5 +32,6 @@ async def list_reward_models(state: StateDep, project: ProjectId) -> RewardModel
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(metrics: MetricsDep) -> Response:
+def metrics(request: Request, state: StateDep, metrics: MetricsDep) -> Response:
+    metrics_access(request, state.settings)
     return Response(metrics.render(), media_type=metrics.content_type)

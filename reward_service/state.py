@@ -14,7 +14,7 @@ from reward_service.metrics import RewardMetrics
 from reward_service.model_cache import RewardModelCache
 from reward_service.normalize import RunningNormalizer
 from reward_service.scorer import Scorer
-from services.auth import KeyCache
+from services.auth import KeyCache, RateLimiter
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
@@ -30,6 +30,7 @@ class RewardState:
     metrics: RewardMetrics
     scorer: Scorer
     keys: KeyCache
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, settings: RewardSettings) -> RewardState:
@@ -54,4 +55,5 @@ class RewardState:
         scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits, grading=grading),
                         RunningNormalizer(), metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
-                   metrics=metrics, scorer=scorer, keys=KeyCache(sessions))
+                   metrics=metrics, scorer=scorer, keys=KeyCache(sessions),
+                   limiter=RateLimiter(settings.key_requests_per_minute))

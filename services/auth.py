@@ -1,32 +1,68 @@
-"""Who is calling: an API key (Authorization: Bearer) to its project, for every service."""
+"""Who is calling: an API key (Authorization: Bearer) to its project and scopes, for every
+service; and how often a key may call (a token bucket per key, per service process).
+
+Scopes: `read` (the api's GET routes), `train` (uploading and deleting files, creating and
+cancelling jobs, deleting models), `generate` (the inference service) and `score` (the reward
+service). A key is made with any of them, all by default. The operator's admin key is not a
+project key: it has every right, `/v1/admin/*` among them.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import math
+import threading
 import time
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.engine import session_scope
 from services.db.models import ApiKey
-from services.errors import Unauthorized
+from services.errors import Forbidden, TooManyRequests, Unauthorized
 from services.security import hash_key
+
+SCOPES = ("read", "train", "generate", "score")
+"""What a project's key may be allowed to do (see the module's docstring)."""
 
 KEY_CACHE_SECONDS = 5.0
 """How long the scoring and generation services trust a key → project answer."""
 KEY_CACHE_ENTRIES = 10_000
 
 
-def project_for_key(session: Session, secret: str | None) -> str:
-    """The project a key belongs to; Unauthorized for a missing, unknown or revoked key."""
+@dataclass(frozen=True)
+class Caller:
+    """A project's key, as a request presents it."""
+
+    project_id: str
+    key_id: str
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> Caller:
+        """Itself, if the key has ``scope``; Forbidden otherwise."""
+        if scope not in self.scopes:
+            raise Forbidden(f"this API key lacks the {scope!r} scope (it has: "
+                            f"{', '.join(sorted(self.scopes)) or 'none'}); ask your operator "
+                            f"for a key with it", code="missing_scope")
+        return self
+
+
+def caller_for_key(session: Session, secret: str | None) -> Caller:
+    """The key's project and scopes; Unauthorized for a missing, unknown or revoked key."""
     if not secret:
         raise Unauthorized("missing API key; send Authorization: Bearer <key>",
                            code="missing_api_key")
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
     if key is None or key.revoked_at is not None:
         raise Unauthorized("invalid API key", code="invalid_api_key")
-    return key.project_id
+    return Caller(key.project_id, key.id, frozenset(key.scopes or ()))
+
+
+def project_for_key(session: Session, secret: str | None) -> str:
+    """The project a key belongs to; Unauthorized for a missing, unknown or revoked key."""
+    return caller_for_key(session, secret).project_id
 
 
 class KeyCache:
@@ -37,21 +73,66 @@ class KeyCache:
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = KEY_CACHE_SECONDS):
         self._sessions, self._ttl = sessions, ttl
-        self._known: dict[str, tuple[str, float]] = {}
-        """hash of the key → (its project, when that was read)."""
+        self._known: dict[str, tuple[Caller, float]] = {}
+        """hash of the key → (its caller, when that was read)."""
 
-    async def project(self, secret: str | None) -> str:
+    async def caller(self, secret: str | None) -> Caller:
         digest = hash_key(secret) if secret else None
         known = self._known.get(digest) if digest else None
         if known is not None and time.monotonic() - known[1] < self._ttl:
             return known[0]
-        project = await asyncio.to_thread(self._lookup, secret)
+        caller = await asyncio.to_thread(self._lookup, secret)
         if len(self._known) >= KEY_CACHE_ENTRIES:
             self._known.clear()
         assert digest is not None  # a missing key was refused by the lookup
-        self._known[digest] = (project, time.monotonic())
-        return project
+        self._known[digest] = (caller, time.monotonic())
+        return caller
 
-    def _lookup(self, secret: str | None) -> str:
+    async def project(self, secret: str | None) -> str:
+        return (await self.caller(secret)).project_id
+
+    def _lookup(self, secret: str | None) -> Caller:
         with session_scope(self._sessions) as session:
-            return project_for_key(session, secret)
+            return caller_for_key(session, secret)
+
+
+class RateLimiter:
+    """At most `per_minute` requests a minute per key, in bursts of up to `per_minute` (a
+    token bucket per key, in this process: each service and replica counts its own).
+    0 turns it off."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._buckets: dict[str, tuple[float, float]] = {}
+        """key id → (tokens left, when they were counted)."""
+        self._lock = threading.Lock()  # the api's routes run on worker threads
+
+    def admit(self, key_id: str) -> None:
+        """Take a token for ``key_id``, or TooManyRequests saying when one will be there."""
+        if self.per_minute <= 0:
+            return
+        rate = self.per_minute / 60.0  # tokens a second
+        with self._lock:
+            now = time.monotonic()
+            tokens, then = self._buckets.get(key_id, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - then) * rate)
+            if tokens < 1.0:
+                self._buckets[key_id] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / rate)
+                raise TooManyRequests(
+                    f"this API key made more than {self.per_minute} requests a minute; retry "
+                    f"in {wait} s", retry_after=wait, code="rate_limited")
+            if len(self._buckets) >= KEY_CACHE_ENTRIES:
+                self._buckets.clear()
+            self._buckets[key_id] = (tokens - 1.0, now)
+
+
+def address_allowed(host: str | None, networks: list[str]) -> bool:
+    """Whether ``host`` (a client's IP address) is in one of ``networks`` (CIDR)."""
+    if host is None:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(network, strict=False) for network in networks)

@@ -38,6 +38,12 @@ class AlignSettings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     reward_url: str = "http://127.0.0.1:8001"
     inference_url: str = "http://127.0.0.1:8002"
+    key_requests_per_minute: int = Field(default=0, ge=0)
+    """Requests a minute one API key may make to each service (bursts up to that many);
+    past it a 429 with Retry-After. 0: no limit."""
+    metrics_networks: list[str] = ["127.0.0.1/32", "::1/128"]
+    """Client addresses (CIDR) that may read /metrics without a key; others need the admin
+    key."""
     broker_visibility_timeout: int = Field(default=3600, ge=5)
     """Seconds before Redis re-delivers an unacknowledged message (a worker that died)."""
 

@@ -216,6 +216,24 @@ def install_error_handlers(app: FastAPI) -> None:
         return envelope(500, "internal server error", "server_error")
 
 
+def metrics_access(request: Request, settings: Any) -> None:
+    """/metrics is open to `settings.metrics_networks`; from elsewhere it needs the admin key
+    (Forbidden otherwise: the counters tell model ids, traffic and load)."""
+    from services.auth import address_allowed
+    from services.errors import Forbidden
+    from services.security import same_secret
+
+    client = request.client.host if request.client else None
+    if address_allowed(client, settings.metrics_networks):
+        return
+    header = request.headers.get("authorization", "")
+    secret = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if not (secret and same_secret(secret, settings.admin_key.get_secret_value())):
+        raise Forbidden(f"/metrics is readable without a key only from "
+                        f"{', '.join(settings.metrics_networks) or 'nowhere'}; send the admin "
+                        "key", code="metrics_forbidden")
+
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]
 
 

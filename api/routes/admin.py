@@ -33,7 +33,7 @@ def list_projects(projects: ProjectsDep) -> ListObject[ProjectObject]:
 @router.post("/projects/{project_id}/api_keys", response_model=ApiKeyObject,
              status_code=status.HTTP_201_CREATED)
 def create_api_key(project_id: str, body: ApiKeyCreate, projects: ProjectsDep) -> ApiKeyObject:
-    key, secret = projects.create_key(project_id, body.name)
+    key, secret = projects.create_key(project_id, body.name, body.scopes)
     return key_object(key, secret)
 
 

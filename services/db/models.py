@@ -48,6 +48,10 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scopes: Mapped[list[Any]] = mapped_column(
+        JSONB, default=lambda: ["read", "train", "generate", "score"],
+        server_default='["read", "train", "generate", "score"]')
+    """What the key may do (`services.auth.SCOPES`); keys made before scopes may do all."""
 
 
 class File(Base):

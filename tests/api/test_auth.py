@@ -52,3 +52,58 @@ def test_keys_are_stored_hashed(admin: httpx.Client, database_url: str) -> None:
         stored = conn.execute(text("select key_hash from api_keys where project_id = :p"),
                               {"p": project_id}).scalars().all()
     assert stored and key not in stored and all(len(h) == 64 for h in stored)
+
+
+def key_with(admin: httpx.Client, project_id: str, *scopes: str) -> str:
+    response = admin.post(f"/v1/admin/projects/{project_id}/api_keys",
+                          json={"name": "scoped", "scopes": list(scopes)})
+    assert response.status_code == 201, response.text
+    assert response.json()["scopes"] == list(scopes)
+    return str(response.json()["key"])
+
+
+def test_a_key_does_only_what_its_scopes_allow(api_url: str, admin: httpx.Client) -> None:
+    project_id, full = new_project(admin)
+    reader = key_with(admin, project_id, "read")
+    scorer = key_with(admin, project_id, "score")
+
+    def call(method: str, path: str, key: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(method, f"{api_url}{path}", timeout=30,
+                             headers={"Authorization": f"Bearer {key}"}, **kwargs)  # type: ignore[arg-type]
+
+    assert call("GET", "/v1/files", reader).status_code == 200
+    refused = call("POST", "/v1/fine_tuning/jobs", reader, json={"model": "m",
+                                                                 "training_file": "f"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "missing_scope"
+    assert "'train'" in refused.json()["error"]["message"]
+    assert call("GET", "/v1/models", scorer).status_code == 403  # no read
+    assert call("GET", "/v1/models", full).status_code == 200  # every scope by default
+    listed = admin.get(f"/v1/admin/projects/{project_id}/api_keys")
+    if listed.status_code == 200:  # listing keys, where the api offers it, shows the scopes
+        assert {"read"} in [set(k["scopes"]) for k in listed.json()["data"]]
+    for bad in ([], ["admin"], ["bogus"]):
+        response = admin.post(f"/v1/admin/projects/{project_id}/api_keys",
+                              json={"name": "x", "scopes": bad})
+        assert response.status_code == 400
+        assert response.json()["error"]["param"].startswith("scopes")
+
+
+def test_a_key_past_its_rate_gets_a_429_with_retry_after(
+        api_settings: object, admin: httpx.Client) -> None:
+    from api.main import create_app
+    from services.settings import ApiSettings
+    from services.web import ServerThread
+
+    project_id, key = new_project(admin)
+    limited = ApiSettings(max_upload_bytes=200_000, key_requests_per_minute=3)
+    with ServerThread(create_app(limited)) as server:
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses = [httpx.get(f"{server.url}/v1/files", headers=headers).status_code
+                    for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        refused = httpx.get(f"{server.url}/v1/files", headers=headers)
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        other = key_with(admin, project_id, "read")  # the limit is per key
+        assert httpx.get(f"{server.url}/v1/files",
+                         headers={"Authorization": f"Bearer {other}"}).status_code == 200

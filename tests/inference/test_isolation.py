@@ -41,3 +41,19 @@ def test_best_of_n_ranking_with_another_project_s_reward_model_is_a_404(
     response = post(inference_url, inference_world.other_key, body)
     assert response.status_code == 404, response.text
     assert response.json()["error"]["param"] == "best_of_n.reward.model"
+
+
+def test_generating_needs_the_generate_scope(inference_url: str, inference_world: InferenceWorld,
+                                             database_url: str) -> None:
+    from services.db.models import ApiKey
+    from services.security import generate_key, hash_key
+
+    secret = generate_key()
+    with session_scope(session_factory(database_url)) as session:
+        session.add(ApiKey(id=f"key-{uuid.uuid4().hex[:8]}", project_id=inference_world.project,
+                           name="scorer", key_hash=hash_key(secret), prefix=secret[:12],
+                           scopes=["score"]))
+    body = {"model": inference_world.base, "prompt": "1+1=", "max_tokens": 2}
+    refused = post(inference_url, secret, body)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "missing_scope"
+    assert post(inference_url, inference_world.key, body).status_code == 200

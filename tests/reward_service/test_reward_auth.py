@@ -20,14 +20,18 @@ SERVICE_KEY = "reward-auth-service-key"
 ITEM = [{"prompt": "1+1=", "response": "2"}]
 
 
-def _key(database_url: str, project: str, *, create: bool) -> str:
+def _key(database_url: str, project: str, *, create: bool,
+         scopes: list[str] | None = None) -> str:
     secret = generate_key()
     with session_scope(session_factory(database_url)) as session:
         if create:
             session.add(Project(id=project, name=project))
             session.flush()
-        session.add(ApiKey(id=f"key-{uuid.uuid4().hex[:8]}", project_id=project, name="t",
-                           key_hash=hash_key(secret), prefix=secret[:12]))
+        key = ApiKey(id=f"key-{uuid.uuid4().hex[:8]}", project_id=project, name="t",
+                     key_hash=hash_key(secret), prefix=secret[:12])
+        if scopes is not None:
+            key.scopes = scopes
+        session.add(key)
     return secret
 
 
@@ -188,3 +192,25 @@ def test_one_project_s_slow_graders_do_not_starve_another_or_the_service(
     with reward_service(database_url, admin_key=SERVICE_KEY, grader_threads=2,
                         grader_threads_per_project=1, grader_queue=2) as url:
         asyncio.run(scenario(url))
+
+
+def test_scoring_needs_the_score_scope(guarded_url: str, database_url: str,
+                                       reward_world: RewardWorld) -> None:
+    reader = _key(database_url, reward_world.project, create=False, scopes=["read", "train"])
+    refused = score(guarded_url, reader, reward_world.single)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "missing_scope"
+    scorer = _key(database_url, reward_world.project, create=False, scopes=["score"])
+    assert score(guarded_url, scorer, reward_world.single).status_code == 200
+
+
+def test_metrics_are_open_only_to_the_allowed_addresses(database_url: str) -> None:
+    with reward_service(database_url, admin_key=SERVICE_KEY) as url:  # loopback is allowed
+        assert httpx.get(f"{url}/metrics").status_code == 200
+    with reward_service(database_url, admin_key=SERVICE_KEY, metrics_networks=[]) as url:
+        refused = httpx.get(f"{url}/metrics")
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "metrics_forbidden"
+        assert httpx.get(f"{url}/metrics", headers={
+            "Authorization": f"Bearer {SERVICE_KEY}"}).status_code == 200
+        assert httpx.get(f"{url}/metrics", headers={
+            "Authorization": "Bearer sk-alignd-nope"}).status_code == 403
