@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.artifacts import LocalArtifactStore
 from services.datasets import read_rows
 from services.db.engine import session_factory, session_scope
-from services.db.models import Checkpoint, File, Job, JobMetric
+from services.db.models import Checkpoint, File, Job, JobMetric, JobStep
 from services.errors import NotFound
 from services.ids import new_id
 from services.job_signals import CancelListener
@@ -43,30 +44,42 @@ class MetricsBuffer:
     recorded, so a step's metrics never cost a database commit of their own and nothing up to
     the last checkpoint is lost in a crash (later steps are re-run, and re-written, on resume)."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str, flush_seconds: float = 1.0):
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, attempt: int = 0,
+                 owner: str = "", flush_seconds: float = 1.0):
         self.sessions, self.job_id, self.flush_seconds = sessions, job_id, flush_seconds
+        self.attempt, self.owner = attempt, owner
         self.rows: dict[tuple[int, str], float] = {}
+        self.steps: list[tuple[int, datetime]] = []
+        """(step, when it was reported), for `job_steps`: appended, never merged."""
         self.last_flush = time.monotonic()
         self.last_step = 0
 
     def add(self, step: int, values: dict[str, float]) -> None:
         self.last_step = step
+        self.steps.append((step, datetime.now(UTC)))
         self.rows.update({(step, name): float(value) for name, value in values.items()})
         if time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
-        if not self.rows:
+        if not self.rows and not self.steps:
             return
-        rows = [{"job_id": self.job_id, "step": step, "name": name, "value": value}
-                for (step, name), value in self.rows.items()]
-        statement = insert(JobMetric).values(rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["job_id", "name", "step"], set_={"value": statement.excluded.value})
         with session_scope(self.sessions) as session:
-            session.execute(statement)
+            if self.rows:
+                rows = [{"job_id": self.job_id, "step": step, "name": name, "value": value}
+                        for (step, name), value in self.rows.items()]
+                statement = insert(JobMetric).values(rows)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["job_id", "name", "step"],
+                    set_={"value": statement.excluded.value})
+                session.execute(statement)
+            if self.steps:
+                session.execute(insert(JobStep).values([
+                    {"job_id": self.job_id, "attempt": self.attempt, "step": step,
+                     "owner": self.owner, "reported_at": at} for step, at in self.steps]))
         self.rows.clear()
+        self.steps.clear()
 
 
 class JobRunner:
@@ -89,7 +102,9 @@ class JobRunner:
         heartbeat = Heartbeat(self.sessions, job_id, self.owner, self.lease_seconds,
                               self.heartbeat_seconds).start()
         listener = CancelListener(self.database_url, job_id, heartbeat.cancelled).start()
-        metrics = MetricsBuffer(self.sessions, job_id)
+        with session_scope(self.sessions) as session:
+            attempt = session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
+        metrics = MetricsBuffer(self.sessions, job_id, attempt, self.owner)
         try:
             self._check_cancel_requested(job_id, heartbeat)
             result = self._train(job_id, heartbeat, metrics)

@@ -119,6 +119,20 @@ class JobMetric(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class JobStep(Base):
+    """One row per step a worker reported, appended and never updated: which attempt ran it,
+    on which worker and when. `job_metrics` keeps one value per (job, name, step), so a step run
+    twice would not show there; here it does."""
+
+    __tablename__ = "job_steps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(200))
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -4,6 +4,7 @@ with SIGKILL whose job resumes from its checkpoint on another worker."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import httpx
@@ -79,7 +80,11 @@ def test_supervised_job_trains_registers_and_lowers_held_out_loss(client, shared
     steps, losses = series(client, job_id, "valid_loss")
     assert len(steps) >= 2 and losses[-1] < losses[0] * 0.8, losses
     train_steps, _ = series(client, job_id, "train_loss")
-    assert train_steps == list(range(1, 19))  # ceil(96 * 3 / 16) optimizer steps, once each
+    assert train_steps == list(range(1, 19))  # ceil(96 * 3 / 16) optimizer steps
+    from tests.trainer.test_worker_crash import step_runs
+
+    assert {a: [s for s, _, _ in run] for a, run in step_runs(
+        os.environ["ALIGND_DATABASE_URL"], job_id).items()} == {1: list(range(1, 19))}  # once
     statuses = [e["data"]["status"] for e in events(client, job_id) if e["type"] == "status"]
     assert statuses == ["validating_files", "queued", "running", "succeeded"]
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
