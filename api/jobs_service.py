@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 from api.files_service import FileService
 from api.protocol import JobCreate
 from services.db.models import Checkpoint, Job, JobEvent, JobMetric
-from services.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from services.errors import Conflict, InvalidRequest, NotFound
 from services.ids import new_id
 from services.job_signals import notify_cancel
-from services.job_states import TERMINAL, JobStatus, record_event, transition
+from services.job_states import TERMINAL, UNPUBLISHED, JobStatus, record_event, transition
 from services.methods import allowed_purposes, describe, named_models, reward_spec
 from services.registry import get_visible_model
 
@@ -54,11 +54,13 @@ class JobService:
         self.session.commit()
         try:
             self.enqueue(job.id)
-        except Exception as exc:  # the broker is down: the job must not sit queued forever
-            transition(self.session, job, JobStatus.FAILED, f"could not enqueue: {exc}")
-            job.error = {"code": "broker_unavailable", "message": str(exc), "param": None}
+        except Exception as exc:  # noqa: BLE001 - the broker is down: the job is stored anyway
+            # PostgreSQL is the outbox: the workers' sweep publishes it once the broker answers.
+            job.enqueued_at = UNPUBLISHED
+            record_event(self.session, job.id, f"the job queue could not be reached "
+                         f"({type(exc).__name__}: {exc}); the job stays queued and is published "
+                         "as soon as the queue is back", level="warning")
             self.session.commit()
-            raise ServiceUnavailable(f"the job queue is unavailable: {exc}") from exc
         return job
 
     def _check_request(self, request: JobCreate) -> None:

@@ -24,6 +24,10 @@ class JobStatus(StrEnum):
 
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+UNPUBLISHED = datetime(1970, 1, 1, tzinfo=UTC)
+"""`enqueued_at` of a queued job whose message never reached the broker: PostgreSQL is the
+outbox, and the workers' sweep (`trainer.lease.sweep_unclaimed`) publishes it first thing."""
+
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.VALIDATING_FILES: frozenset({JobStatus.QUEUED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),

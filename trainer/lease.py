@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.engine import session_scope
 from services.db.models import Job
-from services.job_states import TERMINAL, JobStatus, record_event, transition
+from services.job_states import TERMINAL, UNPUBLISHED, JobStatus, record_event, transition
 
 log = logging.getLogger(__name__)
 REQUEUED_PREFIX = "requeued-by:"
@@ -144,9 +144,13 @@ def sweep_unclaimed(sessions: sessionmaker[Session], enqueue: Callable[[str], No
             select(Job).where(Job.status == JobStatus.QUEUED, Job.enqueued_at < cutoff)
             .with_for_update(skip_locked=True)))
         for job in jobs:
+            if job.enqueued_at is not None and job.enqueued_at <= UNPUBLISHED:
+                message = "the job queue is back; published the job"
+            else:
+                message = (f"no worker took the job in {requeue_after_seconds:.0f} s; published "
+                           "it again")
             job.enqueued_at = _now()
-            record_event(session, job.id, f"no worker took the job in {requeue_after_seconds:.0f} s;"
-                         " published it again", level="warning")
+            record_event(session, job.id, message, level="warning")
         ids = [job.id for job in jobs]
     for job_id in ids:
         enqueue(job_id)
