@@ -46,14 +46,30 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> str:
-    """A Redis database of its own for this session (1..15), emptied first."""
+def broker_url() -> Iterator[str]:
+    """A Redis database of this session's own: the first of 1..15 holding no key at all,
+    claimed with a key only this session sets (so two sessions never share one, and no one
+    else's data is wiped), emptied at the end."""
     import redis
 
-    db = 1 + (os.getpid() % 15)
-    url = f"{REDIS}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    session = uuid.uuid4().hex
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS}/{db}")
+        if client.dbsize() == 0 and client.set(SESSION_CLAIM, session, nx=True):
+            if client.dbsize() == 1:  # nothing slipped in before the claim
+                break
+            client.delete(SESSION_CLAIM)
+        client.close()
+    else:
+        pytest.fail(f"no empty Redis database (1-15) at {REDIS} for this test session")
+    yield f"{REDIS}/{db}"
+    if client.get(SESSION_CLAIM) == session.encode():
+        client.flushdb()
+    client.close()
+
+
+SESSION_CLAIM = "alignd-test-session"
+"""The key a test session sets in the Redis database it takes (`broker_url`)."""
 
 
 @pytest.fixture
