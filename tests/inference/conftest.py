@@ -32,6 +32,8 @@ class InferenceWorld:
     """A random-weight demo Llama registered as a base model (every project sees it)."""
     base_path: Path
     adapter: str
+    adapter_path: Path
+    """The adapter's folder (peft save_pretrained)."""
     """A LoRA adapter over `base`, owned by the first project."""
     values: list[str]
     """Two value models tied to `base` (random heads), owned by the first project."""
@@ -77,6 +79,7 @@ def inference_world(tiny_model_dir: Path, database_url: str,
             register_model(session, model_id=ids[name], project_id=project, kind="value_model",
                            path=str(path), base_model=base, job_id=f"job-{tag}")
     return InferenceWorld(base=base, base_path=tiny_model_dir, adapter=ids["adapter"],
+                          adapter_path=adapter,
                           values=[ids["v0"], ids["v1"]], value_paths=values,
                           foreign_value=ids["foreign"], project=project, key=key,
                           other_key=other_key)

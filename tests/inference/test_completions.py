@@ -183,6 +183,29 @@ def test_a_lora_adapter_is_served_over_its_base(client: openai.OpenAI,
     assert greedy(inference_world.base) == base_before  # the adapter is off for the base
 
 
+def test_a_lora_adapter_serves_what_peft_generates(client: openai.OpenAI,
+                                                   inference_world: InferenceWorld) -> None:
+    """Token for token with PEFT's own greedy decode of the same adapter, on both engines."""
+    from peft import PeftModel
+
+    tokenizer = AutoTokenizer.from_pretrained(inference_world.base_path)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(inference_world.base_path),
+        inference_world.adapter_path).eval()
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=16, do_sample=False,
+                             eos_token_id=None, attention_mask=torch.ones_like(ids))
+    expected = out[0, ids.shape[1]:].tolist()
+    response = client.completions.create(model=inference_world.adapter, prompt=PROMPT,
+                                         max_tokens=16, temperature=0, logprobs=0,
+                                         extra_body={"ignore_eos": True})
+    choice = response.choices[0]
+    assert choice.text == tokenizer.decode(expected, skip_special_tokens=True)
+    assert choice.logprobs is not None
+    assert choice.logprobs.tokens == [tokenizer.decode([t]) for t in expected]  # each token
+
+
 def test_models_lists_what_the_project_sees(client: openai.OpenAI,
                                             inference_world: InferenceWorld,
                                             inference_url: str) -> None:
