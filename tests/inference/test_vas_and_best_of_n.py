@@ -107,14 +107,21 @@ SIMILAR_TO_ANSWER = {"type": "text_similarity", "name": "close", "input": "{{sam
 
 def test_best_of_n_returns_the_highest_scoring_sample(client: openai.OpenAI,
                                                       inference_world: InferenceWorld) -> None:
-    body = {"best_of_n": {"n": 6, "reward": SIMILAR_TO_ANSWER, "item": {"answer": "55"},
+    body = {"best_of_n": {"n": 6, "reward": SIMILAR_TO_ANSWER, "item": {"answer": "7_C7"},
                           "return_all": True}}
     response = client.completions.create(model=inference_world.base, prompt=PROMPT,
-                                         max_tokens=4, seed=9, extra_body=body)
+                                         max_tokens=4, seed=9, temperature=1.5,
+                                         extra_body=body)
     samples = response.model_extra["alignd_samples"]  # type: ignore[index]
     assert len(samples) == 6 and all(s["score"] is not None for s in samples)
-    best = max(samples, key=lambda s: s["score"])
-    assert response.choices[0].text == best["text"]
+    # Scored here too, by the formula itself (rapidfuzz's normalized Indel similarity): the
+    # service's scores are the grader's, and the choice is the best of them.
+    from rapidfuzz import fuzz
+
+    own = [fuzz.ratio(sample["text"], "7_C7") / 100.0 for sample in samples]
+    assert [s["score"] for s in samples] == pytest.approx(own, abs=1e-9)
+    assert len(set(own)) > 1  # the samples differ, so the choice means something
+    assert response.choices[0].text == samples[own.index(max(own))]["text"]
     assert response.usage is not None and response.usage.completion_tokens >= 6  # all n count
 
 
