@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_N = 64
 MAX_BEST_OF = 256
+MAX_STOP_TOKEN_IDS = 32
 MAX_STOP = 8
 
 
@@ -61,6 +62,12 @@ class SamplingFields(BaseModel):
     best_of_n: BestOfN | None = None
     ignore_eos: bool = False
     """Generate max_tokens whatever the model says (vLLM's extension; for benchmarks)."""
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    """Token ids that end a choice ("stop") besides the model's own eos (vLLM's extension);
+    ignore_eos leaves these in force."""
+    min_tokens: int = Field(default=0, ge=0)
+    """No stop token (eos or stop_token_ids) may end a choice before this many tokens (vLLM's
+    extension)."""
 
     @field_validator("stop")
     @classmethod

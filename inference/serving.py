@@ -104,7 +104,12 @@ class Generator:
         prompts = self._prompts(body, tokenizer)
         limit = self.catalog.max_model_len(served)
         guides = self._value_guides(body, served, tokenizer, values)
-        stop_ids = () if body.ignore_eos else self.catalog.eos_token_ids(served)
+        vocab = len(tokenizer)
+        if any(not 0 <= t < vocab for t in body.stop_token_ids or ()):
+            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab})",
+                                 param="stop_token_ids")
+        stop_ids = ((() if body.ignore_eos else self.catalog.eos_token_ids(served))
+                    + tuple(body.stop_token_ids or ()))
         samples = body.best_of_n.n if body.best_of_n is not None else body.n
         if len(prompts) * samples > self.max_sequences:
             raise InvalidRequest(
@@ -200,6 +205,9 @@ class Generator:
         else:
             max_tokens = body.max_tokens or DEFAULT_COMPLETION_TOKENS
             logprobs = body.logprobs
+        if body.min_tokens > max_tokens:
+            raise InvalidRequest(f"min_tokens must be at most max_tokens ({max_tokens}), got "
+                                 f"{body.min_tokens}", param="min_tokens")
         if prompt_len + max_tokens > limit:
             raise InvalidRequest(
                 f"max_tokens must be at most {limit - prompt_len} for this {prompt_len}-token "
@@ -212,7 +220,8 @@ class Generator:
             max_tokens=max_tokens,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p, top_k=top_k, seed=body.seed,
-            logprobs=logprobs, value_guidance=guides, ignore_eos=body.ignore_eos)
+            logprobs=logprobs, value_guidance=guides, ignore_eos=body.ignore_eos,
+            min_tokens=body.min_tokens)
 
     # -- running -----------------------------------------------------------------------------
 

@@ -39,6 +39,8 @@ class SamplingOptions:
     """Tokens that end the sequence ("stop"): the model's eos tokens, unless the request
     ignores them (`ignore_eos`, also passed so an engine with eos logic of its own can skip it)."""
     ignore_eos: bool = False
+    min_tokens: int = 0
+    """Tokens before which no stop token may be sampled (they are masked until then)."""
 
 
 @dataclass(frozen=True)

@@ -321,6 +321,12 @@ class TorchEngine:
         """One token for each row of (B, V) logits; value-guided rows are steered first."""
         if not sequences:
             return []
+        early = [row for row, s in enumerate(sequences)
+                 if s.generated < s.options.min_tokens and s.stop_ids]
+        if early:  # min_tokens: no stop token may be drawn yet
+            logits = logits.clone()
+            for row in early:
+                logits[row, list(sequences[row].stop_ids)] = float("-inf")
         guided = [row for row, sequence in enumerate(sequences) if sequence.guides]
         steered, candidate_ids = logits, {}
         if guided:

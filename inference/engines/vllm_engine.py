@@ -295,6 +295,7 @@ def sampling_params(options: SamplingOptions,
                           top_k=top_k, seed=options.seed, max_tokens=options.max_tokens,
                           logprobs=options.logprobs, stop_token_ids=list(options.stop_token_ids),
                           ignore_eos=options.ignore_eos,  # else vLLM stops at the eos itself
+                          min_tokens=options.min_tokens,
                           detokenize=False, output_kind=RequestOutputKind.DELTA,
                           extra_args=extra_args)
 

@@ -24,7 +24,7 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
     for name in ("API", "REWARD", "INFERENCE"):
         env[f"ALIGND_{name}_URL"] = f"http://127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "cli.main", "demo", "--no-keep-running",
-               "--demo-dir", str(tmp_path / "world"), "--pretrain-steps", "60", "--steps", "20",
+               "--demo-dir", str(tmp_path / "world"), "--pretrain-steps", "60", "--steps", "150",
                "--grpo-steps", "3"]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
@@ -33,8 +33,10 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
         stop_embedded_postgres(tmp_path / "data" / "postgres")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
-    assert re.search(r"alignd-demo-tiny\s+│?\s*\d+\.\d%", output), output[-3000:]
-    assert re.search(r"ft:alignd-demo-tiny:demo:ftjob-\S+\s+│?\s*\d+\.\d%", output), output[-3000:]
+    base = re.search(r"alignd-demo-tiny\s+│?\s*(\d+\.\d)%", output)
+    tuned = re.search(r"ft:alignd-demo-tiny:demo:ftjob-\S+\s+│?\s*(\d+\.\d)%", output)
+    assert base and tuned, output[-3000:]
+    assert float(tuned.group(1)) > float(base.group(1)), output[-3000:]  # fine-tuning helps
     assert "created GRPO job" in output
     assert re.search(r":grpo:ftjob-\S+\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert "your demo API key: sk-alignd-" in output

@@ -129,3 +129,36 @@ def test_ignore_eos_runs_to_max_tokens_on_every_engine(inference_url: str,
     assert response.status_code == 200, response.text
     assert {c["finish_reason"] for c in response.json()["choices"]} == {"length"}
     assert response.json()["usage"]["completion_tokens"] == 24 * 48
+
+
+def test_min_tokens_holds_off_every_stop_token_on_every_engine(
+        inference_url: str, inference_world: InferenceWorld) -> None:
+    body = {"model": inference_world.base, "prompt": "1+1=", "max_tokens": 40, "n": 16,
+            "temperature": 1.0, "seed": 7, "logprobs": 0}
+    free = post(inference_url, inference_world.key, body).json()["choices"]
+    assert min(len(c["logprobs"]["tokens"]) for c in free) < 32  # some stop early by themselves
+    held = post(inference_url, inference_world.key, {**body, "min_tokens": 32})
+    assert held.status_code == 200, held.text
+    assert min(len(c["logprobs"]["tokens"]) for c in held.json()["choices"]) >= 32
+    too_many = post(inference_url, inference_world.key, {**body, "min_tokens": 41})
+    assert error(too_many, 400)["param"] == "min_tokens"
+
+
+def test_stop_token_ids_end_a_choice_on_every_engine(inference_url: str,
+                                                     inference_world: InferenceWorld) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(inference_world.base_path)
+    body = {"model": inference_world.base, "prompt": "1+1=", "max_tokens": 12,
+            "temperature": 0, "ignore_eos": True, "logprobs": 0}
+    free = post(inference_url, inference_world.key, body).json()["choices"][0]
+    tokens = free["logprobs"]["tokens"]
+    stop_id = tokenizer.convert_tokens_to_ids(tokens[3])  # the 4th greedy token
+    first = next(i for i, t in enumerate(tokens) if tokenizer.convert_tokens_to_ids(t) == stop_id)
+    stopped = post(inference_url, inference_world.key, {**body, "stop_token_ids": [stop_id]})
+    assert stopped.status_code == 200, stopped.text
+    choice = stopped.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"  # ignore_eos leaves stop_token_ids in force
+    assert choice["logprobs"]["tokens"] == tokens[: first + 1]
+    bad = post(inference_url, inference_world.key, {**body, "stop_token_ids": [10**6]})
+    assert error(bad, 400)["param"] == "stop_token_ids"
