@@ -117,7 +117,8 @@ class ValueModelTrainer(StepLoop):
         rewards = score_items(self.ctx.reward_url,
                               [reward_item(rows[c.prompt], c.text) for c in completions],
                               hp.reward, service_key=self.ctx.reward_key,
-                              project=self.ctx.project_id)
+                              project=self.ctx.project_id,
+                              retry_seconds=self.ctx.reward_retry_seconds)
         finished = sum(c.finished for c in completions)
         self.ctx.log(f"sampled {len(completions)} completions of {len(rows)} prompts from the "
                      f"base model in {sampled:.1f} s ({finished} ended on a stop token); "
