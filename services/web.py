@@ -36,6 +36,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Invalid request",
         401: "Missing or wrong API key",
+        403: "The API key lacks the scope this needs, or the object may not be changed",
         404: "No such object in this project",
         409: "The object's state does not allow this",
         413: "Upload too large",
@@ -209,7 +210,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return envelope(exc.status_code, str(exc.detail), kind)
+        response = envelope(exc.status_code, str(exc.detail), kind)
+        response.headers.update(exc.headers or {})  # a 405's Allow among them
+        return response
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

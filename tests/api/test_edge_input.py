@@ -70,3 +70,9 @@ def test_a_deeply_nested_line_is_a_400_naming_it(client: httpx.Client) -> None:
     error = assert_envelope(response, 400)
     assert "line 3: JSON nested too deeply" in error["message"]
     assert client.get("/v1/files").json()["data"] == []
+
+
+def test_a_wrong_method_is_a_405_with_allow(client: httpx.Client) -> None:
+    response = client.put("/v1/files")
+    assert assert_envelope(response, 405)["type"] == "invalid_request_error"
+    assert "POST" in response.headers["Allow"]  # Starlette names the first matching route's
