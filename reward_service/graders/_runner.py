@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
@@ -85,8 +86,13 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
     libc = ctypes.CDLL(None, use_errno=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # gone with the service
-    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0:
-        network, namespaces = "netns", ["net", "mount", "pid"]
+    namespaces = ["net", "mount", "pid"]
+    privileged = libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0
+    if not privileged and _enter_user_namespace(libc):
+        namespaces.insert(0, "user")  # unprivileged: root in a namespace of its own instead
+        config["run_as_uid"] = None  # the one uid mapped is the service's; there is no other
+    if privileged or namespaces[0] == "user":
+        network = "netns"
         _fork_and_wait(as_init=False)  # returns in the namespace's init (pid 1)
         libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
         _hide_host(libc, config)
@@ -95,18 +101,22 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
         network, namespaces = "netns", ["net"]
     else:
         network, namespaces = _block_sockets(), []
+    if os.getuid() == 0 and config["run_as_uid"] is not None:  # not in a user namespace,
+        # whose one uid is the service's own, threads and all: with a uid of its own per run,
+        # the processes of this uid are this run's alone.
+        resource.setrlimit(resource.RLIMIT_NPROC,
+                           (config["max_processes"], config["max_processes"]))
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
     if os.getuid() == 0 and config["run_as_uid"] is not None:
         if not _readable_by_others(sysconfig.get_paths()["stdlib"]):
             _preload_stdlib()  # the user we become could not import it later
         uid = config["run_as_uid"]
-        # Processes of this uid: with a uid of its own per run, this run's alone.
-        resource.setrlimit(resource.RLIMIT_NPROC,
-                           (config["max_processes"], config["max_processes"]))
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    if "user" in namespaces:
+        _drop_capabilities(libc)  # root in its namespace could otherwise unmount the covers
     # No setuid binary may give the code privileges back; die with the parent (this is
     # cleared by setuid, hence after it).
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
@@ -147,6 +157,41 @@ def _hide_host(libc: Any, config: dict[str, Any]) -> None:
         os.chown(SANDBOX_TMP, uid, uid)
         os.chown(workdir, uid, uid)
     config["workdir"] = workdir
+
+
+def _enter_user_namespace(libc: Any) -> bool:
+    """Without CAP_SYS_ADMIN (a container running as a plain uid): a user namespace in which
+    this process is root, mapped to its own uid outside, so that it may still make the
+    network, mount and PID namespaces. False where the kernel allows no such namespace."""
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) != 0:
+        return False
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"),
+                       ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as handle:
+            handle.write(text)
+    return True
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _drop_capabilities(libc: Any) -> None:
+    """Every capability gone (effective, permitted, inheritable), so that the process, root
+    inside its user namespace, can no longer mount, unmount or change ids."""
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    if libc.capset(ctypes.byref(header), (_CapData * 2)()) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"dropping capabilities: {os.strerror(errno)}")
 
 
 def _mount(libc: Any, source: str | None, target: str, kind: str | None, flags: int,

@@ -3,13 +3,16 @@ item's misbehaviour reaches the caller or the other items."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -295,3 +298,55 @@ def test_the_run_sees_only_its_own_processes_and_forks_a_bounded_number() -> Non
     seen, children = divmod(int(outcome.score), 1000)
     assert seen <= 3  # init, the grading process (and /proc's own reader)
     assert children < SandboxLimits().max_processes
+
+
+UNPRIVILEGED_PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
+                            if os.access(p, os.X_OK)), None)
+
+
+@needs_root  # to become an unprivileged uid for the test
+@pytest.mark.skipif(shutil.which("setpriv") is None or UNPRIVILEGED_PYTHON is None,
+                    reason="setpriv and a system python are needed")
+def test_without_root_the_run_still_gets_namespaces_of_its_own(listener: int) -> None:
+    """The images run the reward service as a plain uid, where it could not make namespaces
+    and fell back to an audit hook. A user namespace gives it the same isolation, and the run
+    (root in that namespace) has no capability left to unmount what covers the host."""
+    source = textwrap.dedent(f"""
+        import ctypes, os, socket
+
+        def grade(sample, item):
+            problems = []
+            if os.listdir('/run'):
+                problems.append('/run is visible')
+            if len([p for p in os.listdir('/proc') if p.isdigit()]) > 3:
+                problems.append('host processes are visible')
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.umount2(b'/run', 2) == 0:
+                problems.append('the cover over /run could be removed')
+            try:
+                socket.create_connection(('127.0.0.1', {listener}), timeout=0.5)
+                problems.append('the network is reachable')
+            except OSError:
+                pass
+            if problems:
+                raise RuntimeError('; '.join(problems))
+            return 1.0
+    """)
+    config = {"source": source, "workdir": "/tmp", **{k: v for k, v in asdict(FAST).items()},
+              "run_as_uid": None}
+    process = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", UNPRIVILEGED_PYTHON,
+         "-I", str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(config) + "\n")
+        process.stdin.flush()
+        ready = json.loads(process.stdout.readline() or "{}")
+        assert ready.get("namespaces") == ["user", "net", "mount", "pid"], ready
+        process.stdin.write(json.dumps({"sample": {"output_text": ""}, "item": {}}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline()) == {"score": 1.0}
+    finally:
+        process.kill()
+        process.wait(timeout=30)
