@@ -4,8 +4,6 @@ service that restarts mid-job."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from services.methods import Method
-from services.settings import RewardSettings
-from services.web import ServerThread, free_port
 from tests.trainer.test_supervised import Recorder, context
 from trainer.context import JobStopped, RolloutEngine, TrainingResult
 from trainer.methods import METHODS
@@ -166,23 +162,12 @@ def test_prompts_longer_than_the_context_are_refused_by_row(
 
 def test_a_reward_service_that_restarts_is_retried_until_it_answers(database_url: str) -> None:
     """Nothing listens on the port for the first second and a half; scoring waits for it."""
-    from reward_service.main import create_app
+    from tests.trainer.conftest import LateRewardService
 
-    port = free_port()
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, require_api_key=False)
-    started = threading.Event()
-
-    def start_later() -> None:
-        time.sleep(1.5)
-        with ServerThread(create_app(settings), port=port):
-            started.set()
-            time.sleep(20)
-
-    threading.Thread(target=start_later, daemon=True).start()
+    late = LateRewardService(database_url).start_later()
     item = {"prompt": "1+1=", "response": "2", "item": {}}
-    scores = score_items(f"http://127.0.0.1:{port}", [item], DIGIT_SHARE, retry_seconds=30)
-    assert started.is_set() and scores == [1.0]
+    scores = score_items(late.url, [item], DIGIT_SHARE, retry_seconds=30)
+    assert late.started.is_set() and scores == [1.0]
 
 
 def test_a_ppo_critic_starts_from_a_named_reward_model(base_model_path: Path,

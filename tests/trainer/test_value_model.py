@@ -230,26 +230,10 @@ def test_a_reward_service_that_restarts_mid_job_is_waited_for(
         base_model_path: Path, tmp_path: Path, database_url: str) -> None:
     """The value-model job scored once, without retries: a reward service restarting while
     it sampled failed the job. Nothing listens for the first second and a half here."""
-    import threading
-    import time
+    from tests.trainer.conftest import LateRewardService
 
-    from reward_service.main import create_app
-    from services.settings import RewardSettings
-    from services.web import ServerThread, free_port
-
-    port = free_port()
-    settings = RewardSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
-                              database_url=database_url, require_api_key=False)
-    started = threading.Event()
-
-    def start_later() -> None:
-        time.sleep(1.5)
-        with ServerThread(create_app(settings), port=port):
-            started.set()
-            time.sleep(60)
-
-    threading.Thread(target=start_later, daemon=True).start()
+    late = LateRewardService(database_url).start_later()
     hp = FAST.model_copy(update={"max_steps": 1, "samples_per_prompt": 1})
     result, _ = train(tmp_path, base_model_path, hp, prompt_rows(2),
-                      reward_url=f"http://127.0.0.1:{port}", reward_retry_seconds=60)
-    assert started.is_set() and result.kind == "value_model"
+                      reward_url=late.url, reward_retry_seconds=60)
+    assert late.started.is_set() and result.kind == "value_model"
