@@ -15,7 +15,7 @@ from api.projects_service import ProjectService
 from api.reward_check import RewardSpecCheck
 from api.state import ApiState
 from services.auth import Caller, caller_for_key
-from services.errors import Unauthorized
+from services.errors import NotFound, Unauthorized
 from services.security import same_secret
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -66,8 +66,23 @@ def require_admin(credentials: Credentials, state: StateDep) -> None:
         raise Unauthorized("this endpoint needs the admin key", code="invalid_admin_key")
 
 
+def require_project_admin(project_id: str, credentials: Credentials, session: SessionDep,
+                          state: StateDep) -> None:
+    """The operator's admin key, or a key of ``project_id`` itself with the `admin` scope (it
+    manages its own project's keys); another project's key learns nothing (404)."""
+    secret = _secret(credentials)
+    if same_secret(secret, state.settings.admin_key.get_secret_value()):
+        return
+    caller = caller_for_key(session, secret)
+    if caller.project_id != project_id:
+        raise NotFound(f"project {project_id!r} does not exist", param="project_id")
+    caller.require("admin")
+    state.limiter.admit(caller.key_id)
+
+
 ProjectId = Annotated[str, Depends(get_project_id)]
 Admin = Depends(require_admin)
+ProjectAdmin = Depends(require_project_admin)
 
 
 def get_files(session: SessionDep, state: StateDep, project_id: ProjectId) -> FileService:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.auth import SCOPES, project_for_key
+from services.auth import DEFAULT_SCOPES, SCOPES, project_for_key
 from services.db.models import ApiKey, Project
 from services.errors import Conflict, NotFound
 from services.ids import new_id
@@ -40,7 +40,7 @@ class ProjectService:
         return project
 
     def create_key(self, project_id: str, name: str,
-                   scopes: Sequence[str] = SCOPES) -> tuple[ApiKey, str]:
+                   scopes: Sequence[str] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
         self.get_project(project_id)
         secret = generate_key()
         key = ApiKey(id=new_id("key"), project_id=project_id, name=name,

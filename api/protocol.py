@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -129,17 +129,20 @@ class ProjectObject(BaseModel):
     created_at: int
 
 
-Scope = Literal["read", "train", "generate", "score"]
+Scope = Literal["read", "train", "generate", "score", "admin"]
 """`services.auth.SCOPES`."""
+DEFAULT_SCOPES: list[Scope] = ["read", "train", "generate", "score"]
+"""A new key's scopes unless it names others: all but `admin`."""
 
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[Scope] = Field(
-        default_factory=lambda: list(get_args(Scope)), min_length=1,
+        default_factory=lambda: list(DEFAULT_SCOPES), min_length=1,
         description="What the key may do: read (the api's GET routes), train (files, jobs, "
-                    "deleting models), generate (inference), score (the reward service).")
+                    "deleting models), generate (inference), score (the reward service), "
+                    "admin (its own project's API keys). Default: all but admin.")
 
 
 class ApiKeyObject(BaseModel):

@@ -2,9 +2,10 @@
 service; and how often a key may call (a token bucket per key, per service process).
 
 Scopes: `read` (the api's GET routes), `train` (uploading and deleting files, creating and
-cancelling jobs, deleting models), `generate` (the inference service) and `score` (the reward
-service). A key is made with any of them, all by default. The operator's admin key is not a
-project key: it has every right, `/v1/admin/*` among them.
+cancelling jobs, deleting models), `generate` (the inference service), `score` (the reward
+service) and `admin` (creating and revoking its own project's keys). A key is made with any of
+them; all but `admin` by default. The operator's admin key is not a project key: it has every
+right, creating projects among them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from services.db.models import ApiKey
 from services.errors import Forbidden, TooManyRequests, Unauthorized
 from services.security import hash_key
 
-SCOPES = ("read", "train", "generate", "score")
+SCOPES = ("read", "train", "generate", "score", "admin")
 """What a project's key may be allowed to do (see the module's docstring)."""
+DEFAULT_SCOPES = ("read", "train", "generate", "score")
+"""A new key's scopes unless it names others."""
 
 KEY_CACHE_SECONDS = 5.0
 """How long the scoring and generation services trust a key → project answer."""

@@ -81,7 +81,7 @@ def test_a_key_does_only_what_its_scopes_allow(api_url: str, admin: httpx.Client
     listed = admin.get(f"/v1/admin/projects/{project_id}/api_keys")
     if listed.status_code == 200:  # listing keys, where the api offers it, shows the scopes
         assert {"read"} in [set(k["scopes"]) for k in listed.json()["data"]]
-    for bad in ([], ["admin"], ["bogus"]):
+    for bad in ([], ["owner"], ["bogus"]):
         response = admin.post(f"/v1/admin/projects/{project_id}/api_keys",
                               json={"name": "x", "scopes": bad})
         assert response.status_code == 400
@@ -107,3 +107,27 @@ def test_a_key_past_its_rate_gets_a_429_with_retry_after(
         other = key_with(admin, project_id, "read")  # the limit is per key
         assert httpx.get(f"{server.url}/v1/files",
                          headers={"Authorization": f"Bearer {other}"}).status_code == 200
+
+
+def test_a_key_with_the_admin_scope_manages_its_own_project_s_keys(
+        api_url: str, admin: httpx.Client) -> None:
+    project_id, plain = new_project(admin)
+    other_project, _ = new_project(admin)
+    assert admin.post(f"/v1/admin/projects/{project_id}/api_keys",
+                      json={"name": "d"}).json()["scopes"] == ["read", "train", "generate", "score"]
+    manager = key_with(admin, project_id, "admin")
+
+    def as_key(key: str, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(method, f"{api_url}/v1/admin{path}", timeout=30,  # type: ignore[arg-type]
+                             headers={"Authorization": f"Bearer {key}"}, **kwargs)
+
+    made = as_key(manager, "POST", f"/projects/{project_id}/api_keys",
+                  json={"name": "ci", "scopes": ["read"]})
+    assert made.status_code == 201 and made.json()["project_id"] == project_id
+    revoked = as_key(manager, "DELETE", f"/projects/{project_id}/api_keys/{made.json()['id']}")
+    assert revoked.status_code == 200
+    elsewhere = as_key(manager, "POST", f"/projects/{other_project}/api_keys", json={})
+    assert elsewhere.status_code == 404  # another project's keys do not exist for it
+    refused = as_key(plain, "POST", f"/projects/{project_id}/api_keys", json={})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "missing_scope"
+    assert as_key(manager, "GET", "/projects").status_code == 401  # projects: the operator's
