@@ -8,13 +8,14 @@ sequence's position ids restart at 0, and with no attention mask transformers' m
 earlier tokens of its own sequence, so every sequence's logits are those it has alone.
 
 That rests on the model building its mask through transformers' masking utilities, which
-not every architecture does: `packing_matches` checks a model once, and a trainer falls back
+not every architecture does: `supports_packing` checks a model once, and a trainer falls back
 to one sequence per row (`pack(..., packed=False)`), which is plain right padding and right for
 any causal LM.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,12 @@ class PackedBatch:
     position_ids: Tensor  # (R, L) 0, 1, ... within each sequence; 0 on padding
     labels: Tensor  # (R, L) the token id on response tokens, IGNORE_INDEX elsewhere
     sequence_index: Tensor  # (R, L) the sequence each token belongs to; n_sequences on padding
-    n_sequences: int
+    places: list[tuple[int, int]]
+    """Each sequence's (row, offset)."""
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.places)
 
     def logits(self, model: Any) -> Tensor:
         """(R, L, V) the model's logits, each sequence attending only to itself."""
@@ -94,7 +100,7 @@ def pack(sequences: list[list[int]], starts: list[int], pad_id: int, device: tor
         return torch.tensor(values, dtype=torch.long, device=device)
 
     return PackedBatch(tensor(ids), tensor(positions), tensor(labels), tensor(owners),
-                       len(sequences))
+                       layout.places)
 
 
 @dataclass
@@ -130,41 +136,40 @@ def packed_response_logits(model: Any, sequences: Tensor, attention_mask: Tensor
     lengths = real.sum(dim=1)  # (B,)
     ids, first_list, length_list = sequences.tolist(), first.tolist(), lengths.tolist()
     texts = [ids[b][first_list[b]:first_list[b] + length_list[b]] for b in range(batch)]
-    layout = Layout.of(length_list)
-    rows = [[0] * layout.width for _ in layout.rows]
-    positions = [[0] * layout.width for _ in layout.rows]
-    for text, (row, offset) in zip(texts, layout.places, strict=True):
-        rows[row][offset:offset + len(text)] = text
-        positions[row][offset:offset + len(text)] = range(len(text))
-    device = sequences.device
-    logits = model(input_ids=torch.tensor(rows, device=device),
-                   position_ids=torch.tensor(positions, device=device),
-                   use_cache=False).logits  # (R, L, V)
-    in_row = torch.tensor([place[0] for place in layout.places], device=device)  # (B,)
-    at = torch.tensor([place[1] for place in layout.places], device=device)  # (B,)
+    packed = pack(texts, [1] * batch, 0, sequences.device)  # any pad id: it is never read
+    logits = packed.logits(model)  # (R, L, V)
+    in_row = torch.tensor([row for row, _ in packed.places], device=sequences.device)  # (B,)
+    at = torch.tensor([offset for _, offset in packed.places], device=sequences.device)  # (B,)
     # Column P - 1 + t of the original row predicts response token t; past a row's last real
     # token (its response padding) any real position of the row will do.
-    columns = torch.arange(width - response_length - 1, width - 1, device=device)  # (T,)
+    columns = torch.arange(width - response_length - 1, width - 1, device=sequences.device)
     index = at.unsqueeze(1) + (columns.unsqueeze(0) - first.unsqueeze(1))  # (B, T)
     index = torch.minimum(index, (at + lengths - 1).unsqueeze(1))
     out = logits[in_row.unsqueeze(1).expand(-1, response_length), index]  # (B, T, V)
     return out / temperature if temperature != 1.0 else out
 
 
+_SUPPORTED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+"""Per model object: what `supports_packing` found (checked once; gone with the model)."""
+
+
 def supports_packing(model: Any, device: torch.device) -> bool:
     """Whether ``model`` gives packed sequences the logits it gives them one per row (it
-    builds its attention mask with transformers' packed-sequence detection), tried on a few
-    fixed sequences of its vocabulary."""
-    generator = torch.Generator().manual_seed(0)
-    vocab = int(model.config.vocab_size)
-    sequences = [torch.randint(1, vocab, (n,), generator=generator).tolist()
-                 for n in (5, 11, 3, 8, 2, 13, 7)]
-    training = model.training
-    model.eval()  # dropout would tell two identical forwards apart
-    try:
-        return packing_matches(model, sequences, [1] * len(sequences), 0, device)
-    finally:
-        model.train(training)
+    builds its attention mask with transformers' packed-sequence detection), tried once per
+    model on a few fixed sequences of its vocabulary."""
+    if model not in _SUPPORTED:
+        generator = torch.Generator().manual_seed(0)
+        vocab = int(model.config.vocab_size)
+        sequences = [torch.randint(1, vocab, (n,), generator=generator).tolist()
+                     for n in (5, 11, 3, 8, 2, 13, 7)]
+        training = model.training
+        model.eval()  # dropout would tell two identical forwards apart
+        try:
+            _SUPPORTED[model] = packing_matches(model, sequences, [1] * len(sequences), 0,
+                                                device)
+        finally:
+            model.train(training)
+    return _SUPPORTED[model]
 
 
 def first_fit(lengths: list[int], row_length: int) -> list[list[int]]:

@@ -74,7 +74,7 @@ class DpoTrainer(StepLoop):
         self.total_steps = count_steps(len(self.train_examples), self.hp)
         self.model = load_model(ctx.base_model_path, self.hp.lora, ctx.resume_from, self.device)
         self.model.train()
-        self._packs = {id(self.model): self._packing_matches(self.model, "the policy")}
+        self._check_packing(self.model, "the policy")
         self.options = PreferenceOptions(beta=self.hp.beta,
                                          label_smoothing=self.hp.label_smoothing or 0.0,
                                          tdpo_alpha=self.hp.tdpo_alpha,
@@ -96,19 +96,17 @@ class DpoTrainer(StepLoop):
                          f"({self.hp.max_seq_length}); their log-ratios cover the tokens kept")
         return examples
 
-    def _packing_matches(self, model: Any, name: str) -> bool:
-        """Whether ``model`` may run on packed rows (`modeling.packing`); logged when not."""
-        matches = supports_packing(model, self.device)
-        if not matches:
+    def _check_packing(self, model: Any, name: str) -> None:
+        """Log when ``model`` cannot run on packed rows (`modeling.packing`)."""
+        if not supports_packing(model, self.device):
             self.ctx.log(f"{name} runs on right-padded rows: packed rows did not give it the "
                          "same log-probabilities")
-        return matches
 
     def _pack(self, examples: list[PairExample], *models: Any) -> PackedBatch:
         """The pairs' 2B texts (chosen, then rejected), packed when every model allows."""
         sequences, starts = _texts(examples)
         return pack(sequences, starts, self.pad_id, self.device,
-                    packed=all(self._packs[id(model)] for model in models))
+                    packed=all(supports_packing(model, self.device) for model in models))
 
     # -- the reference ---------------------------------------------------------------------------
 
@@ -132,7 +130,7 @@ class DpoTrainer(StepLoop):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                      device_map=self.device)
         model.eval().requires_grad_(False)
-        self._packs[id(model)] = self._packing_matches(model, "the reference")
+        self._check_packing(model, "the reference")
         return model
 
     @torch.no_grad()

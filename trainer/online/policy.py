@@ -42,8 +42,6 @@ class Policy:
     base_model_path: str
     lora: bool
     _reference: Any = field(default=None, repr=False)
-    _packs: dict[int, bool] = field(default_factory=dict, repr=False)
-    """Per model (by id): whether it runs on packed rows."""
 
     @classmethod
     def load(cls, ctx: TrainingContext, hp: ReinforcementHyperparameters) -> Policy:
@@ -100,9 +98,8 @@ class Policy:
                          response_length: int, temperature: float) -> Tensor:
         """(B, T, V) response logits on packed rows (`modeling.packing`: no compute on the
         rows' padding) where ``model`` gives them the logits it gives padded rows."""
-        if id(model) not in self._packs:
-            self._packs[id(model)] = supports_packing(model, self.device)
-        forward = packed_response_logits if self._packs[id(model)] else response_logits
+        packs = supports_packing(model, self.device)  # checked once per model
+        forward = packed_response_logits if packs else response_logits
         return forward(model, sequences, attention_mask, response_length, temperature)
 
     def _reference_model(self) -> tuple[Any, contextlib.AbstractContextManager[Any]]:
