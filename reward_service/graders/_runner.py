@@ -2,11 +2,11 @@
 `python -I _runner.py`, a script rather than a module, so it imports nothing of alignd's and
 nothing but the standard library before user code runs.
 
-Where the kernel lets it (root, or CAP_SYS_ADMIN), the runner leaves the host's network,
-mount table and process tree: it unshares those namespaces and forks the namespace's init,
-which mounts a fresh /proc, hides the host's sockets and data behind empty read-only tmpfs
-mounts (/run, /tmp, /var/lib, ... and the service's data and artifact folders), gives the run a
-private tmpfs /tmp, and forks the grading process. When the grading process ends, or the
+Where the kernel lets it (as root, or as a plain uid inside a user namespace of its own), the
+runner leaves the host's network, mount table and process tree: it unshares those namespaces
+and forks the namespace's init, which mounts a fresh /proc, hides the host's sockets and data
+behind empty read-only tmpfs mounts (/run, /var/lib, ... and the service's data and artifact
+folders), gives the run a private tmpfs /tmp, and forks the grading process. When the grading process ends, or the
 parent kills the runner, init exits and the kernel kills every process left in the namespace:
 nothing user code forks, even after setsid(), outlives the run. Each exit is passed up, so the
 parent sees the grading process's own status (a death by SIGXCPU stays one).
@@ -86,32 +86,30 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
     libc = ctypes.CDLL(None, use_errno=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # gone with the service
-    namespaces = ["net", "mount", "pid"]
-    privileged = libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0
-    if not privileged and _enter_user_namespace(libc):
-        namespaces.insert(0, "user")  # unprivileged: root in a namespace of its own instead
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0:
+        namespaces = ["net", "mount", "pid"]
+    elif _enter_user_namespace(libc):  # unprivileged: root in a namespace of its own instead
+        namespaces = ["user", "net", "mount", "pid"]
         config["run_as_uid"] = None  # the one uid mapped is the service's; there is no other
-    if privileged or namespaces[0] == "user":
-        network = "netns"
+    elif libc.unshare(CLONE_NEWNET) == 0:
+        namespaces = ["net"]
+    else:
+        namespaces = []
+    network = "netns" if "net" in namespaces else _block_sockets()
+    if "pid" in namespaces:
         _fork_and_wait(as_init=False)  # returns in the namespace's init (pid 1)
         libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
         _hide_host(libc, config)
         _fork_and_wait(as_init=True)  # returns in the grading process (pid 2)
-    elif libc.unshare(CLONE_NEWNET) == 0:
-        network, namespaces = "netns", ["net"]
-    else:
-        network, namespaces = _block_sockets(), []
-    if os.getuid() == 0 and config["run_as_uid"] is not None:  # not in a user namespace,
-        # whose one uid is the service's own, threads and all: with a uid of its own per run,
-        # the processes of this uid are this run's alone.
-        resource.setrlimit(resource.RLIMIT_NPROC,
-                           (config["max_processes"], config["max_processes"]))
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_bytes"], config["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_bytes"], config["file_bytes"]))
     if os.getuid() == 0 and config["run_as_uid"] is not None:
         if not _readable_by_others(sysconfig.get_paths()["stdlib"]):
             _preload_stdlib()  # the user we become could not import it later
         uid = config["run_as_uid"]
+        # With a uid of its own per run, the processes of this uid are this run's alone.
+        resource.setrlimit(resource.RLIMIT_NPROC,
+                           (config["max_processes"], config["max_processes"]))
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)

@@ -6,9 +6,9 @@ processes: see _runner.py), so it reaches no socket, no other run's files and no
 service's data, and nothing it forks outlives it. It drops root for a uid no other run has,
 lives under CPU, address-space, file-size and process-count limits, works in a fresh directory
 (one per item, on the run's own tmpfs) and sees a minimal environment: no ALIGND_* settings or
-other secrets. The parent enforces the
-wall-clock limit; when a child dies or overruns, that item records why, and a fresh child
-takes the rest of the batch. Nothing the user's code does raises in the caller."""
+other secrets. The parent enforces the wall-clock limit; when a child dies or overruns, that
+item records why, and a fresh child takes the rest of the batch. Nothing the user's code does
+raises in the caller."""
 
 from __future__ import annotations
 
