@@ -9,8 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.auth import DEFAULT_SCOPES, SCOPES, project_for_key
-from services.db.models import ApiKey, Project
+from services.db.models import DEFAULT_KEY_SCOPES, KEY_SCOPES, ApiKey, Project
 from services.errors import Conflict, NotFound
 from services.ids import new_id
 from services.security import generate_key, hash_key
@@ -40,12 +39,12 @@ class ProjectService:
         return project
 
     def create_key(self, project_id: str, name: str,
-                   scopes: Sequence[str] = DEFAULT_SCOPES) -> tuple[ApiKey, str]:
+                   scopes: Sequence[str] = DEFAULT_KEY_SCOPES) -> tuple[ApiKey, str]:
         self.get_project(project_id)
         secret = generate_key()
         key = ApiKey(id=new_id("key"), project_id=project_id, name=name,
                      key_hash=hash_key(secret), prefix=secret[:14],
-                     scopes=[scope for scope in SCOPES if scope in scopes])
+                     scopes=[scope for scope in KEY_SCOPES if scope in scopes])
         self.session.add(key)
         self.session.commit()
         return key, secret
@@ -56,7 +55,3 @@ class ProjectService:
             raise NotFound(f"api key {key_id!r} does not exist", param="key_id")
         key.revoked_at = datetime.now(UTC)
         self.session.commit()
-
-    def authenticate(self, secret: str) -> str:
-        """The project id a key belongs to; Unauthorized for unknown or revoked keys."""
-        return project_for_key(self.session, secret)

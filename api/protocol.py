@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.db.models import DEFAULT_KEY_SCOPES
 from services.methods import Method
 
 T = TypeVar("T")
@@ -130,16 +131,14 @@ class ProjectObject(BaseModel):
 
 
 Scope = Literal["read", "train", "generate", "score", "admin"]
-"""`services.auth.SCOPES`."""
-DEFAULT_SCOPES: list[Scope] = ["read", "train", "generate", "score"]
-"""A new key's scopes unless it names others: all but `admin`."""
+"""`services.db.models.KEY_SCOPES`, spelled out for the OpenAPI document."""
 
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[Scope] = Field(
-        default_factory=lambda: list(DEFAULT_SCOPES), min_length=1,
+        default_factory=lambda: cast(list[Scope], list(DEFAULT_KEY_SCOPES)), min_length=1,
         description="What the key may do: read (the api's GET routes), train (files, jobs, "
                     "deleting models), generate (inference), score (the reward service), "
                     "admin (its own project's API keys). Default: all but admin.")

@@ -1,7 +1,7 @@
 """Who is calling: an API key (Authorization: Bearer) to its project and scopes, for every
 service; and how often a key may call (a token bucket per key, per service process).
 
-Scopes: `read` (the api's GET routes), `train` (uploading and deleting files, creating and
+Scopes (`services.db.models.KEY_SCOPES`): `read` (the api's GET routes), `train` (uploading and deleting files, creating and
 cancelling jobs, deleting models), `generate` (the inference service), `score` (the reward
 service) and `admin` (creating and revoking its own project's keys). A key is made with any of
 them; all but `admin` by default. The operator's admin key is not a project key: it has every
@@ -24,11 +24,6 @@ from services.db.engine import session_scope
 from services.db.models import ApiKey
 from services.errors import Forbidden, TooManyRequests, Unauthorized
 from services.security import hash_key
-
-SCOPES = ("read", "train", "generate", "score", "admin")
-"""What a project's key may be allowed to do (see the module's docstring)."""
-DEFAULT_SCOPES = ("read", "train", "generate", "score")
-"""A new key's scopes unless it names others."""
 
 KEY_CACHE_SECONDS = 5.0
 """How long the scoring and generation services trust a key → project answer."""
@@ -63,13 +58,8 @@ def caller_for_key(session: Session, secret: str | None) -> Caller:
     return Caller(key.project_id, key.id, frozenset(key.scopes or ()))
 
 
-def project_for_key(session: Session, secret: str | None) -> str:
-    """The project a key belongs to; Unauthorized for a missing, unknown or revoked key."""
-    return caller_for_key(session, secret).project_id
-
-
 class KeyCache:
-    """`project_for_key` for a service's request path, each answer kept `ttl` seconds: a busy
+    """`caller_for_key` for a service's request path, each answer kept `ttl` seconds: a busy
     service reads the database once per key per interval rather than once per request. A key
     revoked meanwhile is refused by that service within `ttl` seconds. Unknown keys are never
     remembered."""
@@ -90,9 +80,6 @@ class KeyCache:
         assert digest is not None  # a missing key was refused by the lookup
         self._known[digest] = (caller, time.monotonic())
         return caller
-
-    async def project(self, secret: str | None) -> str:
-        return (await self.caller(secret)).project_id
 
     def _lookup(self, secret: str | None) -> Caller:
         with session_scope(self._sessions) as session:

@@ -38,6 +38,12 @@ class Project(Base):
     created_at: Mapped[datetime] = _now()
 
 
+KEY_SCOPES = ("read", "train", "generate", "score", "admin")
+"""What a project's API key may be allowed to do."""
+DEFAULT_KEY_SCOPES = ("read", "train", "generate", "score")
+"""A new key's scopes unless it names others (and those of keys made before scopes)."""
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -49,9 +55,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     scopes: Mapped[list[Any]] = mapped_column(
-        JSONB, default=lambda: ["read", "train", "generate", "score"],
+        JSONB, default=lambda: list(DEFAULT_KEY_SCOPES),
         server_default='["read", "train", "generate", "score"]')
-    """What the key may do (`services.auth.SCOPES`); keys made before scopes may do all."""
+    """What the key may do (`KEY_SCOPES`; `services.auth` says what each allows)."""
 
 
 class File(Base):

@@ -40,22 +40,27 @@ def test_a_key_is_read_once_per_interval_and_a_revoked_key_ends_with_it(
         database_url: str) -> None:
     project, key_id, secret = make_key(database_url)
     keys = KeyCache(session_factory(database_url), ttl=0.5)
-    assert asyncio.run(keys.project(secret)) == project
+    assert project_of(keys, secret) == project
     revoke(database_url, key_id)
     started = time.monotonic()
-    assert asyncio.run(keys.project(secret)) == project  # still trusted within the interval
+    assert project_of(keys, secret) == project  # still trusted within the interval
     time.sleep(max(0.0, 0.5 - (time.monotonic() - started)) + 0.05)
     with pytest.raises(Unauthorized, match="invalid API key"):
-        asyncio.run(keys.project(secret))
+        project_of(keys, secret)
 
 
 def test_missing_and_unknown_keys_are_refused_every_time(database_url: str) -> None:
     keys = KeyCache(session_factory(database_url), ttl=60)
     with pytest.raises(Unauthorized, match="missing API key"):
-        asyncio.run(keys.project(None))
+        project_of(keys, None)
     unknown = generate_key()
     for _ in range(2):
         with pytest.raises(Unauthorized, match="invalid API key"):
-            asyncio.run(keys.project(unknown))
+            project_of(keys, unknown)
     _, _, secret = make_key(database_url)  # nothing about a key is remembered before it exists
-    assert asyncio.run(keys.project(secret))
+    assert project_of(keys, secret)
+
+
+def project_of(keys: KeyCache, secret: str | None) -> str:
+    """The project the cache says ``secret`` belongs to."""
+    return asyncio.run(keys.caller(secret)).project_id
