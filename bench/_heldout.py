@@ -34,7 +34,6 @@ class Quality:
     """Per prompt: at least one of its samples was right."""
 
 
-
 @dataclass
 class Samples:
     """EVAL_SAMPLES responses per held-out prompt, prompt by prompt."""

@@ -263,10 +263,11 @@ def train_preference(algorithm: str, setup: Setup, recorder: Recorder) -> Any:
                                        training_rows=setup.preference_rows,
                                        validation_rows=None))
     try:
-        trainer.train()
+        trainer.run_steps()
     except JobStopped:
-        trainer.model.save_pretrained(setup.output_dir(algorithm))
-        trainer.tokenizer.save_pretrained(setup.output_dir(algorithm))
+        pass  # the budget ran out: what trained so far is the run's model
+    trainer.model.save_pretrained(setup.output_dir(algorithm))
+    trainer.tokenizer.save_pretrained(setup.output_dir(algorithm))
     return trainer.model
 
 

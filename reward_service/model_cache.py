@@ -277,7 +277,7 @@ class RewardModelCache:
         """A registered `reward_model` ``project_id`` may use (None: any), loaded on first use."""
         if model_id in self._loaded:
             await self._recheck(model_id, param)
-        if model_id in self._loaded:
+        if model_id in self._loaded:  # again: the awaited re-check lets others evict it
             self._check_visible(model_id, project_id, param)
             return self._touch(model_id)
         async with self._locks.setdefault(model_id, asyncio.Lock()):
