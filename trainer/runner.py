@@ -102,9 +102,7 @@ class JobRunner:
         heartbeat = Heartbeat(self.sessions, job_id, self.owner, self.lease_seconds,
                               self.heartbeat_seconds).start()
         listener = CancelListener(self.database_url, job_id, heartbeat.cancelled).start()
-        with session_scope(self.sessions) as session:
-            attempt = session.scalar(select(Job.attempts).where(Job.id == job_id)) or 0
-        metrics = MetricsBuffer(self.sessions, job_id, attempt, self.owner)
+        metrics = MetricsBuffer(self.sessions, job_id, owner=self.owner)
         try:
             self._check_cancel_requested(job_id, heartbeat)
             result = self._train(job_id, heartbeat, metrics)
@@ -155,6 +153,7 @@ class JobRunner:
             method = Method.model_validate(job.method)
             reward = reward_spec(method)
             model_id, project_id = job.model, job.project_id
+            metrics.attempt = job.attempts  # the claim counted this attempt
         checkpoint_root = self.store.directory("checkpoints", job_id)
         return method.type, TrainingContext(
             job_id=job_id, base_model_path=Path(base_path), training_rows=training or [],
