@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 CANCEL_CHANNEL = "alignd_job_cancel"
+RECONNECT_SECONDS = 2.0
 
 
 def notify_cancel(session: Session, job_id: str) -> None:
@@ -48,15 +49,19 @@ class CancelListener:
         self._stop.set()
 
     def _run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                conn.execute(f"LISTEN {CANCEL_CHANNEL}")
-                self._listening.set()
-                while not self._stop.is_set():
-                    for note in conn.notifies(timeout=0.5):
-                        if note.payload == self.job_id:
-                            self.flag.set()
-        except psycopg.Error:  # the heartbeat's database check still sees the cancellation
-            log.warning("cancel listener for %s stopped", self.job_id, exc_info=True)
-        finally:
-            self._listening.set()
+        """Listen until stopped; a lost connection (PostgreSQL restarted) is made again every
+        `RECONNECT_SECONDS`, and the heartbeat's read of `cancel_requested` covers the gap."""
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {CANCEL_CHANNEL}")
+                    self._listening.set()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.payload == self.job_id:
+                                self.flag.set()
+            except psycopg.Error as exc:
+                log.warning("cancel listener for %s lost PostgreSQL (%s); reconnecting",
+                            self.job_id, str(exc).splitlines()[0][:200] if str(exc) else exc)
+                self._listening.set()  # start() must not wait on a database that is down
+                self._stop.wait(RECONNECT_SECONDS)

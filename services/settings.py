@@ -109,6 +109,10 @@ class WorkerSettings(AlignSettings):
     reward_retry_seconds: float = Field(default=300.0, ge=0)
     """How long a job keeps retrying (with backoff) a reward service that is unreachable or
     answers 5xx, e.g. while it restarts, before the job fails."""
+    database_retry_seconds: float = Field(default=300.0, ge=0)
+    """How long a running job waits out PostgreSQL being unreachable (training on meanwhile;
+    metrics, checkpoints and events are recorded once it is back). Past it, the worker leaves
+    the job to resume from its last checkpoint when its lease expires."""
 
 
 class RewardSettings(AlignSettings):

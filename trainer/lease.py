@@ -18,7 +18,7 @@ from enum import Enum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.db.engine import session_scope
+from services.db.engine import DATABASE_DOWN, session_scope
 from services.db.models import Job
 from services.job_states import TERMINAL, UNPUBLISHED, JobStatus, record_event, transition
 
@@ -104,7 +104,11 @@ class Heartbeat:
             try:
                 ours, cancel_requested = renew(self.sessions, self.job_id, self.owner,
                                                self.lease_seconds)
-            except Exception:  # a database blip: try again next beat, the lease has slack
+            except DATABASE_DOWN as exc:  # a restart or failover: the lease has slack
+                log.warning("lease renewal failed for %s, PostgreSQL is unavailable: %s",
+                            self.job_id, str(exc).splitlines()[0][:200])
+                continue
+            except Exception:  # anything else: try again next beat all the same
                 log.warning("lease renewal failed for %s", self.job_id, exc_info=True)
                 continue
             if cancel_requested:

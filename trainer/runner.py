@@ -6,9 +6,10 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.artifacts import LocalArtifactStore
 from services.datasets import read_rows
-from services.db.engine import session_factory, session_scope
+from services.db.engine import DATABASE_DOWN, session_factory, session_scope, while_database_down
 from services.db.models import Checkpoint, File, Job, JobMetric, JobStep
 from services.errors import NotFound
 from services.ids import new_id
@@ -33,6 +34,7 @@ from trainer.context import JobStopped, RolloutEngine, TrainingContext, Training
 from trainer.lease import Claim, Heartbeat, claim
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LeaseLost(JobStopped):
@@ -59,12 +61,25 @@ class MetricsBuffer:
         self.steps.append((step, datetime.now(UTC)))
         self.rows.update({(step, name): float(value) for name, value in values.items()})
         if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.flush()
+            self.flush(required=False)
 
-    def flush(self) -> None:
+    def flush(self, required: bool = True) -> None:
+        """Write what is buffered. Unless `required`, a database that is down only delays
+        the write to the next flush: the rows stay buffered and training goes on."""
         self.last_flush = time.monotonic()
         if not self.rows and not self.steps:
             return
+        try:
+            self._write()
+        except DATABASE_DOWN:
+            if required:
+                raise
+            log.warning("job %s: metrics kept for later, PostgreSQL is unavailable", self.job_id)
+            return
+        self.rows.clear()
+        self.steps.clear()
+
+    def _write(self) -> None:
         with session_scope(self.sessions) as session:
             if self.rows:
                 rows = [{"job_id": self.job_id, "step": step, "name": name, "value": value}
@@ -78,24 +93,44 @@ class MetricsBuffer:
                 session.execute(insert(JobStep).values([
                     {"job_id": self.job_id, "attempt": self.attempt, "step": step,
                      "owner": self.owner, "reported_at": at} for step, at in self.steps]))
-        self.rows.clear()
-        self.steps.clear()
 
 
 class JobRunner:
+    """Every database write of a running job waits out a PostgreSQL outage (a restart, a
+    failover) for up to `database_retry_seconds`, training on meanwhile where it can: metrics
+    stay buffered, a checkpoint or event waits to be recorded. An outage longer than that
+    leaves the job running with a lease that expires, so it resumes from its last recorded
+    checkpoint once PostgreSQL is back: never marked failed for it, never run twice at once."""
+
     def __init__(self, database_url: str, store: LocalArtifactStore, owner: str,
                  lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None,
                  reward_key: str | None = None, reward_retry_seconds: float = 0.0,
-                 rollout_engine: RolloutEngine | None = None):
+                 rollout_engine: RolloutEngine | None = None,
+                 database_retry_seconds: float = 300.0):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
         self.reward_url, self.reward_key = reward_url, reward_key
         self.reward_retry_seconds = reward_retry_seconds
         self.rollout_engine = rollout_engine or RolloutEngine()
+        self.database_retry_seconds = database_retry_seconds
+
+    def _waiting(self, call: Callable[[], T], what: str) -> T:
+        return while_database_down(call, self.database_retry_seconds, what)
 
     def run(self, job_id: str) -> str:
-        outcome = claim(self.sessions, job_id, self.owner, self.lease_seconds)
+        try:
+            return self._run(job_id)
+        except DATABASE_DOWN:
+            log.exception("job %s: PostgreSQL stayed unavailable for %.0f s; the job resumes "
+                          "from its last checkpoint once its lease expires", job_id,
+                          self.database_retry_seconds)
+            return "database_unavailable"
+
+    def _run(self, job_id: str) -> str:
+        outcome = self._waiting(
+            lambda: claim(self.sessions, job_id, self.owner, self.lease_seconds),
+            f"claiming job {job_id}")
         if outcome is Claim.SKIPPED:
             log.info("job %s: nothing to do here (finished, cancelled or leased elsewhere)", job_id)
             return outcome.value
@@ -104,18 +139,21 @@ class JobRunner:
         listener = CancelListener(self.database_url, job_id, heartbeat.cancelled).start()
         metrics = MetricsBuffer(self.sessions, job_id, owner=self.owner)
         try:
-            self._check_cancel_requested(job_id, heartbeat)
+            self._waiting(lambda: self._check_cancel_requested(job_id, heartbeat),
+                          f"reading job {job_id}")
             result = self._train(job_id, heartbeat, metrics)
-            metrics.flush()
+            self._waiting(metrics.flush, f"recording job {job_id}'s metrics")
             self._succeed(job_id, result)
         except LeaseLost:
             log.warning("job %s: lease lost; leaving it to its new worker", job_id)
             return "lease_lost"
         except JobStopped:
-            metrics.flush()
+            self._waiting(metrics.flush, f"recording job {job_id}'s metrics")
             self._finish(job_id, JobStatus.CANCELLED,
                          f"job cancelled after step {metrics.last_step}")
             return JobStatus.CANCELLED.value
+        except DATABASE_DOWN:
+            raise
         except Exception as exc:
             log.exception("job %s failed", job_id)
             self._fail(job_id, exc)
@@ -128,7 +166,8 @@ class JobRunner:
     def _train(self, job_id: str, heartbeat: Heartbeat, metrics: MetricsBuffer) -> TrainingResult:
         from trainer.methods import METHODS  # torch is imported only when a job runs
 
-        method_type, ctx = self._context(job_id, heartbeat, metrics)
+        method_type, ctx = self._waiting(lambda: self._context(job_id, heartbeat, metrics),
+                                         f"reading job {job_id}")
         return METHODS[method_type](ctx)  # the method logs where it resumed from
 
     def _rows(self, session: Session, file_id: str | None) -> list[dict[str, Any]] | None:
@@ -172,11 +211,14 @@ class JobRunner:
         )
 
     def _model_path(self, project_id: str, model_id: str) -> Path:
-        with session_scope(self.sessions) as session:
-            try:
-                return Path(get_visible_model(session, project_id, model_id).path)
-            except NotFound as exc:
-                raise ValueError(exc.message) from exc
+        def read() -> Path:
+            with session_scope(self.sessions) as session:
+                try:
+                    return Path(get_visible_model(session, project_id, model_id).path)
+                except NotFound as exc:
+                    raise ValueError(exc.message) from exc
+
+        return self._waiting(read, f"resolving model {model_id}")
 
     def _check_cancel_requested(self, job_id: str, heartbeat: Heartbeat) -> None:
         """Once, after the listener is up: a cancellation notified before then is in the row."""
@@ -194,6 +236,11 @@ class JobRunner:
 
     def _checkpoint(self, job_id: str, step: int, path: Path, values: dict[str, float],
                     metrics: MetricsBuffer) -> None:
+        self._waiting(lambda: self._record_checkpoint(job_id, step, path, values, metrics),
+                      f"recording job {job_id}'s checkpoint at step {step}")
+
+    def _record_checkpoint(self, job_id: str, step: int, path: Path, values: dict[str, float],
+                           metrics: MetricsBuffer) -> None:
         metrics.flush()
         statement = insert(Checkpoint).values(
             id=new_id("ftckpt"), job_id=job_id, step=step, path=str(path), metrics=values
@@ -208,14 +255,21 @@ class JobRunner:
                          data={"step": step, **values})
 
     def _event(self, job_id: str, message: str) -> None:
-        with session_scope(self.sessions) as session:
-            record_event(session, job_id, message)
+        def write() -> None:
+            with session_scope(self.sessions) as session:
+                record_event(session, job_id, message)
+
+        self._waiting(write, f"recording an event of job {job_id}")
 
     def _locked_job(self, session: Session, job_id: str) -> Job | None:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         return job if job is not None and job.lease_owner == self.owner else None
 
     def _succeed(self, job_id: str, result: TrainingResult) -> None:
+        self._waiting(lambda: self._record_success(job_id, result),
+                      f"recording job {job_id}'s success")
+
+    def _record_success(self, job_id: str, result: TrainingResult) -> None:
         with session_scope(self.sessions) as session:
             job = self._locked_job(session, job_id)
             if job is None:
@@ -231,12 +285,15 @@ class JobRunner:
 
     def _finish(self, job_id: str, status: JobStatus, message: str,
                 error: dict[str, Any] | None = None) -> None:
-        with session_scope(self.sessions) as session:
-            job = self._locked_job(session, job_id)
-            if job is None:
-                return
-            job.error = error
-            transition(session, job, status, message)
+        def write() -> None:
+            with session_scope(self.sessions) as session:
+                job = self._locked_job(session, job_id)
+                if job is None:
+                    return
+                job.error = error
+                transition(session, job, status, message)
+
+        self._waiting(write, f"recording job {job_id}'s end")
 
     def _fail(self, job_id: str, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"

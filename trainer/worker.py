@@ -13,7 +13,7 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from services.artifacts import LocalArtifactStore
 from services.celery_app import TASK_RUN_JOB, enqueue_job, make_celery
-from services.db.engine import session_factory
+from services.db.engine import DATABASE_DOWN, session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
 from services.settings import WorkerSettings
@@ -34,7 +34,8 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
                        settings.admin_key.get_secret_value(), settings.reward_retry_seconds,
                        RolloutEngine(settings.rollout_engine,
                                      settings.rollout_vllm_gpu_memory_utilization,
-                                     settings.rollout_vllm_kv_cache_gib))
+                                     settings.rollout_vllm_kv_cache_gib),
+                       settings.database_retry_seconds)
     app = make_celery(settings)
 
     @app.task(name=TASK_RUN_JOB)
@@ -53,6 +54,9 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
                                        settings.requeue_queued_seconds)
                 if ids:
                     log.warning("re-enqueued jobs (expired lease or lost message): %s", ", ".join(ids))
+            except DATABASE_DOWN as exc:
+                log.warning("lease sweep skipped, PostgreSQL is unavailable: %s",
+                            str(exc).splitlines()[0][:200])
             except Exception:
                 log.exception("lease sweep failed; retrying")
 

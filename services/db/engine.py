@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DATABASE_DOWN = (OperationalError, InterfaceError)
+"""What SQLAlchemy raises when PostgreSQL cannot be reached or dropped the connection (a
+restart, a failover): worth waiting out, unlike a constraint or a bad statement."""
 
 
 @lru_cache(maxsize=8)
@@ -36,3 +47,19 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 def ping(url: str) -> None:
     with get_engine(url).connect() as conn:
         conn.execute(text("select 1"))
+
+
+def while_database_down(call: Callable[[], T], seconds: float, what: str) -> T:
+    """`call()`, tried again with backoff (0.5 s doubling to 5 s) while PostgreSQL is down,
+    for at most `seconds`; then the last error is raised. The pool's pre-ping replaces the
+    dead connections, so the first try after PostgreSQL returns goes through."""
+    deadline, pause = time.monotonic() + seconds, 0.5
+    while True:
+        try:
+            return call()
+        except DATABASE_DOWN:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("PostgreSQL unavailable while %s; retrying in %.1f s", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
