@@ -60,10 +60,12 @@ def checkpoint_object(row: Checkpoint) -> protocol.CheckpointObject:
         fine_tuning_job_id=row.job_id, metrics=row.metrics, step_number=row.step)
 
 
-def model_object(row: RegisteredModel) -> protocol.ModelObject:
+def model_object(row: RegisteredModel, root: str) -> protocol.ModelObject:
+    """``root``: the base model at the root of the row's lineage (`registry.root_of`)."""
     return protocol.ModelObject(id=row.id, created=ts(row.created_at) or 0,
                                 owned_by=row.project_id or "alignd", kind=row.kind,
-                                base_model=row.base_model, job_id=row.job_id)
+                                base_model=root if row.base_model else None,
+                                parent=row.base_model, job_id=row.job_id)
 
 
 def project_object(row: Project) -> protocol.ProjectObject:

@@ -115,6 +115,9 @@ class ModelObject(BaseModel):
     owned_by: str
     kind: str
     base_model: str | None = None
+    """The base model at the root of its lineage (the one its id names); None for a base model."""
+    parent: str | None = None
+    """The model its job trained from: a base model, or a fine-tuned one; None for a base model."""
     job_id: str | None = None
 
 

@@ -3,6 +3,7 @@ model a job produced (visible to its project). Inference and reward_service load
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Text, cast, or_, select
@@ -15,9 +16,32 @@ from services.job_states import TERMINAL
 BASE = "base"
 
 
-def fine_tuned_id(base: str, suffix: str | None, job_id: str) -> str:
-    """`ft:<base>:<suffix>:<job>` as in the design; the suffix part is empty when none was given."""
-    return f"ft:{base}:{suffix or ''}:{job_id}"
+def fine_tuned_id(root: str, suffix: str | None, job_id: str) -> str:
+    """`ft:<root base model>:<suffix>:<job>`, OpenAI's form: a model trained from a fine-tuned
+    one names the base model at the root of its lineage, not its parent's id (the parent is
+    the row's `base_model`), so ids stay flat however deep the lineage; the job id makes it
+    unique. The suffix part is empty when none was given."""
+    return f"ft:{root}:{suffix or ''}:{job_id}"
+
+
+def root_of(model_id: str, parent_of: Callable[[str], str | None]) -> str:
+    """The base model at the root of ``model_id``'s lineage: ``parent_of`` (a model's id → the
+    model it was trained from, None for a base model or one no longer known) followed up."""
+    seen = {model_id}
+    while (parent := parent_of(model_id)) and parent not in seen:
+        seen.add(parent)
+        model_id = parent
+    return model_id
+
+
+def root_model(session: Session, model_id: str) -> str:
+    """`root_of` over the registry's rows."""
+
+    def parent_of(key: str) -> str | None:
+        row = session.get(RegisteredModel, key)
+        return None if row is None else row.base_model
+
+    return root_of(model_id, parent_of)
 
 
 def visible_models(session: Session, project_id: str) -> list[RegisteredModel]:

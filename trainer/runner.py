@@ -29,6 +29,7 @@ from services.registry import (
     get_visible_model,
     register_model,
     resolve_base_path,
+    root_model,
 )
 from trainer.context import JobStopped, RolloutEngine, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
@@ -274,7 +275,7 @@ class JobRunner:
             job = self._locked_job(session, job_id)
             if job is None:
                 raise LeaseLost(job_id)
-            model_id = fine_tuned_id(job.model, job.suffix, job.id)
+            model_id = fine_tuned_id(root_model(session, job.model), job.suffix, job.id)
             register_model(session, model_id=model_id, project_id=job.project_id,
                            kind=result.kind, path=str(result.output_dir), base_model=job.model,
                            job_id=job.id, metadata={**result.metadata,

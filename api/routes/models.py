@@ -18,12 +18,15 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONS
 @router.get("", response_model=ListObject[ModelObject])
 def list_models(session: SessionDep, project_id: ProjectId) -> ListObject[ModelObject]:
     rows = registry.visible_models(session, project_id)
-    return ListObject[ModelObject](data=[model_object(m) for m in rows])
+    parents = {m.id: m.base_model for m in rows}  # a model's lineage is visible with it
+    return ListObject[ModelObject](
+        data=[model_object(m, registry.root_of(m.id, parents.get)) for m in rows])
 
 
 @router.get("/{model_id:path}", response_model=ModelObject)
 def retrieve_model(model_id: str, session: SessionDep, project_id: ProjectId) -> ModelObject:
-    return model_object(registry.get_visible_model(session, project_id, model_id))
+    row = registry.get_visible_model(session, project_id, model_id)
+    return model_object(row, registry.root_model(session, model_id))
 
 
 @router.delete("/{model_id:path}", response_model=Deleted)
