@@ -17,7 +17,12 @@ from inference.engines.base import Engine
 from inference.metrics import InferenceMetrics
 from inference.state import InferenceState
 from services.settings import InferenceSettings
-from services.web import database_readiness, health_router, install_error_handlers
+from services.web import (
+    database_readiness,
+    health_router,
+    install_error_handlers,
+    service_app,
+)
 
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
@@ -67,9 +72,9 @@ def create_app(settings: InferenceSettings | None = None, engine: Engine | None 
         else:
             await state.rewards.aclose()
 
-    app = FastAPI(title="alignd inference", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible generation with Value Augmented Sampling "
-                              "and best-of-N.")
+    app = service_app(title="alignd inference", version="0.1.0", lifespan=lifespan,
+                      description="OpenAI-compatible generation with Value Augmented Sampling "
+                                  "and best-of-N.")
     install_error_handlers(app)
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)

@@ -13,7 +13,12 @@ from fastapi import FastAPI
 from reward_service import routes
 from reward_service.state import RewardState
 from services.settings import RewardSettings
-from services.web import database_readiness, health_router, install_error_handlers
+from services.web import (
+    database_readiness,
+    health_router,
+    install_error_handlers,
+    service_app,
+)
 
 
 def create_app(settings: RewardSettings | None = None) -> FastAPI:
@@ -27,8 +32,8 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         await state.cache.close()
         state.scorer.context.grading.close()
 
-    app = FastAPI(title="alignd reward service", version="0.1.0", lifespan=lifespan,
-                  description="Scores (prompt, response) items with reward models and ensembles.")
+    app = service_app(title="alignd reward service", version="0.1.0", lifespan=lifespan,
+                      description="Scores (prompt, response) items with reward models and ensembles.")
     install_error_handlers(app)
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)

@@ -46,6 +46,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def service_app(**settings: Any) -> FastAPI:
+    """A service's FastAPI app whose /docs (Swagger UI) and /redoc pages load their scripts,
+    stylesheet and icon from the service itself (under /static-offline-docs), never from a
+    CDN: alignd often runs on clusters with no way out. The released assets ship in the
+    fastapi-offline package, so nothing is fetched at run time either."""
+    from fastapi_offline import FastAPIOffline
+
+    return FastAPIOffline(**settings)
+
+
 def envelope(status: int, message: str, error_type: str, param: str | None = None,
              code: str | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
