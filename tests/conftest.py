@@ -1,5 +1,6 @@
 """Fixtures on real parts: a fresh PostgreSQL database per test session (migrated with the
-project's Alembic scripts), a real Redis broker, the api on a loopback port, worker processes."""
+project's Alembic scripts), a real Redis broker, the api on a loopback port, worker processes.
+Which PostgreSQL and Redis: `tests.local_services` (started for the session where none answers)."""
 
 from __future__ import annotations
 
@@ -21,28 +22,58 @@ from sqlalchemy.orm import Session
 from services.db.migrate import upgrade
 from services.settings import ApiSettings
 from services.web import ServerThread
+from tests import local_services
+from tests.local_services import postgres_url, redis_url
 
 ADMIN_KEY = "test-admin-key"
-POSTGRES = os.environ.get("ALIGND_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("ALIGND_TEST_REDIS", "redis://127.0.0.1:6379")
 BASE_MODEL_ID = "tiny-base"
+STARTED = pytest.StashKey[local_services.SessionServers | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        config.stash[STARTED] = local_services.prepare()
+    except local_services.NotAnswering as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = config.stash.get(STARTED, None)
+    if started is not None:
+        started.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    started = config.stash.get(STARTED, None)
+    return None if started is None else "started for this session: " + "; ".join(started.notes)
+
+
+@contextmanager
+def new_database(prefix: str) -> Iterator[str]:
+    """A new, empty database of the session's PostgreSQL (its URL), dropped afterwards."""
+    from sqlalchemy.engine import make_url
+
+    from services.db.engine import get_engine
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"create database {name}"))
+    url = make_url(postgres_url()).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"drop database if exists {name} with (force)"))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    name = f"alignd_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"create database {name}"))
-    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    upgrade(url)
-    yield url
-    from services.db.engine import get_engine
-
-    get_engine(url).dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f"drop database if exists {name} with (force)"))
-    admin.dispose()
+    with new_database("alignd_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -52,17 +83,17 @@ def broker_url() -> Iterator[str]:
     else's data is wiped), emptied at the end."""
     import redis
 
-    session = uuid.uuid4().hex
+    session, server = uuid.uuid4().hex, redis_url()
     for db in range(1, 16):
-        client = redis.Redis.from_url(f"{REDIS}/{db}")
+        client = redis.Redis.from_url(f"{server}/{db}")
         if client.dbsize() == 0 and client.set(SESSION_CLAIM, session, nx=True):
             if client.dbsize() == 1:  # nothing slipped in before the claim
                 break
             client.delete(SESSION_CLAIM)
         client.close()
     else:
-        pytest.fail(f"no empty Redis database (1-15) at {REDIS} for this test session")
-    yield f"{REDIS}/{db}"
+        pytest.fail(f"no empty Redis database (1-15) at {server} for this test session")
+    yield f"{server}/{db}"
     if client.get(SESSION_CLAIM) == session.encode():
         client.flushdb()
     client.close()

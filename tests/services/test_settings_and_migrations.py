@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import create_engine, text
 
 from services.db.migrate import current_revision, ensure_migrated, head_revision, upgrade
 from services.errors import DatabaseNotMigrated
@@ -16,7 +15,7 @@ from services.settings import (
     ApiSettings,
     InferenceSettings,
 )
-from tests.conftest import POSTGRES
+from tests.conftest import new_database
 
 
 def test_production_refuses_the_development_admin_key() -> None:
@@ -51,17 +50,9 @@ def test_settings_come_from_alignd_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 @pytest.fixture
-def empty_database() -> str:
-    name = f"alignd_empty_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"create database {name}"))
-    yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
-    from services.db.engine import get_engine
-
-    get_engine(POSTGRES.rsplit("/", 1)[0] + f"/{name}").dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f"drop database if exists {name} with (force)"))
+def empty_database() -> Iterator[str]:
+    with new_database("alignd_empty") as url:
+        yield url
 
 
 def test_unmigrated_database_is_refused_until_migrated(empty_database: str) -> None:
