@@ -13,12 +13,28 @@ from services.errors import AlignError
 
 
 class ApiError(AlignError):
+    """The api answered with an error envelope (or, from a proxy in front of it, any error)."""
+
     def __init__(self, status: int, body: dict[str, Any]):
         error = body.get("error") or {}
         super().__init__(error.get("message") or str(body), param=error.get("param"),
                          code=error.get("code"))
         self.status_code = status
         self.error_type = error.get("type", "error")
+
+
+class ApiUnavailable(AlignError):
+    """The api could not be asked: nothing listens at its URL, it did not answer in time, or
+    the connection broke. The httpx error is the ``__cause__``."""
+
+    def __init__(self, message: str, base_url: str):
+        super().__init__(message)
+        self.base_url = base_url
+
+    @property
+    def refused(self) -> bool:
+        """Nothing accepted the connection: the api is most likely not running."""
+        return isinstance(self.__cause__, httpx.ConnectError)
 
 
 class AlignClient:
@@ -36,11 +52,20 @@ class AlignClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self.http.request(method, path, **kwargs)
-        body = response.json() if response.content else {}
+        url = str(self.http.base_url).rstrip("/")
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise ApiUnavailable(f"cannot reach the alignd api at {url} ({exc})", url) from exc
+        except httpx.TimeoutException as exc:
+            raise ApiUnavailable(f"the alignd api at {url} did not answer within "
+                                 f"{self.http.timeout.read:g} s", url) from exc
+        except httpx.TransportError as exc:
+            raise ApiUnavailable(f"the connection to the alignd api at {url} broke: "
+                                 f"{exc or type(exc).__name__}", url) from exc
         if response.status_code >= 400:
-            raise ApiError(response.status_code, body)
-        return body
+            raise ApiError(response.status_code, _error_body(response))
+        return response.json() if response.content else {}
 
     # admin
     def create_project(self, name: str) -> dict[str, Any]:
@@ -81,8 +106,12 @@ class AlignClient:
             params["after"] = after
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/events", params=params)["data"]
 
-    def metrics(self, job_id: str, names: list[str] | None = None) -> list[dict[str, Any]]:
-        params = {"name": names} if names else None
+    def metrics(self, job_id: str, names: list[str] | None = None,
+                after_step: int | None = None) -> list[dict[str, Any]]:
+        """Each metric's points, only those past ``after_step`` when it is given."""
+        params: dict[str, Any] = {"name": names} if names else {}
+        if after_step is not None:
+            params["after_step"] = after_step
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics", params=params)["data"]
 
     def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
@@ -106,3 +135,15 @@ class AlignClient:
                 return
             yield None, job
             time.sleep(poll)
+
+
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    """The error envelope, or one made from a body that is not one (a proxy's HTML page)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    text = " ".join(response.text.split())[:200]
+    return {"error": {"message": text or response.reason_phrase, "type": "http_error"}}
