@@ -1,4 +1,5 @@
-"""The orchestration service: files, jobs, events, metrics, checkpoints, models, keys."""
+"""The orchestration service: files, jobs, events, metrics, checkpoints, models, keys, and
+the dashboard over them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.routes import admin, files, jobs, models
+from api.routes import admin, files, jobs, models, ui
 from api.state import ApiState
 from services.db.engine import ping
 from services.settings import ApiSettings
-from services.web import BodyLimit, health_router, install_error_handlers
+from services.web import BodyLimit, health_router, install_error_handlers, service_app
 
 UPLOAD_FRAMING_BYTES = 64 * 1024
 """What multipart framing may add to an upload's file (boundaries, part headers, the purpose)."""
@@ -31,14 +32,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return {"database": await asyncio.to_thread(_check, lambda: ping(state.database_url)),
                 "broker": await asyncio.to_thread(_check, lambda: _ping_broker(state))}
 
-    app = FastAPI(title="alignd api", version="0.1.0", lifespan=lifespan,
-                  description="Fine-tuning jobs, files and models (OpenAI-compatible shapes).")
+    app = service_app(title="alignd api", version="0.1.0", lifespan=lifespan,
+                      description="Fine-tuning jobs, files and models (OpenAI-compatible shapes).")
     install_error_handlers(app)
     # Multipart framing adds a little to the file itself; the route checks the file's size.
     app.add_middleware(BodyLimit, prefix="/v1/files",
                        limit=lambda: settings.max_upload_bytes + UPLOAD_FRAMING_BYTES)
     app.include_router(health_router(readiness))
-    for module in (files, jobs, models, admin):
+    for module in (files, jobs, models, admin, ui):
         app.include_router(module.router)
     return app
 
