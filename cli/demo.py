@@ -16,7 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.stack import Stack, embedded_stack
+from cli.stack import Stack, embedded_stack, stop_on_signals
+from cli.stack_lock import StackError
+from cli.user import fail
 from services.client import AlignClient, ApiError
 from services.settings import AlignSettings
 
@@ -212,40 +214,58 @@ def _print_next_steps(console: Console, stack: Stack, key: str) -> None:
                   f"\"prompt\": \"12+7=\", \"max_tokens\": 8}}'", soft_wrap=True)
 
 
+def _claim(stack: Stack, console: Console) -> None:
+    """The data folder for this demo's stack; a stack already there: refuse, touching nothing
+    (its base models lack the demo world's, and it is not this command's to stop)."""
+    stop_on_signals()
+    try:
+        stack.claim()
+    except StackError as exc:
+        fail(str(exc))
+
+
+def _jobs(settings: AlignSettings, console: Console, world: Any, steps: int,
+          grpo_steps: int) -> str:
+    """Fine-tune, GRPO and a reward model over HTTP, with their reports; the demo's key."""
+    key = _project_key(settings)
+    with AlignClient(settings.api_url, key) as client:
+        job = _fine_tune(client, world, steps, console)
+    _check(job, console)
+    console.print(_accuracy_table(settings, world, (DEMO_MODEL, world.base_model), job))
+    console.print(_ask(settings, key, world, job))
+    if grpo_steps:
+        with AlignClient(settings.api_url, key) as client:
+            grpo_job = _reinforce(client, world, job, grpo_steps, console)
+        _check(grpo_job, console)
+        console.print(_accuracy_table(settings, world, (job["fine_tuned_model"],
+                                                        _model_dir(settings, job)), grpo_job))
+    with AlignClient(settings.api_url, key) as client:
+        reward_job = _reward_model(client, world, console)
+    _check(reward_job, console)
+    console.print(_ranking_table(settings, key, world, reward_job))
+    return key
+
+
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
              demo_dir: Path | None, steps: int, pretrain_steps: int | None = None,
              grpo_steps: int = 40) -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # rich draws this command's progress
-    world = _build_world(console, demo_dir, pretrain_steps)
-    stack = embedded_stack(settings, {"ALIGND_BASE_MODELS": json.dumps(
-        {DEMO_MODEL: str(world.base_model)})})
-    with console.status("starting the embedded stack (PostgreSQL, api, worker, reward, inference)"):
-        stack.start()
+    stack = embedded_stack(settings, console=console)
+    _claim(stack, console)
     try:
-        key = _project_key(settings)
-        with AlignClient(settings.api_url, key) as client:
-            job = _fine_tune(client, world, steps, console)
-        _check(job, console)
-        console.print(_accuracy_table(settings, world, (DEMO_MODEL, world.base_model), job))
-        console.print(_ask(settings, key, world, job))
-        if grpo_steps:
-            with AlignClient(settings.api_url, key) as client:
-                grpo_job = _reinforce(client, world, job, grpo_steps, console)
-            _check(grpo_job, console)
-            console.print(_accuracy_table(settings, world, (job["fine_tuned_model"],
-                                                            _model_dir(settings, job)), grpo_job))
-        with AlignClient(settings.api_url, key) as client:
-            reward_job = _reward_model(client, world, console)
-        _check(reward_job, console)
-        console.print(_ranking_table(settings, key, world, reward_job))
-        _print_next_steps(console, stack, key)
+        world = _build_world(console, demo_dir, pretrain_steps)
+        stack.env["ALIGND_BASE_MODELS"] = json.dumps({DEMO_MODEL: str(world.base_model)})
+        with console.status("starting the embedded stack (PostgreSQL, api, worker, reward, "
+                            "inference)"):
+            stack.start()
+        _print_next_steps(console, stack, _jobs(settings, console, world, steps, grpo_steps))
     except BaseException:
         stack.stop()
         raise
     if keep_running:
-        console.print("\nthe platform keeps running; Ctrl-C stops it")
-        stack.wait()
+        console.print("\nthe platform keeps running; Ctrl-C or `alignd stop` stops it")
+        stack.supervise()
     else:
         stack.stop()

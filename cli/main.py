@@ -1,4 +1,5 @@
-"""`alignd`: operator verbs (up, demo, worker, migrate, serve) and user verbs (files, jobs)."""
+"""`alignd`: operator verbs (up, stop, status, demo, worker, migrate, serve) and user verbs
+(files, jobs)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ class Service(StrEnum):
 def migrate() -> None:
     """Upgrade the database schema to this version of alignd."""
     private_files()
+    from services import embedded
     from services.db.migrate import head_revision, upgrade
-    from services.embedded import resolve_database_url
 
-    upgrade(resolve_database_url(AlignSettings()))
+    settings = AlignSettings()
+    started = settings.embedded and embedded.embedded_postgres_pid(settings.postgres_dir) is None
+    upgrade(embedded.resolve_database_url(settings))
     console.print(f"database schema at revision [bold]{head_revision()}[/]")
+    if started:  # this command started the embedded PostgreSQL: it stops it
+        embedded.stop_embedded_postgres(settings.postgres_dir)
 
 
 @app.command()
@@ -74,17 +79,57 @@ def worker() -> None:
 
 @app.command()
 def up() -> None:
-    """Start the embedded stack (api, worker, reward, inference) and wait for Ctrl-C."""
+    """Start the embedded stack (api, worker, reward, inference), restart a part that dies,
+    and stop everything on Ctrl-C or `alignd stop`. One stack per data folder."""
     private_files()
-    from cli.stack import embedded_stack
+    from cli.stack import embedded_stack, stop_on_signals
+    from cli.stack_lock import StackError
 
-    stack = embedded_stack(AlignSettings())
-    with console.status("starting the embedded stack"):
-        stack.start()
+    stack = embedded_stack(AlignSettings(), console=console)
+    stop_on_signals()
+    try:
+        stack.claim()
+        with console.status("starting the embedded stack"):
+            stack.start()
+    except StackError as exc:
+        user.fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     for name, url in stack.urls().items():
         console.print(f"{name:10} {url}")
-    console.print(f"logs in {stack.log_dir}; Ctrl-C stops everything")
-    stack.wait()
+    console.print(f"logs in {stack.log_dir}; Ctrl-C or `alignd stop` stops everything")
+    stack.supervise()
+
+
+@app.command()
+def stop() -> None:
+    """Stop the stack running on this data folder (ALIGND_DATA_DIR) and wait until it has."""
+    from cli.stack_lock import stop_stack
+
+    data_dir = AlignSettings().data_dir.expanduser()
+    try:
+        record = stop_stack(data_dir)
+    except TimeoutError as exc:
+        user.fail(str(exc))
+    if record is None:
+        console.print(f"alignd is not running on {data_dir}")
+    else:
+        console.print(f"stopped alignd (pid {record.get('pid')}) on {data_dir}")
+
+
+@app.command()
+def status() -> None:
+    """Show each part of the stack running on this data folder: pid, port, health, uptime,
+    restarts. Exits 1 when no stack runs there."""
+    from cli.stack import status_table
+    from cli.stack_lock import running_stack
+
+    data_dir = AlignSettings().data_dir.expanduser()
+    record = running_stack(data_dir)
+    if record is None:
+        console.print(f"alignd is not running on {data_dir}")
+        raise typer.Exit(1)
+    console.print(status_table(record))
 
 
 @app.command()
@@ -97,7 +142,8 @@ def demo(
     grpo_steps: Annotated[int, typer.Option(
         help="GRPO steps after fine-tuning (0 skips the GRPO step)")] = 40,
 ) -> None:
-    """Build the demo world, start the stack, fine-tune over HTTP, then GRPO; report accuracy."""
+    """Build the demo world, start the stack, fine-tune over HTTP, then GRPO; report accuracy.
+    Refuses, before building anything, when a stack already runs on the data folder."""
     private_files()
     from cli.demo import run_demo
 

@@ -41,22 +41,41 @@ def embedded_database_url(data_dir: Path) -> str:
     return f"postgresql+psycopg://postgres@/{EMBEDDED_DATABASE}?host={socket_dir}"
 
 
+def embedded_postgres_pid(data_dir: Path) -> int | None:
+    """The pid of the PostgreSQL running on this folder, or None when none runs: a process
+    about to start it learns whether it will be the one that started it."""
+    import os
+
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, as another user
+    return pid
+
+
 def stop_embedded_postgres(data_dir: Path) -> None:
-    """Stop the data folder's PostgreSQL (fast shutdown), whoever started it.
+    """Stop the data folder's PostgreSQL (fast shutdown), whoever started it: callers stop
+    only a server they started (see embedded_postgres_pid).
 
     pgserver's own reference counting cannot tell that the processes which shared the server
-    have exited, so the stack that owns the folder stops it with pg_ctl directly."""
+    have exited, so the process that started it stops it with pg_ctl directly."""
     import os
     import subprocess
 
-    pgserver = _pgserver()
-    if not (data_dir / "postmaster.pid").exists():
+    pid = embedded_postgres_pid(data_dir)
+    if pid is None:
         return
     user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs postgres as this user
     try:
-        pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
+        _pgserver().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=data_dir, user=user)
     except subprocess.CalledProcessError:
-        log.warning("embedded PostgreSQL in %s was not running", data_dir)
+        log.warning("could not stop the embedded PostgreSQL (pid %d) in %s", pid, data_dir)
 
 
 def resolve_database_url(settings: AlignSettings) -> str:

@@ -1,5 +1,6 @@
 """Embedded mode end to end: PostgreSQL from pgserver and Celery's filesystem broker in a data
-folder, the whole stack started the way `alignd up` starts it, a supervised job over HTTP."""
+folder, the whole stack started the way `alignd up` starts it, a supervised job over HTTP. The
+folder's PostgreSQL runs before the stack starts, so stopping the stack must leave it running."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import httpx
 import pytest
 
 from cli.stack import embedded_stack
+from cli.stack_lock import LOCK_NAME
 from services.client import AlignClient
-from services.embedded import stop_embedded_postgres
+from services.embedded import embedded_database_url, embedded_postgres_pid, stop_embedded_postgres
 from services.settings import AlignSettings
 from services.web import free_port
 from tests.conftest import wait_for
@@ -21,18 +23,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def stack(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def stack(data_dir: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch):
     for name in ("DATABASE_URL", "BROKER_URL", "ARTIFACT_ROOT"):
         monkeypatch.delenv(f"ALIGND_{name}", raising=False)
     urls = {f"ALIGND_{name}_URL": f"http://127.0.0.1:{free_port()}"
             for name in ("API", "REWARD", "INFERENCE")}
-    env = {**urls, "ALIGND_DATA_DIR": str(tmp_path / "data"), "ALIGND_ADMIN_KEY": "embedded-admin",
+    env = {**urls, "ALIGND_DATA_DIR": str(data_dir), "ALIGND_ADMIN_KEY": "embedded-admin",
            "ALIGND_TORCH_THREADS": "1",
            "ALIGND_BASE_MODELS": json.dumps({"tiny": str(tiny_model_dir)})}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = AlignSettings()
     assert settings.embedded and settings.broker_url is None
+    embedded_database_url(settings.postgres_dir)  # someone else's server: not the stack's to stop
     running = embedded_stack(settings)
     try:
         running.start(timeout=180)
@@ -67,3 +70,10 @@ def test_embedded_stack_runs_a_job(stack) -> None:
         assert client.metrics(job["id"], ["train_loss"])[0]["steps"] == [1, 2, 3, 4, 5, 6]
     assert (settings.broker_dir / "queue").is_dir()
     assert (settings.postgres_dir / "PG_VERSION").exists()
+
+    postgres = embedded_postgres_pid(settings.postgres_dir)
+    running.stop()
+    assert all(part.process and part.process.poll() is not None
+               for part in running.supervisor.parts.values())
+    assert not (settings.data_dir / LOCK_NAME).exists()
+    assert postgres is not None and embedded_postgres_pid(settings.postgres_dir) == postgres
