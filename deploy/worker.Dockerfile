@@ -36,6 +36,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     ALIGND_DATA_DIR=/var/lib/alignd \
     ALIGND_ARTIFACT_ROOT=/var/lib/alignd/artifacts \
     HF_HOME=/var/lib/alignd/hf-cache
+# The CUDA image (VLLM=gpu, deploy/k8s/overlays/gpu): Triton, under vLLM and torch.compile,
+# compiles its GPU launchers with the C compiler when a model first loads. Debian's versions
+# are left to the base image's release: a pinned one leaves the archive at its next point release.
+ARG VLLM=cpu
+# hadolint ignore=DL3008
+RUN if [ "$VLLM" = "gpu" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 RUN useradd --system --uid 10001 --create-home --home-dir /home/alignd alignd \
     && mkdir -p /var/lib/alignd/artifacts /var/lib/alignd/hf-cache \
     && chown -R alignd:alignd /var/lib/alignd

@@ -1,5 +1,5 @@
-"""docker-compose.yml, checked offline: its structure always, and `docker-compose config` when
-that binary is installed (Debian's docker-compose package)."""
+"""docker-compose.yml, checked offline: its structure, and `docker-compose config` (Debian's
+docker-compose package, which `make test` installs) on the default and the gpu profile."""
 
 from __future__ import annotations
 
@@ -16,11 +16,18 @@ from services.settings import ApiSettings, InferenceSettings, RewardSettings, Wo
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
-SERVERS = {"api": 8000, "reward": 8001, "inference": 8002}
-ALIGND_LONG_RUNNING = {*SERVERS, "worker"}
+SERVERS = {"api": 8000, "reward": 8001, "inference": 8002, "inference-gpu": 8003}
+GPU_SERVICES = {"worker-gpu", "inference-gpu"}
+ALIGND_LONG_RUNNING = {*SERVERS, "worker", "worker-gpu"}
 LONG_RUNNING = {*ALIGND_LONG_RUNNING, "postgres", "redis"}
 SETTINGS = {"api": ApiSettings, "reward": RewardSettings, "inference": InferenceSettings,
-            "worker": WorkerSettings, "migrate": ApiSettings}
+            "worker": WorkerSettings, "migrate": ApiSettings,
+            "worker-gpu": WorkerSettings, "inference-gpu": InferenceSettings}
+# What `docker compose up` starts with each profile, and the environment it is started in
+# (docker-compose.yml's header: the gpu profile goes with ALIGND_JOB_QUEUE=gpu).
+PROFILES = {"default": ([], {}), "gpu": (["--profile", "gpu"], {"ALIGND_JOB_QUEUE": "gpu"})}
+STARTED = {"default": LONG_RUNNING - GPU_SERVICES | {"migrate"},
+           "gpu": LONG_RUNNING | {"migrate"}}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +38,9 @@ def services() -> dict[str, dict[str, Any]]:
 
 def test_stack_has_every_service_and_one_migration(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) == LONG_RUNNING | {"migrate"}
+    assert {name for name, service in services.items() if "profiles" not in service} \
+        == STARTED["default"]
+    assert all(services[name]["profiles"] == ["gpu"] for name in GPU_SERVICES)
     assert services["migrate"]["command"] == ["migrate"]
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -63,56 +73,96 @@ def test_artifacts_volume_is_mounted_at_the_artifact_root(services: dict[str, di
 def test_servers_bind_publish_and_probe_one_port(services: dict[str, dict[str, Any]],
                                                  name: str) -> None:
     service, port = services[name], SERVERS[name]
-    assert service["command"] == ["serve", name]
+    assert service["command"] == ["serve", name.removesuffix("-gpu")]
     assert service["environment"]["ALIGND_PORT"] == str(port)
     assert service["environment"]["ALIGND_HOST"] == "0.0.0.0"
     assert service["ports"] == [f"{port}:{port}"]
     assert f"http://127.0.0.1:{port}/readyz" in service["healthcheck"]["test"]
 
 
-def test_images_keep_torch_out_of_the_api(services: dict[str, dict[str, Any]]) -> None:
+def test_images_keep_torch_out_of_the_api_and_cuda_on_the_gpu_services(
+        services: dict[str, dict[str, Any]]) -> None:
     for name in ("api", "migrate"):
         assert services[name]["build"]["dockerfile"] == "deploy/api.Dockerfile"
     for name in ("worker", "reward", "inference"):
         assert services[name]["build"]["dockerfile"] == "deploy/worker.Dockerfile"
+        assert "args" not in services[name]["build"]
+        assert services[name]["image"] == "alignd-worker:latest"
+    for name in GPU_SERVICES:
+        assert services[name]["build"]["dockerfile"] == "deploy/worker.Dockerfile"
+        assert services[name]["build"]["args"] == {"VLLM": "gpu"}
+        assert services[name]["image"] == "alignd-worker:cuda"
 
 
-@pytest.mark.parametrize("name", sorted(SETTINGS))
-def test_environment_is_accepted_by_production_settings(services: dict[str, dict[str, Any]],
-                                                        name: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    environment = services[name]["environment"]
-    assert environment["ALIGND_ADMIN_KEY"].startswith("${ALIGND_ADMIN_KEY:?")
-    for key in [k for k in os.environ if k.startswith("ALIGND_")]:
-        monkeypatch.delenv(key)
-    for key, value in environment.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("ALIGND_ADMIN_KEY", "a-secret-of-our-own")
-
-    settings = SETTINGS[name](_env_file=None)
-
-    assert settings.environment == "production"
-    assert settings.database_url == "postgresql+psycopg://alignd:alignd@postgres:5432/alignd"
-    assert settings.broker_url == "redis://redis:6379/0"
-    if isinstance(settings, WorkerSettings):
-        assert settings.queues == ["cpu"]
-
-
-def _docker_compose_config(admin_key: str | None) -> subprocess.CompletedProcess[str]:
+def _docker_compose_config(admin_key: str | None, profile: str = "default"
+                           ) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    env = {k: v for k, v in os.environ.items() if k != "ALIGND_ADMIN_KEY"}
+    if binary is None:  # a failure, never a skip: `make test` installs it
+        pytest.fail("docker-compose is not installed: run deploy/local/ensure-deploy-tools.sh "
+                    "as root, or apt-get install docker-compose")
+    flags, profile_env = PROFILES[profile]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGND_")}
+    env.update(profile_env)
     if admin_key is not None:
         env["ALIGND_ADMIN_KEY"] = admin_key
-    command = [binary, "-f", str(COMPOSE_FILE), "config", "-q"]
+    command = [binary, "-f", str(COMPOSE_FILE), *flags, "config"]
     return subprocess.run(command, cwd=REPO, env=env, check=False, capture_output=True, text=True,
                           timeout=60)
 
 
-def test_docker_compose_accepts_the_file() -> None:
-    result = _docker_compose_config("a-secret-of-our-own")
+@pytest.fixture(scope="module", params=sorted(PROFILES))
+def profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def rendered(profile: str) -> dict[str, dict[str, Any]]:
+    """The services `docker compose up` starts with the profile, as docker-compose resolves
+    them (docker-compose 1.x prints the other profiles' services too; 2.x leaves them out)."""
+    result = _docker_compose_config("a-secret-of-our-own", profile)
     assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    return {name: service for name, service in services.items()
+            if set(service.get("profiles", [])) <= {profile}}
+
+
+def test_docker_compose_starts_each_profiles_services(profile: str,
+                                                      rendered: dict[str, dict[str, Any]]) -> None:
+    assert set(rendered) == STARTED[profile]
+
+
+def test_gpu_services_reserve_one_nvidia_gpu(rendered: dict[str, dict[str, Any]]) -> None:
+    for name, service in rendered.items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get(
+            "devices")
+        if name in GPU_SERVICES:
+            assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        else:
+            assert devices is None, name
+
+
+def test_environment_is_accepted_by_production_settings(profile: str,
+                                                        rendered: dict[str, dict[str, Any]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in sorted(set(rendered) & set(SETTINGS)):
+        for key in [k for k in os.environ if k.startswith("ALIGND_")]:
+            monkeypatch.delenv(key)
+        for key, value in rendered[name]["environment"].items():
+            monkeypatch.setenv(key, value)
+
+        settings = SETTINGS[name](_env_file=None)
+
+        assert settings.environment == "production"
+        assert settings.admin_key.get_secret_value() == "a-secret-of-our-own"
+        assert settings.database_url == "postgresql+psycopg://alignd:alignd@postgres:5432/alignd"
+        assert settings.broker_url == "redis://redis:6379/0"
+        queue = "gpu" if profile == "gpu" else "cpu"
+        if name == "api":
+            assert isinstance(settings, ApiSettings) and settings.job_queue == queue
+        if isinstance(settings, WorkerSettings):
+            assert settings.queues == (["gpu"] if name.endswith("-gpu") else ["cpu"]), name
+        if isinstance(settings, InferenceSettings):
+            assert settings.engine == ("vllm" if name.endswith("-gpu") else "torch"), name
 
 
 def test_docker_compose_refuses_to_start_without_an_admin_key() -> None:
