@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
+from fastapi import Response
+
 from api import protocol
-from services.db.models import ApiKey, Checkpoint, File, Job, JobEvent, Project, RegisteredModel
+from api.tensorboard import ScalarPoint, events_file, events_file_name
+from services.db.models import (
+    ApiKey,
+    Checkpoint,
+    File,
+    Job,
+    JobEvent,
+    JobMetric,
+    Project,
+    RegisteredModel,
+)
 from services.errors import InvalidRequest
 
 EVENT_PREFIX = "ftevent-"
+EVENT_CURSOR = re.compile(r"ftevent-[0-9]{1,18}")
+"""An event id as a cursor: ASCII digits only, and few enough to fit PostgreSQL's bigint."""
 
 
 def ts(moment: datetime | None) -> int | None:
@@ -46,11 +61,10 @@ def event_object(event: JobEvent) -> protocol.JobEventObject:
 def parse_event_cursor(after: str | None) -> int | None:
     if after is None:
         return None
-    digits = after.removeprefix(EVENT_PREFIX)
-    if not digits.isdigit():
+    if not EVENT_CURSOR.fullmatch(after):
         raise InvalidRequest(f"after must be an event id like {EVENT_PREFIX}42, got {after!r}",
                              param="after")
-    return int(digits)
+    return int(after.removeprefix(EVENT_PREFIX))
 
 
 def checkpoint_object(row: Checkpoint) -> protocol.CheckpointObject:
@@ -76,3 +90,14 @@ def key_object(row: ApiKey, secret: str | None = None) -> protocol.ApiKeyObject:
     return protocol.ApiKeyObject(id=row.id, name=row.name, project_id=row.project_id,
                                  prefix=row.prefix, created_at=ts(row.created_at) or 0,
                                  scopes=list(row.scopes or []), key=secret)
+
+
+def tensorboard_response(job: Job, rows: list[JobMetric]) -> Response:
+    """A job's metric rows as one TensorBoard event file, sent as a download."""
+    created = job.created_at.timestamp()
+    points = [ScalarPoint(tag=row.name, step=row.step, value=row.value,
+                          wall_time=row.created_at.timestamp()) for row in rows]
+    points.sort(key=lambda point: (point.step, point.tag))  # as a writer would have written them
+    name = events_file_name(job.id, created)
+    return Response(events_file(points, created), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import FilesDep, StateDep
 from api.presenters import file_object
 from api.protocol import Deleted, FileObject, ListObject
+from services.datasets import PURPOSES
 from services.web import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -17,7 +18,8 @@ router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES
 
 @router.post("", response_model=FileObject)
 def upload_file(files: FilesDep, state: StateDep, file: UploadFile,
-                purpose: Annotated[str, Form()]) -> FileObject:
+                purpose: Annotated[str, Form(json_schema_extra={"enum": list(PURPOSES)})],
+                ) -> FileObject:
     # The body was cut at the limit as it arrived (services.web.BodyLimit); the file itself
     # is measured exactly here.
     row = files.create(file.file, file.filename or "upload.jsonl", purpose,

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import create_model, model_validator
+from pydantic import GetJsonSchemaHandler, ValidationError, create_model, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from services.methods import reward_model
 from services.methods.base import (
@@ -95,6 +97,33 @@ class MethodBase(StrictModel):
                 raise ValueError(f"method.{name} was given but method.type is {kind!r}; "
                                  f"put the hyperparameters in method.{kind}")
         return data if data.get(kind) is not None else {**data, kind: {"hyperparameters": {}}}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """The schema says what `_fill_section` enforces: one branch per type, in which the
+        other sections are null and the type's own section is required when defaults alone
+        cannot fill it (value_model's `reward`)."""
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        sections = target.get("properties", {})
+        branches = []
+        for kind, entry in METHODS.items():
+            if kind not in sections:
+                continue
+            try:
+                entry.section.model_validate({"hyperparameters": {}})
+                needed = False
+            except ValidationError:
+                needed = True
+            own = sections[kind]["anyOf"][0] if needed else sections[kind]
+            branches.append({
+                "properties": {"type": {"const": kind}, kind: own,
+                               **{other: {"type": "null"} for other in METHODS if other != kind}},
+                "required": ["type", kind] if needed else ["type"]})
+        if branches:
+            target["oneOf"] = branches
+        return schema
 
     @property
     def section(self) -> MethodSection:

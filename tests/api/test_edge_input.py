@@ -76,3 +76,13 @@ def test_a_wrong_method_is_a_405_with_allow(client: httpx.Client) -> None:
     response = client.put("/v1/files")
     assert assert_envelope(response, 405)["type"] == "invalid_request_error"
     assert "POST" in response.headers["Allow"]  # Starlette names the first matching route's
+
+
+@pytest.mark.parametrize("cursor", ["ftevent-²", "ftevent-٣", "ftevent-99999999999999999999",
+                                    "ftevent-", "42"])
+def test_an_event_cursor_that_is_not_ascii_digits_is_a_400(client: httpx.Client,
+                                                            cursor: str) -> None:
+    """`str.isdigit` took superscripts and other scripts' digits, which `int` then refused
+    (a 500), and a cursor past bigint reached PostgreSQL (another 500)."""
+    response = client.get("/v1/fine_tuning/jobs/ftjob-x/events", params={"after": cursor})
+    assert assert_envelope(response, 400)["param"] == "after"
