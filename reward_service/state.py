@@ -49,7 +49,8 @@ class RewardState:
             recheck_seconds=settings.registry_recheck_seconds)
         # The python grader's sandbox covers the service's own folders too.
         limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
-                                       str(settings.artifacts_dir)))
+                                       str(settings.artifacts_dir)),
+                               isolation=settings.python_grader_isolation)
         grading = GradingPool(settings.grader_threads, settings.grader_threads_per_project,
                               settings.grader_queue)
         scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits, grading=grading),

@@ -140,6 +140,11 @@ class RewardSettings(AlignSettings):
     grader_queue: int = Field(default=64, ge=0, le=100_000)
     """A project's grading requests that may wait beyond its running ones; more get a 429
     with Retry-After."""
+    python_grader_isolation: Literal["required", "best_effort"] = "required"
+    """"required": python graders run only in network, mount and PID namespaces of their own
+    (as root, or in a user namespace); where those are refused, every python grading fails
+    saying why. "best_effort" runs them anyway with rlimits and an audit hook that refuses
+    sockets, which code calling libc through ctypes gets past."""
     registry_recheck_seconds: float = Field(default=5.0, ge=0)
     """How long a loaded model is served before its registry row is read again: a model taken
     out of the registry (`DELETE /v1/models/...`) stops scoring within this."""

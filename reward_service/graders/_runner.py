@@ -113,8 +113,10 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    if "user" in namespaces:
-        _drop_capabilities(libc)  # root in its namespace could otherwise unmount the covers
+    if "user" in namespaces or os.getuid() == 0:
+        # Root in its namespace (or root with no uid to become: a service in a user
+        # namespace that maps only root) could otherwise unmount the covers.
+        _drop_capabilities(libc)
     # No setuid binary may give the code privileges back; die with the parent (this is
     # cleared by setuid, hence after it).
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)

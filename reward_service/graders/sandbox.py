@@ -31,6 +31,8 @@ from reward_service.graders.outcome import GradeOutcome
 MiB = 2**20
 RUNNER = Path(__file__).with_name("_runner.py")
 NOBODY = 65534
+ISOLATING = ("net", "mount", "pid")
+"""The namespaces a run needs under `isolation="required"`."""
 FRESH_UIDS = (1_000_000, 2_000_000)
 """The uids a run is given one of (at random) when it gets a uid of its own: no account has
 them, so no file on the host belongs to them and no two concurrent runs share one."""
@@ -60,6 +62,11 @@ class SandboxLimits:
     hidden: tuple[str, ...] = ()
     """Folders of the service's own (its data folder, the artifact root) covered inside the
     sandbox, besides the host folders _runner.HIDDEN covers."""
+    isolation: Literal["required", "best_effort"] = "required"
+    """"required": code runs only in network, mount and PID namespaces of its own, and where
+    the kernel or the container refuses them every item fails saying so. "best_effort" runs
+    it anyway on the fallback (rlimits, and an audit hook refusing sockets, which code that
+    calls libc through ctypes gets past): for hosts whose operator accepts that."""
 
     def __post_init__(self) -> None:
         if self.cpu_seconds < 1:
@@ -123,7 +130,10 @@ class _Child:
     def start(self) -> str | None:
         """Start the runner and load the source; the reason it failed, or None."""
         if os.getuid() == 0 and self.uid is not None:
-            os.chown(self.workdir, self.uid, self.uid)  # used where mounts cannot be private
+            try:
+                os.chown(self.workdir, self.uid, self.uid)  # used where mounts are not private
+            except OSError:  # root of a user namespace that maps no other uid: none to become
+                self.uid = None
         self.process = subprocess.Popen(
             [sys.executable, "-I", str(RUNNER)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -133,10 +143,20 @@ class _Child:
                   "run_as_uid": self.uid}
         reply = self._exchange(config)
         if "ready" in reply:
-            return None
+            return self._refusal(reply.get("namespaces") or [])
         if "lost" in reply:
             return f"loading the source failed: {reply['error']}"
         return str(reply.get("fatal"))
+
+    def _refusal(self, namespaces: list[str]) -> str | None:
+        """Why this child may not grade under the limits' isolation, or None."""
+        if self.limits.isolation == "best_effort" or set(ISOLATING) <= set(namespaces):
+            return None
+        return ("python graders are refused here: this reward service cannot give them "
+                f"namespaces of their own ({', '.join(ISOLATING)}; it got "
+                f"{', '.join(namespaces) or 'none'}). Its operator can allow user namespaces "
+                "(or run it as root), or accept weaker isolation with "
+                "ALIGND_PYTHON_GRADER_ISOLATION=best_effort")
 
     def grade(self, sample: dict[str, str], item: dict[str, Any]) -> tuple[GradeOutcome, bool]:
         """Grade one item; the outcome and whether this child can take the next one."""

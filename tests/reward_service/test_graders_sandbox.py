@@ -350,3 +350,41 @@ def test_without_root_the_run_still_gets_namespaces_of_its_own(listener: int) ->
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+ISOLATION_PROBE = """
+import json, sys
+from reward_service.graders.sandbox import SandboxLimits, run_python_grader
+source = ("def grade(sample, item):\\n"
+          "    status = open('/proc/self/status').read()\\n"
+          "    return float(int(status.split('CapEff:')[1].split()[0], 16))")
+outcomes = run_python_grader(source, ["x"], [{}], SandboxLimits(isolation=sys.argv[1]))
+print(json.dumps([[o.score, o.error] for o in outcomes]))
+"""
+NO_NAMESPACES = ("for kind in mnt net pid user; do echo 0 > /proc/sys/user/max_${kind}_namespaces;"
+                 " done; exec \"$0\" -c \"$1\" \"$2\"")
+"""A shell, run as the root of a user namespace that maps only root, that lets no namespace be
+made below it (as a container whose seccomp profile refuses unshare), then runs the probe."""
+
+
+@needs_root  # to make the user namespace whose limits are set
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux's unshare is needed")
+@pytest.mark.parametrize("isolation", ["required", "best_effort"])
+def test_where_namespaces_are_refused_python_graders_are_too_unless_allowed(
+        isolation: str) -> None:
+    """Graders used to fall back silently to an audit hook, which ctypes gets past. Now they
+    are refused with the reason and the setting, unless the operator accepts the fallback; in
+    which case the run, root of that namespace with no other uid to become, still has no
+    capability left (and the sandbox does not fail trying to hand its folder to a uid that
+    does not exist there)."""
+    result = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", NO_NAMESPACES, sys.executable,
+         ISOLATION_PROBE, isolation], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr
+    [[score, error]] = json.loads(result.stdout)
+    if isolation == "required":
+        assert score is None and "ALIGND_PYTHON_GRADER_ISOLATION=best_effort" in error, error
+        assert "it got none" in error
+    else:
+        assert (score, error) == (0.0, None)  # no effective capability left
