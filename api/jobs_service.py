@@ -150,15 +150,20 @@ class JobService:
                  .order_by(Checkpoint.step.desc()).limit(limit))
         return list(self.session.scalars(query))
 
-    def metrics(self, job_id: str, names: list[str] | None,
-                after_step: int | None) -> dict[str, list[tuple[int, float]]]:
+    def metric_rows(self, job_id: str, names: list[str] | None,
+                    after_step: int | None) -> list[JobMetric]:
+        """The job's recorded metric values, by name, then step."""
         self.get(job_id)
         query = select(JobMetric).where(JobMetric.job_id == job_id)
         if names:
             query = query.where(JobMetric.name.in_(names))
         if after_step is not None:
             query = query.where(JobMetric.step > after_step)
+        return list(self.session.scalars(query.order_by(JobMetric.name, JobMetric.step)))
+
+    def metrics(self, job_id: str, names: list[str] | None,
+                after_step: int | None) -> dict[str, list[tuple[int, float]]]:
         series: dict[str, list[tuple[int, float]]] = {}
-        for row in self.session.scalars(query.order_by(JobMetric.name, JobMetric.step)):
+        for row in self.metric_rows(job_id, names, after_step):
             series.setdefault(row.name, []).append((row.step, row.value))
         return series

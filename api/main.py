@@ -9,11 +9,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.routes import admin, files, jobs, models, ui
+from api.routes import admin, files, jobs, metrics, models, ui
 from api.state import ApiState
 from services.db.engine import ping
 from services.settings import ApiSettings
-from services.web import BodyLimit, health_router, install_error_handlers, service_app
+from services.web import (
+    BodyLimit,
+    health_router,
+    install_error_handlers,
+    observe_requests,
+    run_server,
+    service_app,
+)
 
 UPLOAD_FRAMING_BYTES = 64 * 1024
 """What multipart framing may add to an upload's file (boundaries, part headers, the purpose)."""
@@ -39,8 +46,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, prefix="/v1/files",
                        limit=lambda: settings.max_upload_bytes + UPLOAD_FRAMING_BYTES)
     app.include_router(health_router(readiness))
-    for module in (files, jobs, models, admin, ui):
+    for module in (files, jobs, models, admin, ui, metrics):
         app.include_router(module.router)
+    observe_requests(app)
     return app
 
 
@@ -58,8 +66,5 @@ def _ping_broker(state: ApiState) -> None:
 
 
 def serve(settings: ApiSettings | None = None) -> None:
-    import uvicorn
-
     settings = settings or ApiSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+    run_server(create_app(settings), settings)

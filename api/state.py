@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.metrics import ApiMetrics
 from services.artifacts import LocalArtifactStore
-from services.auth import RateLimiter
 from services.celery_app import enqueue_job, make_celery
 from services.db.engine import session_factory, session_scope
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.rate_limit import RateLimiter
 from services.registry import declare_base_models
 from services.settings import ApiSettings
 
@@ -25,6 +26,7 @@ class ApiState:
     store: LocalArtifactStore
     celery: Celery
     limiter: RateLimiter
+    metrics: ApiMetrics
 
     @classmethod
     def build(cls, settings: ApiSettings) -> ApiState:
@@ -33,9 +35,11 @@ class ApiState:
         sessions = session_factory(url)
         with session_scope(sessions) as session:
             declare_base_models(session, settings.base_models)
+        celery = make_celery(settings)
         return cls(settings=settings, database_url=url, sessions=sessions,
-                   store=LocalArtifactStore(settings.artifacts_dir), celery=make_celery(settings),
-                   limiter=RateLimiter(settings.key_requests_per_minute))
+                   store=LocalArtifactStore(settings.artifacts_dir), celery=celery,
+                   limiter=RateLimiter.for_service(settings, "api"),
+                   metrics=ApiMetrics.reading(sessions, celery, settings.metrics_collect_seconds))
 
     def enqueue(self, job_id: str) -> None:
         enqueue_job(self.celery, job_id, self.settings.job_queue)

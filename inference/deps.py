@@ -27,7 +27,7 @@ async def get_project_id(state: StateDep, credentials: Credentials) -> str | Non
         return None
     secret = credentials.credentials if credentials is not None else None
     caller = (await state.keys.caller(secret)).require("generate")
-    state.limiter.admit(caller.key_id)
+    await state.limiter.admit_async(caller.key_id)
     return caller.project_id
 
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +20,8 @@ from services.web import (
     database_readiness,
     health_router,
     install_error_handlers,
+    observe_requests,
+    run_server,
     service_app,
 )
 
@@ -80,10 +81,10 @@ def create_app(settings: InferenceSettings | None = None, engine: Engine | None 
     app.include_router(routes.router)
 
     app.add_middleware(RequestMetrics, metrics=lambda: app.state.alignd.metrics)
+    observe_requests(app)
     return app
 
 
 def serve(settings: InferenceSettings | None = None) -> None:
     settings = settings or InferenceSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+    run_server(create_app(settings), settings)

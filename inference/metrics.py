@@ -13,6 +13,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from services.web import HttpMetrics
+
+FIRST_TOKEN_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
 
 class InferenceMetrics:
     content_type = CONTENT_TYPE_LATEST
@@ -32,13 +36,21 @@ class InferenceMetrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                                     registry=self.registry)
         self.queue_depth = Gauge("alignd_inference_queue_depth",
-                                 "Requests waiting for a decode slot", registry=self.registry)
-
+                                 "Sequences waiting for a decode slot (the same as "
+                                 "alignd_inference_waiting_sequences)", registry=self.registry)
+        self.waiting = Gauge("alignd_inference_waiting_sequences",
+                             "Sequences waiting for a decode slot", registry=self.registry)
         self.running = Gauge("alignd_inference_running_sequences",
-                             "Requests decoding now", registry=self.registry)
+                             "Sequences decoding now", registry=self.registry)
+        self.first_token = Histogram("alignd_inference_time_to_first_token_seconds",
+                                     "From a sequence's submission to the engine (its wait "
+                                     "for a slot included) to its first token",
+                                     buckets=FIRST_TOKEN_SECONDS, registry=self.registry)
+        self.http = HttpMetrics(self.registry)
 
     def watch_engine(self, depth: Callable[[], int], running: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
+        self.waiting.set_function(depth)
         self.running.set_function(running)
 
     def render(self) -> bytes:

@@ -8,6 +8,7 @@ tokenizers) and turns it into `Run`s, one per (prompt, choice). Each run streams
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -263,8 +264,11 @@ class Generator:
         """The run's deltas: the first token at once, then one delta per `stream_interval`
         tokens (or more: whatever the engine hands over in one list), and the last."""
         text, held = "", []
+        submitted = time.perf_counter()
         async with aclosing(self.engine.generate(run.request)) as stream:
             async for steps in stream:
+                if not run.steps and steps:
+                    self.metrics.first_token.observe(time.perf_counter() - submitted)
                 finish = None
                 for taken, step in enumerate(steps, 1):
                     text += run.stream.push(step.token_id)

@@ -11,10 +11,11 @@ from inference.catalog import ModelCatalog
 from inference.engines.base import Engine
 from inference.metrics import InferenceMetrics
 from inference.serving import Generator
-from services.auth import KeyCache, RateLimiter
+from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.rate_limit import RateLimiter
 from services.reward_client import RewardClient
 from services.settings import InferenceSettings
 
@@ -70,7 +71,7 @@ class InferenceState:
                    generator=Generator(catalog, engine, rewards, metrics,
                                        stream_interval=settings.stream_interval,
                                        max_sequences=settings.max_sequences_per_request),
-                   keys=KeyCache(sessions), limiter=RateLimiter(settings.key_requests_per_minute))
+                   keys=KeyCache(sessions), limiter=RateLimiter.for_service(settings, "inference"))
 
     async def close(self) -> None:
         await self.engine.close()

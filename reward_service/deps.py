@@ -36,7 +36,7 @@ async def get_project_id(
     if not state.settings.require_api_key or (secret and same_secret(secret, admin)):
         return acting_for
     caller = (await state.keys.caller(secret)).require("score")
-    state.limiter.admit(caller.key_id)
+    await state.limiter.admit_async(caller.key_id)
     return caller.project_id
 
 

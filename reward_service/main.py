@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import uvicorn
 from fastapi import FastAPI
 
 from reward_service import routes
@@ -17,6 +16,8 @@ from services.web import (
     database_readiness,
     health_router,
     install_error_handlers,
+    observe_requests,
+    run_server,
     service_app,
 )
 
@@ -37,10 +38,10 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
+    observe_requests(app)
     return app
 
 
 def serve(settings: RewardSettings | None = None) -> None:
     settings = settings or RewardSettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower())
+    run_server(create_app(settings), settings)

@@ -214,8 +214,11 @@ class RewardModelCache:
 
     def __init__(self, sessions: sessionmaker[Session], *, capacity_bytes: int,
                  max_input_tokens: int, max_wait_ms: float, max_batch_tokens: int,
-                 observe: BatchObserver | None = None, recheck_seconds: float = 5.0):
+                 observe: BatchObserver | None = None, recheck_seconds: float = 5.0,
+                 observe_cache: Callable[[bool], None] = lambda hit: None):
         self._sessions = sessions
+        self._observe_cache = observe_cache
+        """Told of every loaded model used again (True) and every model loaded (False)."""
         self._recheck_seconds = recheck_seconds
         self._capacity = capacity_bytes
         self._max_input_tokens = max_input_tokens
@@ -344,11 +347,13 @@ class RewardModelCache:
         return MicroBatcher(forward, **self._batcher_options)  # type: ignore[arg-type]
 
     def _keep(self, key: str, loaded: LoadedModel) -> LoadedModel:
+        self._observe_cache(False)
         self._loaded[key] = loaded
         self._evict(keep=key)
         return loaded
 
     def _touch(self, key: str) -> LoadedModel:
+        self._observe_cache(True)
         self._loaded.move_to_end(key)
         return self._loaded[key]
 

@@ -14,10 +14,11 @@ from reward_service.metrics import RewardMetrics
 from reward_service.model_cache import RewardModelCache
 from reward_service.normalize import RunningNormalizer
 from reward_service.scorer import Scorer
-from services.auth import KeyCache, RateLimiter
+from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.rate_limit import RateLimiter
 from services.settings import RewardSettings
 
 
@@ -46,7 +47,7 @@ class RewardState:
             sessions, capacity_bytes=settings.reward_cache_bytes,
             max_input_tokens=settings.max_input_tokens, max_wait_ms=settings.max_wait_ms,
             max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch,
-            recheck_seconds=settings.registry_recheck_seconds)
+            recheck_seconds=settings.registry_recheck_seconds, observe_cache=metrics.observe_cache)
         # The python grader's sandbox covers the service's own folders too.
         limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
                                        str(settings.artifacts_dir)),
@@ -57,4 +58,4 @@ class RewardState:
                         RunningNormalizer(), metrics)
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
                    metrics=metrics, scorer=scorer, keys=KeyCache(sessions),
-                   limiter=RateLimiter(settings.key_requests_per_minute))
+                   limiter=RateLimiter.for_service(settings, "reward"))

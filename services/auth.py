@@ -1,5 +1,5 @@
 """Who is calling: an API key (Authorization: Bearer) to its project and scopes, for every
-service; and how often a key may call (a token bucket per key, per service process).
+service (how often a key may call: `services.rate_limit`).
 
 Scopes (`services.db.models.KEY_SCOPES`): `read` (the api's GET routes), `train` (uploading and deleting files, creating and
 cancelling jobs, deleting models), `generate` (the inference service), `score` (the reward
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
-import threading
 import time
 from dataclasses import dataclass
 
@@ -22,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.engine import session_scope
 from services.db.models import ApiKey
-from services.errors import Forbidden, TooManyRequests, Unauthorized
+from services.errors import Forbidden, Unauthorized
 from services.security import hash_key
 
 KEY_CACHE_SECONDS = 5.0
@@ -84,37 +82,6 @@ class KeyCache:
     def _lookup(self, secret: str | None) -> Caller:
         with session_scope(self._sessions) as session:
             return caller_for_key(session, secret)
-
-
-class RateLimiter:
-    """At most `per_minute` requests a minute per key, in bursts of up to `per_minute` (a
-    token bucket per key, in this process: each service and replica counts its own).
-    0 turns it off."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._buckets: dict[str, tuple[float, float]] = {}
-        """key id → (tokens left, when they were counted)."""
-        self._lock = threading.Lock()  # the api's routes run on worker threads
-
-    def admit(self, key_id: str) -> None:
-        """Take a token for ``key_id``, or TooManyRequests saying when one will be there."""
-        if self.per_minute <= 0:
-            return
-        rate = self.per_minute / 60.0  # tokens a second
-        with self._lock:
-            now = time.monotonic()
-            tokens, then = self._buckets.get(key_id, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - then) * rate)
-            if tokens < 1.0:
-                self._buckets[key_id] = (tokens, now)
-                wait = math.ceil((1.0 - tokens) / rate)
-                raise TooManyRequests(
-                    f"this API key made more than {self.per_minute} requests a minute; retry "
-                    f"in {wait} s", retry_after=wait, code="rate_limited")
-            if len(self._buckets) >= KEY_CACHE_ENTRIES:
-                self._buckets.clear()
-            self._buckets[key_id] = (tokens - 1.0, now)
 
 
 def address_allowed(host: str | None, networks: list[str]) -> bool:

@@ -1,7 +1,8 @@
 """An asyncio event loop on a thread of its own, for synchronous code that drives async
 clients and engines over many calls (a training job's reward client, an in-process engine):
 one loop, and whatever it holds open (connection pools, engine state), for the whole job
-rather than a new `asyncio.run` per call."""
+rather than a new `asyncio.run` per call. A coroutine run there carries the caller's request id
+(its logs, and the calls it makes, name the request or job that caused them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import asyncio
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from services.observability import current_request_id, set_request_id
 
 T = TypeVar("T")
 
@@ -21,7 +24,13 @@ class BackgroundLoop:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop and wait for its result (its exception is raised)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        request_id = current_request_id()
+
+        async def with_request_id() -> T:
+            set_request_id(request_id)  # in this call's own task on the loop
+            return await coroutine
+
+        return asyncio.run_coroutine_threadsafe(with_request_id(), self.loop).result()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

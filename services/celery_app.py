@@ -6,10 +6,14 @@ from __future__ import annotations
 from celery import Celery
 
 from services.embedded import broker_options
+from services.observability import current_request_id
 from services.settings import AlignSettings
 
 TASK_RUN_JOB = "alignd.jobs.run"
 QUEUES = ("cpu", "gpu")
+REQUEST_ID_TASK_HEADER = "alignd_request_id"
+"""The message header that carries the enqueuing request's id to the worker (a header, not an
+argument: a worker of an older release still takes the message)."""
 
 
 def make_celery(settings: AlignSettings) -> Celery:
@@ -35,4 +39,6 @@ def make_celery(settings: AlignSettings) -> Celery:
 def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
-    app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)
+    request_id = current_request_id()
+    headers = {REQUEST_ID_TASK_HEADER: request_id} if request_id else None
+    app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue, headers=headers)

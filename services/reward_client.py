@@ -1,5 +1,6 @@
 """The reward service's HTTP client, for every caller that scores over the network
-(inference's best-of-N, the trainer's value-model rollouts)."""
+(inference's best-of-N, the trainer's value-model rollouts). Each call carries the current
+request id (`X-Request-ID`), so the reward service's logs name the request or job it serves."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import httpx
 
 from services.errors import InvalidRequest, NotFound, ServiceUnavailable
+from services.observability import request_id_headers
 
 PROJECT_HEADER = "X-Alignd-Project"
 """With the service key: the project whose reward models a request may use."""
@@ -35,8 +37,9 @@ class RewardClient:
         failing service is a ServiceUnavailable naming the URL."""
         url = f"{self.base_url}/v1/score"
         try:
+            headers = {**request_id_headers(), **({PROJECT_HEADER: project} if project else {})}
             response = await self.http.post("/v1/score", json={"items": items, "reward": reward},
-                                            headers={PROJECT_HEADER: project} if project else {})
+                                            headers=headers)
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(
                 f"the reward service at {url} is unavailable: {type(exc).__name__}: {exc}"

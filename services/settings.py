@@ -11,10 +11,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_ADMIN_KEY = "alignd-dev-admin-key"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class AlignSettings(BaseSettings):
@@ -35,12 +36,19 @@ class AlignSettings(BaseSettings):
     admin_key: SecretStr = SecretStr(DEVELOPMENT_ADMIN_KEY)
     """Bootstraps projects and API keys (Authorization: Bearer <admin key> on /v1/admin/*)."""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """text: readable lines; json: one JSON object a line (time, level, logger, message,
+    request_id and extra fields), for a log collector."""
     api_url: str = "http://127.0.0.1:8000"
     reward_url: str = "http://127.0.0.1:8001"
     inference_url: str = "http://127.0.0.1:8002"
     key_requests_per_minute: int = Field(default=0, ge=0)
     """Requests a minute one API key may make to each service (bursts up to that many);
     past it a 429 with Retry-After. 0: no limit."""
+    rate_limit_url: str | None = None
+    """The Redis (redis://, rediss:// or unix://) holding those limits, so that every replica
+    and process of a service counts a key's requests together; unset: the broker's Redis when
+    ALIGND_BROKER_URL is one, otherwise each process counts its own."""
     metrics_networks: list[str] = ["127.0.0.1/32", "::1/128"]
     """Client addresses (CIDR) that may read /metrics without a key; others need the admin
     key."""
@@ -58,6 +66,23 @@ class AlignSettings(BaseSettings):
                     "embedded mode is for development only"
                 )
         return self
+
+    @field_validator("rate_limit_url")
+    @classmethod
+    def _rate_limit_url_is_redis(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            raise ValueError(f"ALIGND_RATE_LIMIT_URL must be a Redis URL (redis://, rediss:// "
+                             f"or unix://), got {url.split(':', 1)[0]!r} as its scheme")
+        return url
+
+    @property
+    def rate_limit_store(self) -> str | None:
+        """The Redis the services' rate limits live in, or None (each process counts)."""
+        if self.rate_limit_url is not None:
+            return self.rate_limit_url
+        if self.broker_url is not None and self.broker_url.startswith(REDIS_SCHEMES):
+            return self.broker_url
+        return None
 
     @property
     def embedded(self) -> bool:
@@ -86,6 +111,9 @@ class ApiSettings(AlignSettings):
     ALIGND_BASE_MODELS='{"tiny-llama": "/models/tiny"}'."""
     job_queue: str = "cpu"
     """Celery queue jobs are sent to (cpu or gpu)."""
+    metrics_collect_seconds: float = Field(default=2.0, gt=0)
+    """How long a /metrics scrape waits for the job counts (PostgreSQL) and queue depths (the
+    broker); past it the scrape answers without them (`alignd_jobs_collect_ok 0`)."""
 
 
 class WorkerSettings(AlignSettings):
@@ -99,6 +127,11 @@ class WorkerSettings(AlignSettings):
     """A queued job no worker has taken this long after its message was published is
     published again (a broker that lost its messages must not strand jobs)."""
     torch_threads: int | None = None
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """The worker's Prometheus /metrics port (a worker has no HTTP server of its own);
+    unset or 0: none. Readable from ALIGND_METRICS_NETWORKS, elsewhere with the admin key."""
+    metrics_host: str = "127.0.0.1"
+    """The address the worker's /metrics listens on (0.0.0.0 in a container)."""
     rollout_engine: Literal["torch", "vllm"] = "torch"
     """The engine online RL samples from: the torch engine over the live weights, or vLLM's
     (in the worker, the new weights pushed into it after each update)."""

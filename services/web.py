@@ -1,21 +1,33 @@
-"""What every alignd FastAPI app shares: the error envelope, its OpenAPI declaration,
-and the health routes. Imported only by the service apps (FastAPI lives in the [api] extra)."""
+"""What every alignd FastAPI app shares: the error envelope, its OpenAPI declaration, the
+health routes, and the request id and request metrics on every request. Imported only by the
+service apps (FastAPI lives in the [api] extra)."""
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.errors import AlignError
+from services.observability import (
+    REQUEST_ID_HEADER,
+    accepted_request_id,
+    current_request_id,
+    metrics_readable,
+    new_request_id,
+    set_request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,22 +251,96 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal server error", "server_error")
+        response = envelope(500, "internal server error", "server_error")
+        # Starlette answers a 500 outside every middleware, `ObserveRequests` among them.
+        request_id = current_request_id()
+        if request_id:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+HTTP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class HttpMetrics:
+    """A service's requests by method, route template and status, and their latency (a
+    stream until its last byte). The route is the template (`/v1/fine_tuning/jobs/{job_id}`),
+    never the path: one series per route, whatever ids clients send."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("alignd_http_requests", "HTTP requests by method, route "
+                                "template and status", ["method", "route", "status"],
+                                registry=registry)
+        self.seconds = Histogram("alignd_http_request_seconds", "HTTP request latency by "
+                                 "method and route template", ["method", "route"],
+                                 buckets=HTTP_SECONDS, registry=registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.seconds.labels(method, route).observe(seconds)
+
+
+UNMATCHED_ROUTE = "<unmatched>"
+"""The route label of a request no route matched (a 404 on an unknown path)."""
+
+
+class ObserveRequests:
+    """A plain ASGI middleware, the outermost of an app's (Starlette's
+    ``@app.middleware("http")`` would relay every event of a stream through a task of its
+    own): it gives each request its id (a client's valid ``X-Request-ID``, else a new one),
+    binds it for the request's logs and the calls it makes, echoes it on the response, and
+    counts and times the request by route template and status."""
+
+    def __init__(self, app: Any, metrics: Callable[[], HttpMetrics | None]) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.lower().encode())
+        request_id = accepted_request_id(given.decode("latin-1") if given else None)
+        request_id = request_id or new_request_id()
+        # Bound for the rest of the request's own task (uvicorn runs each request in one), so
+        # the 500 handler, which Starlette runs outside this middleware, still sees it.
+        set_request_id(request_id)
+        started, status = time.perf_counter(), 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            metrics = self.metrics()
+            if metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+                metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def observe_requests(app: FastAPI) -> None:
+    """Add `ObserveRequests`, counting into the `HttpMetrics` at ``app.state.alignd.metrics.
+    http`` (every service's state has one). Call it after every other middleware, so that it
+    is outermost and their answers (a 413, a NUL character's 400) carry the id and count."""
+    def metrics() -> HttpMetrics | None:
+        state = getattr(app.state, "alignd", None)  # built in the app's lifespan
+        return state.metrics.http if state is not None else None
+
+    app.add_middleware(ObserveRequests, metrics=metrics)
 
 
 def metrics_access(request: Request, settings: Any) -> None:
     """/metrics is open to `settings.metrics_networks`; from elsewhere it needs the admin key
     (Forbidden otherwise: the counters tell model ids, traffic and load)."""
-    from services.auth import address_allowed
     from services.errors import Forbidden
-    from services.security import same_secret
 
     client = request.client.host if request.client else None
-    if address_allowed(client, settings.metrics_networks):
-        return
-    header = request.headers.get("authorization", "")
-    secret = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    if not (secret and same_secret(secret, settings.admin_key.get_secret_value())):
+    if not metrics_readable(client, request.headers.get("authorization", ""),
+                            settings.metrics_networks, settings.admin_key.get_secret_value()):
         raise Forbidden(f"/metrics is readable without a key only from "
                         f"{', '.join(settings.metrics_networks) or 'nowhere'}; send the admin "
                         "key", code="metrics_forbidden")
@@ -298,6 +384,18 @@ def health_router(readiness: ReadinessCheck | None = None) -> APIRouter:
     return router
 
 
+def run_server(app: FastAPI, settings: Any) -> None:
+    """Serve ``app`` on ``settings.host``:``settings.port`` until stopped, logging as
+    ``ALIGND_LOG_LEVEL`` and ``ALIGND_LOG_FORMAT`` say (uvicorn's own lines included)."""
+    import uvicorn
+
+    from services.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(app, host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), log_config=None)
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     import socket
@@ -311,14 +409,14 @@ class ServerThread:
     """An ASGI app under a real uvicorn server on a loopback port, in a thread of this process
     (tests and benchmarks drive it over HTTP like any client)."""
 
-    def __init__(self, app: Any, port: int | None = None):
+    def __init__(self, app: Any, port: int | None = None, log_level: str = "warning"):
         import threading
 
         import uvicorn
 
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+                                                    log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

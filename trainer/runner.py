@@ -33,6 +33,7 @@ from services.registry import (
 )
 from trainer.context import JobStopped, RolloutEngine, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
+from trainer.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,9 +49,12 @@ class MetricsBuffer:
     the last checkpoint is lost in a crash (later steps are re-run, and re-written, on resume)."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, attempt: int = 0,
-                 owner: str = "", flush_seconds: float = 1.0):
+                 owner: str = "", flush_seconds: float = 1.0,
+                 on_step: Callable[[int], None] = lambda step: None):
         self.sessions, self.job_id, self.flush_seconds = sessions, job_id, flush_seconds
         self.attempt, self.owner = attempt, owner
+        self.on_step = on_step
+        """Told of each new step (not of more metrics at a step already reported)."""
         self.rows: dict[tuple[int, str], float] = {}
         self.steps: list[tuple[int, datetime]] = []
         """(step, when it was reported), for `job_steps`: appended, never merged."""
@@ -58,6 +62,8 @@ class MetricsBuffer:
         self.last_step = 0
 
     def add(self, step: int, values: dict[str, float]) -> None:
+        if step > self.last_step:
+            self.on_step(step)
         self.last_step = step
         self.steps.append((step, datetime.now(UTC)))
         self.rows.update({(step, name): float(value) for name, value in values.items()})
@@ -107,7 +113,7 @@ class JobRunner:
                  lease_seconds: int, heartbeat_seconds: float, reward_url: str | None = None,
                  reward_key: str | None = None, reward_retry_seconds: float = 0.0,
                  rollout_engine: RolloutEngine | None = None,
-                 database_retry_seconds: float = 300.0):
+                 database_retry_seconds: float = 300.0, metrics: WorkerMetrics | None = None):
         self.database_url, self.sessions = database_url, session_factory(database_url)
         self.store, self.owner = store, owner
         self.lease_seconds, self.heartbeat_seconds = lease_seconds, heartbeat_seconds
@@ -115,18 +121,25 @@ class JobRunner:
         self.reward_retry_seconds = reward_retry_seconds
         self.rollout_engine = rollout_engine or RolloutEngine()
         self.database_retry_seconds = database_retry_seconds
+        self.metrics = metrics or WorkerMetrics()
 
     def _waiting(self, call: Callable[[], T], what: str) -> T:
         return while_database_down(call, self.database_retry_seconds, what)
 
     def run(self, job_id: str) -> str:
+        self.metrics.running.inc()
+        outcome = "error"
         try:
-            return self._run(job_id)
+            outcome = self._run(job_id)
         except DATABASE_DOWN:
             log.exception("job %s: PostgreSQL stayed unavailable for %.0f s; the job resumes "
                           "from its last checkpoint once its lease expires", job_id,
                           self.database_retry_seconds)
-            return "database_unavailable"
+            outcome = "database_unavailable"
+        finally:
+            self.metrics.running.dec()
+            self.metrics.jobs.labels(outcome).inc()
+        return outcome
 
     def _run(self, job_id: str) -> str:
         outcome = self._waiting(
@@ -135,10 +148,12 @@ class JobRunner:
         if outcome is Claim.SKIPPED:
             log.info("job %s: nothing to do here (finished, cancelled or leased elsewhere)", job_id)
             return outcome.value
+        log.info("job %s: running on %s", job_id, self.owner)
         heartbeat = Heartbeat(self.sessions, job_id, self.owner, self.lease_seconds,
                               self.heartbeat_seconds).start()
         listener = CancelListener(self.database_url, job_id, heartbeat.cancelled).start()
-        metrics = MetricsBuffer(self.sessions, job_id, owner=self.owner)
+        metrics = MetricsBuffer(self.sessions, job_id, owner=self.owner,
+                                on_step=self.metrics.stepped)
         try:
             self._waiting(lambda: self._check_cancel_requested(job_id, heartbeat),
                           f"reading job {job_id}")

@@ -1,4 +1,5 @@
-"""The Celery worker: registers the job task and starts a sweeper for jobs whose worker died."""
+"""The Celery worker: registers the job task, starts a sweeper for jobs whose worker died, and
+serves its Prometheus metrics on a port of its own (`ALIGND_METRICS_PORT`)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import socket
 import threading
 import uuid
 
-from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery import Celery, Task
+from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
 from services.artifacts import LocalArtifactStore
-from services.celery_app import TASK_RUN_JOB, enqueue_job, make_celery
+from services.celery_app import REQUEST_ID_TASK_HEADER, TASK_RUN_JOB, enqueue_job, make_celery
 from services.db.engine import DATABASE_DOWN, session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.observability import (
+    accepted_request_id,
+    configure_logging,
+    new_request_id,
+    request_id_bound,
+)
 from services.settings import WorkerSettings
 from trainer.context import RolloutEngine
 from trainer.lease import sweep_expired, sweep_unclaimed
+from trainer.metrics import WorkerMetrics
 from trainer.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -35,12 +43,16 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
                        RolloutEngine(settings.rollout_engine,
                                      settings.rollout_vllm_gpu_memory_utilization,
                                      settings.rollout_vllm_kv_cache_gib),
-                       settings.database_retry_seconds)
+                       settings.database_retry_seconds, WorkerMetrics())
     app = make_celery(settings)
 
-    @app.task(name=TASK_RUN_JOB)
-    def run_job(job_id: str) -> str:
-        return runner.run(job_id)
+    @app.task(name=TASK_RUN_JOB, bind=True)
+    def run_job(task: Task, job_id: str) -> str:
+        # The id of the request that created the job, so the job's logs and the calls it
+        # makes carry it; a message the sweeper re-published has none, and gets one of its own.
+        given = getattr(task.request, REQUEST_ID_TASK_HEADER, None)
+        with request_id_bound(accepted_request_id(given) or new_request_id()):
+            return runner.run(job_id)
 
     stop = threading.Event()
 
@@ -63,6 +75,11 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
     @worker_ready.connect(weak=False)
     def _start_sweeper(**_: object) -> None:
         threading.Thread(target=sweep_forever, name="lease-sweeper", daemon=True).start()
+        runner.metrics.serve(settings)
+
+    @setup_logging.connect(weak=False)
+    def _logging(**_: object) -> None:  # Celery leaves logging to this receiver
+        configure_logging(settings.log_level, settings.log_format)
 
     @worker_shutting_down.connect(weak=False)
     def _stop_sweeper(**_: object) -> None:

@@ -25,7 +25,7 @@ OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.30.0"
 SERVERS = {"alignd-api": 8000, "alignd-reward": 8001, "alignd-inference": 8002}
 WORKLOADS = (*SERVERS, "alignd-worker")
-AUTOSCALED = ("alignd-reward", "alignd-inference")
+AUTOSCALED = ("alignd-api", "alignd-reward", "alignd-inference")
 ON_GPU = ("alignd-worker", "alignd-inference")
 ARTIFACT_ROOT = "/var/lib/alignd/artifacts"
 SETTINGS = {"alignd-api": ApiSettings, "alignd-reward": RewardSettings,
@@ -162,7 +162,7 @@ def test_servers_are_annotated_for_a_metrics_scrape(docs: list[dict[str, Any]],
                            "prometheus.io/path": "/metrics"}
 
 
-def test_reward_and_inference_scale_on_cpu(docs: list[dict[str, Any]]) -> None:
+def test_servers_scale_on_cpu(docs: list[dict[str, Any]]) -> None:
     autoscalers = _by_kind(docs, "HorizontalPodAutoscaler")
     assert set(autoscalers) == set(AUTOSCALED)
     for name, autoscaler in autoscalers.items():
