@@ -228,9 +228,22 @@ def metrics(job_id: str, url: ApiUrl = DEFAULT_URL, key: ApiKey = "",
             name: Annotated[list[str] | None, typer.Option(
                 "--name", "-n", help="only this metric (repeat for more)")] = None,
             plot: Annotated[bool, typer.Option(help="draw each metric's curve")] = False,
+            tensorboard: Annotated[Path | None, typer.Option(
+                help="write the metrics as a TensorBoard events file under DIR/JOB_ID, "
+                     "for `tensorboard --logdir DIR`", metavar="DIR")] = None,
             as_json: AsJson = False, quiet: Quiet = False) -> None:
-    """Show each metric's first and last value and its number of points, or draw its curve."""
-    _check_output(as_json, quiet, ("--plot", plot))
+    """Show each metric's first and last value and its number of points, or draw its curve,
+    or export them for TensorBoard."""
+    _check_output(as_json, quiet, ("--plot", plot), ("--tensorboard", tensorboard is not None))
+    if tensorboard is not None:
+        with _client(url, key) as client:
+            file_name, content = client.tensorboard_events(job_id)
+        run = tensorboard / job_id
+        run.mkdir(parents=True, exist_ok=True)
+        (run / file_name).write_bytes(content)
+        console.print(Text(f"wrote {run / file_name}; view with: tensorboard --logdir "
+                           f"{tensorboard}"))
+        return
     with _client(url, key) as client:
         series = client.metrics(job_id, name)
     if not plot:

@@ -52,6 +52,11 @@ class AlignClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, path, **kwargs)
+        return response.json() if response.content else {}
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The response, or ApiError for a 4xx/5xx and ApiUnavailable when none came."""
         url = str(self.http.base_url).rstrip("/")
         try:
             response = self.http.request(method, path, **kwargs)
@@ -65,7 +70,7 @@ class AlignClient:
                                  f"{exc or type(exc).__name__}", url) from exc
         if response.status_code >= 400:
             raise ApiError(response.status_code, _error_body(response))
-        return response.json() if response.content else {}
+        return response
 
     # admin
     def create_project(self, name: str) -> dict[str, Any]:
@@ -113,6 +118,14 @@ class AlignClient:
         if after_step is not None:
             params["after_step"] = after_step
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics", params=params)["data"]
+
+    def tensorboard_events(self, job_id: str) -> tuple[str, bytes]:
+        """The job's metrics as a TensorBoard events file: (its file name, its bytes)."""
+        response = self._send("GET", f"/v1/fine_tuning/jobs/{job_id}/metrics",
+                              params={"format": "tensorboard"})
+        disposition = response.headers.get("content-disposition", "")
+        name = disposition.partition('filename="')[2].rstrip('"')
+        return Path(name).name or f"events.out.tfevents.{job_id}", response.content
 
     def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints")["data"]

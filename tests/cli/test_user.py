@@ -256,3 +256,26 @@ def test_models_shows_what_each_model_was_trained_from(api_url: str, key: str, p
     assert any(child in line for line in shown) and any(parent in line for line in shown)
     blocks = "\n".join(shown)
     assert blocks.count(parent) == 2, blocks  # its own row, and as the child's parent
+
+
+def test_metrics_export_for_tensorboard(api_url: str, key: str, project: dict,
+                                        database_url: str, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    job = project["jobs"][0]
+    values = {step: 1.0 / step for step in range(1, 6)}
+    with create_engine(database_url).begin() as conn:  # as a worker records them
+        conn.execute(text("insert into job_metrics (job_id, name, step, value) "
+                          "values (:j, 'train_loss', :s, :v)"),
+                     [{"j": job, "s": s, "v": v} for s, v in values.items()])
+    shown = lines(alignd("jobs", "metrics", job, "--tensorboard", str(tmp_path / "runs"),
+                         url=api_url, key=key))
+    assert "tensorboard --logdir" in " ".join(shown)
+    [written] = (tmp_path / "runs" / job).iterdir()
+    assert "tfevents" in written.name
+    events = EventAccumulator(str(written.parent))
+    events.Reload()
+    assert {e.step: e.value for e in events.Scalars("train_loss")} == pytest.approx(values)
+    refused = alignd("jobs", "metrics", "ftjob-nope", "--tensorboard", str(tmp_path),
+                     url=api_url, key=key)
+    assert refused.exit_code == 1 and refused.stderr.startswith("error 404")

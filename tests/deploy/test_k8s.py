@@ -152,14 +152,23 @@ def test_servers_probe_readyz_and_healthz_on_their_port(docs: list[dict[str, Any
     assert _by_kind(docs, "Service")[name]["spec"]["ports"][0]["port"] == SERVERS[name]
 
 
-@pytest.mark.parametrize("name", sorted(SERVERS))
-def test_servers_are_annotated_for_a_metrics_scrape(docs: list[dict[str, Any]],
-                                                    name: str) -> None:
-    annotations = _by_kind(docs, "Deployment")[name]["spec"]["template"]["metadata"][
-        "annotations"]
+METRICS_PORTS = {**SERVERS, "alignd-worker": 9100}
+"""Where each workload serves /metrics: a server on its own port, the worker on one of its own."""
+
+
+@pytest.mark.parametrize("name", sorted(METRICS_PORTS))
+def test_every_workload_is_annotated_for_a_metrics_scrape(docs: list[dict[str, Any]],
+                                                          name: str) -> None:
+    workload = _by_kind(docs, "Deployment")[name]
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true",
-                           "prometheus.io/port": str(SERVERS[name]),
+                           "prometheus.io/port": str(METRICS_PORTS[name]),
                            "prometheus.io/path": "/metrics"}
+    if name == "alignd-worker":  # the port the annotation names is the one it listens on
+        env = {e["name"]: e["value"] for e in _container(workload)["env"]}
+        settings = WorkerSettings(_env_file=None, **{  # type: ignore[call-arg]
+            k.removeprefix("ALIGND_").lower(): v for k, v in env.items()})
+        assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9100)
 
 
 def test_servers_scale_on_cpu(docs: list[dict[str, Any]]) -> None:
