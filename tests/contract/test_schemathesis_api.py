@@ -1,5 +1,5 @@
-"""Schemathesis against the api's and the reward service's OpenAPI documents, on loopback with
-a project's key, bounded generated requests per operation, in two passes:
+"""Schemathesis against the api's and the reward service's OpenAPI documents (and, from
+tests/inference, the inference service's), on loopback with a project's key, bounded generated requests per operation, in two passes:
 
 - any string, NUL characters included: no 5xx, and every response's status, content type and
   body match what the document declares;
@@ -36,6 +36,11 @@ UNDESCRIBED = {
                                  "checks as POST /v1/score would",
     "POST /v1/score": "reward specs nest to any depth and name models and graders that must "
                       "exist; the reward service checks them as it builds the scorer",
+    "POST /v1/completions": "options that exclude each other (best_of_n with stream or n > 1) "
+                            "and OpenAI fields accepted only at their defaults (echo, suffix, "
+                            "the penalties), kept in OpenAI's shape for its clients",
+    "POST /v1/chat/completions": "the same options, and message contents whose parts must all "
+                                 "be text",
 }
 """Operations whose validators check what OpenAPI cannot express, and why."""
 
