@@ -1,5 +1,6 @@
 """Schemathesis against the api's and the reward service's OpenAPI documents (and, from
-tests/inference, the inference service's), on loopback with a project's key, bounded generated requests per operation, in two passes:
+tests/inference, the inference service's), on loopback with a project's key, bounded
+generated requests per operation, in two passes:
 
 - any string, NUL characters included: no 5xx, and every response's status, content type and
   body match what the document declares;
