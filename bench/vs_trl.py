@@ -6,9 +6,10 @@ Both sides train the demo world's pretrained tiny Llama on the demo's prompt row
 completion length, sampling, optimizer settings, number of steps and torch thread count:
 
   alignd  `trainer.methods.METHODS["reinforcement"]` on a list-backed `TrainingContext`, as a
-          job runs it: rollouts from alignd's torch engine over the live weights, scored over
-          HTTP by `alignd serve reward` (a process of its own, as deployed, on a throwaway
-          database) with a `string_check` spec: `{{sample.output_text}}` eq `{{item.answer}}`.
+          job runs it: rollouts from the default rollout generator (`BatchGenerator`, a lean
+          Llama decoder) over the live weights, scored over HTTP by `alignd serve reward` (a
+          process of its own, as deployed, on a throwaway database) with a `string_check`
+          spec: `{{sample.output_text}}` eq `{{item.answer}}`.
   trl     `trl.GRPOTrainer` (pinned by the `bench` extra) on CPU, generating with
           `model.generate`, rewarded in process by a plain callable: `completion == answer`.
 

@@ -19,8 +19,10 @@ class JobStopped(Exception):
 
 @dataclass(frozen=True)
 class RolloutEngine:
-    name: str = "torch"
-    """"torch": the torch engine over the live weights; "vllm": vLLM's, weights pushed."""
+    name: str = "batch"
+    """"batch": static batches decoded by a lean Llama decoder over the live weights (the torch
+    engine for other models); "torch": the torch engine over the live weights; "vllm": vLLM's,
+    weights pushed."""
     gpu_memory_utilization: float = 0.3
     """vLLM: the share of the accelerator's memory (on CPU, of RAM) its engine takes."""
     kv_cache_gib: float | None = None

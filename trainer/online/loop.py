@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from inference.local import Generator, LocalGenerator, VllmGenerator
+from inference.local import BatchGenerator, Generator, LocalGenerator, VllmGenerator
 from modeling.sequences import UNLIMITED, encode_prompt
 from services.methods.reinforcement import (
     PpoHyperparameters,
@@ -115,8 +115,10 @@ class OnlineLoop(StepLoop):
             return VllmGenerator(self.ctx.base_model_path, seed=self.ctx.seed,
                                  gpu_memory_utilization=engine.gpu_memory_utilization,
                                  kv_cache_gib=engine.kv_cache_gib)
-        return LocalGenerator(max_batch_size=max(self.hp.prompts_per_step * self.hp.group_size,
-                                                 1), device=str(self.policy.device))
+        batch_size = max(self.hp.prompts_per_step * self.hp.group_size, 1)
+        if engine.name == "batch":
+            return BatchGenerator(max_batch_size=batch_size, device=str(self.policy.device))
+        return LocalGenerator(max_batch_size=batch_size, device=str(self.policy.device))
 
     def _optimizer_steps(self) -> int:
         per_step = -(-self.hp.sequences_per_step // self.minibatch_size)

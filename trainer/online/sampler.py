@@ -1,9 +1,12 @@
-"""Completions sampled through alignd's own inference engine (`inference.local`).
+"""Completions sampled through alignd's own inference engines (`inference.local`).
 
-The sampler behind value-model rollouts and online RL: the torch engine of the inference
-service, run in process, so rollouts are decoded by the same continuous-batching loop, sampling
-code and stop handling that serve requests. Online RL samples from the policy's live weights
-(`Sampler(live_model=...)`): nothing is written to disk between updates.
+The sampler behind value-model rollouts and online RL, over the generator it is given: the
+torch engine of the inference service run in process (the continuous-batching loop, sampling
+code and stop handling that serve requests; value-model rollouts use it), or for online RL the
+one `RolloutEngine.name` picks (`OnlineLoop._generator`): by default a `BatchGenerator`, which
+decodes a Llama policy's rollouts as one static batch with a lean decoder. Online RL samples
+from the policy's live weights (`Sampler(live_model=...)`): nothing is written to disk between
+updates.
 
 Sampling is reproducible: every sequence draws from a generator seeded from `options.seed` and
 its own index, so the same weights, prompts and options give the same completions whatever the
