@@ -25,6 +25,7 @@ from services.observability import (
     accepted_request_id,
     current_request_id,
     metrics_readable,
+    metrics_refusal,
     new_request_id,
     set_request_id,
 )
@@ -336,14 +337,10 @@ def observe_requests(app: FastAPI) -> None:
 def metrics_access(request: Request, settings: Any) -> None:
     """/metrics is open to `settings.metrics_networks`; from elsewhere it needs the admin key
     (Forbidden otherwise: the counters tell model ids, traffic and load)."""
-    from services.errors import Forbidden
-
     client = request.client.host if request.client else None
     if not metrics_readable(client, request.headers.get("authorization", ""),
                             settings.metrics_networks, settings.admin_key.get_secret_value()):
-        raise Forbidden(f"/metrics is readable without a key only from "
-                        f"{', '.join(settings.metrics_networks) or 'nowhere'}; send the admin "
-                        "key", code="metrics_forbidden")
+        raise metrics_refusal(settings.metrics_networks)
 
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]

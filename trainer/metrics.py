@@ -15,8 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
-from services.errors import Forbidden
-from services.observability import metrics_readable
+from services.observability import metrics_readable, metrics_refusal
 from services.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -68,9 +67,7 @@ def _guarded(app: WsgiApp, networks: list[str], admin_key: str) -> WsgiApp:
         if metrics_readable(environ.get("REMOTE_ADDR"), environ.get("HTTP_AUTHORIZATION", ""),
                             networks, admin_key):
             return app(environ, start_response)
-        refused = Forbidden("/metrics is readable without a key only from "
-                            f"{', '.join(networks) or 'nowhere'}; send the admin key",
-                            code="metrics_forbidden")
+        refused = metrics_refusal(networks)
         start_response("403 Forbidden", [("Content-Type", "application/json")])
         return [json.dumps(refused.envelope()).encode()]
 
