@@ -132,12 +132,15 @@ class BatchGenerator:
     def __init__(self, *, max_batch_size: int, device: str = "cpu") -> None:
         self._max_batch, self._device = max(max_batch_size, 1), device
         self._pinned: dict[str, Any] = {}
+        self._refused: set[str] = set()
+        """Folders whose model the decoder refused: checked and logged once, not each step."""
         self._fallback: LocalGenerator | None = None
 
     def pin(self, folder: str | Path, model: Any) -> None:
         """Serve ``model`` (in memory) as the folder ``folder``; its weights are read at
         every `generate`, on the model's own device."""
         self._pinned[str(folder)] = model
+        self._refused.discard(str(folder))
         if self._fallback is not None:
             self._fallback.pin(folder, model)
 
@@ -160,12 +163,13 @@ class BatchGenerator:
 
     def _decoder(self, folder: str, options: Sequence[SamplingOptions]) -> LlamaDecoder | None:
         model = self._pinned.get(folder)
-        if model is None or any(o.value_guidance for o in options):
+        if model is None or folder in self._refused or any(o.value_guidance for o in options):
             return None
         try:
             return LlamaDecoder.of(model)
         except Unsupported as refusal:
             log.info("rollouts of %s use the torch engine: %s", folder, refusal)
+            self._refused.add(folder)
             return None
 
     def _torch_engine(self) -> LocalGenerator:
