@@ -82,11 +82,17 @@ class LlamaDecoder:
         """(P, hd) cos and signed sin of positions 0..P-1 (`_rope_tables`)."""
 
     @classmethod
-    @torch.no_grad()
-    def of(cls, model: Any) -> LlamaDecoder:
+    def of(cls, model: Any, *, differentiable: bool = False) -> LlamaDecoder:
         """A decoder over ``model``'s current weights (a transformers model, or a peft LoRA
         model over one); raises `Unsupported` for a model whose forward it would not
-        reproduce."""
+        reproduce. ``differentiable``: the gathered weights (stacked, an adapter's BA added
+        in) keep their graph back to the parameters, for a forward that is trained through
+        (`trainer.online.shared_prompt`)."""
+        with torch.set_grad_enabled(differentiable):
+            return cls._gather(model)
+
+    @classmethod
+    def _gather(cls, model: Any) -> LlamaDecoder:
         from transformers import LlamaForCausalLM
 
         base = _llama_of(model)
@@ -144,7 +150,7 @@ class LlamaDecoder:
         attend = (causal & real[:, None, :]) | torch.eye(length, dtype=torch.bool,
                                                          device=device)  # (B, L, L)
         hidden = self._forward(input_ids, positions, attend.unsqueeze(1), 0)  # (B, L, d)
-        return self._logits(hidden[:, -1])
+        return self.logits(hidden[:, -1])
 
     def step(self, tokens: Tensor) -> Tensor:
         """Append (B,) ``tokens``, one per row; returns (B, V) float32 next-token logits."""
@@ -155,7 +161,7 @@ class LlamaDecoder:
         attend = cache.visible[:, None, None, :column + 1]  # (B, 1, 1, S')
         hidden = self._forward(tokens[:, None], cache.positions[:, None], attend, column)
         cache.positions = cache.positions + 1
-        return self._logits(hidden[:, -1])
+        return self.logits(hidden[:, -1])
 
     def keep(self, rows: Tensor) -> None:
         """The cache rows ``rows`` (a (B',) index; a row may repeat) from now on, in order."""
@@ -179,7 +185,7 @@ class LlamaDecoder:
         heads, kv, hd = self.heads, self.kv_heads, self.head_dim
         end = column + width
         for index, layer in enumerate(self.layers):
-            x = self._rms(hidden, layer.input_norm)
+            x = self.rms(hidden, layer.input_norm)
             qkv = F.linear(x, layer.qkv).view(rows, width, heads + 2 * kv, hd).transpose(1, 2)
             qk = qkv[:, :heads + kv]  # (B, H + Hkv, T, hd)
             qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # RoPE, with sin's sign in it
@@ -191,11 +197,19 @@ class LlamaDecoder:
                 enable_gqa=heads != kv)  # (B, H, T, hd)
             hidden = hidden + F.linear(attended.transpose(1, 2).reshape(rows, width, heads * hd),
                                        layer.out)
-            gate, up = F.linear(self._rms(hidden, layer.post_norm),
+            gate, up = F.linear(self.rms(hidden, layer.post_norm),
                                 layer.gate_up).chunk(2, dim=-1)  # each (B, T, I)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
         cache.length = end
         return hidden
+
+    def rope_at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and signed sin (each positions.shape + (hd,)) of ``positions``, as the layers
+        apply them: x·cos + roll(x, hd/2)·sin."""
+        count = int(positions.max()) + 1 if positions.numel() else 1
+        if self._cos.shape[0] < count:
+            self._cos, self._sin = self._rope_tables(count, positions.device)
+        return F.embedding(positions, self._cos), F.embedding(positions, self._sin)
 
     def _rope_tables(self, count: int, device: torch.device) -> tuple[Tensor, Tensor]:
         """(count, hd) cos and signed sin of positions 0..count-1, in `LlamaRotaryEmbedding`'s
@@ -209,14 +223,14 @@ class LlamaDecoder:
         sign[:half] = -1.0
         return angles.cos().to(self.embed.dtype), (angles.sin() * sign).to(self.embed.dtype)
 
-    def _rms(self, hidden: Tensor, weight: Tensor) -> Tensor:
+    def rms(self, hidden: Tensor, weight: Tensor) -> Tensor:
         """`LlamaRMSNorm`: normalised in float32, cast back, then scaled."""
         normed = F.rms_norm(hidden.float(), (hidden.shape[-1],), eps=self.eps)
         return weight * normed.to(hidden.dtype)
 
-    def _logits(self, last: Tensor) -> Tensor:
+    def logits(self, last: Tensor) -> Tensor:
         """(B, V) float32 logits of (B, d) last hidden states."""
-        return F.linear(self._rms(last, self.norm), self.head).float()
+        return F.linear(self.rms(last, self.norm), self.head).float()
 
 
 def _llama_of(model: Any) -> Any:

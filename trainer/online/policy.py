@@ -27,6 +27,7 @@ from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import build_optimizer, build_scheduler, pick_device
 from trainer.online.experience import LogitsFn
+from trainer.online.shared_prompt import shared_prompt_logits, supports_shared_prompt
 from trainer.trained_model import load_model
 
 
@@ -96,10 +97,16 @@ class Policy:
 
     def _response_logits(self, model: Any, sequences: Tensor, attention_mask: Tensor,
                          response_length: int, temperature: float) -> Tensor:
-        """(B, T, V) response logits on packed rows (`modeling.packing`: no compute on the
-        rows' padding) where ``model`` gives them the logits it gives padded rows."""
-        packs = supports_packing(model, self.device)  # checked once per model
-        forward = packed_response_logits if packs else response_logits
+        """(B, T, V) response logits: a Llama's with each distinct prompt run once and no
+        padding (`trainer.online.shared_prompt`); another model's on packed rows
+        (`modeling.packing`: no compute on the rows' padding) where it gives them the logits
+        it gives padded rows; else on padded rows. Each check is made once per model."""
+        if supports_shared_prompt(model):
+            forward = shared_prompt_logits
+        elif supports_packing(model, self.device):
+            forward = packed_response_logits
+        else:
+            forward = response_logits
         return forward(model, sequences, attention_mask, response_length, temperature)
 
     def _reference_model(self) -> tuple[Any, contextlib.AbstractContextManager[Any]]:

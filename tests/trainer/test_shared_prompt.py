@@ -1,0 +1,132 @@
+"""`shared_prompt_logits`: a Llama policy's response logits with each distinct prompt run once
+and no padding are transformers' own on padded rows, and so are their gradients; models it
+would not reproduce are refused, and the policy then uses transformers' forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from modeling.logprobs import gather_logprobs, response_logits
+from trainer.demo_world.model import build_model
+from trainer.demo_world.tokenizer import build_tokenizer
+from trainer.online.experience import pack
+from trainer.online.shared_prompt import (
+    shared_prompt_logits,
+    supports_shared_prompt,
+    unsupported_reason,
+)
+
+PROMPTS = [[1, 20, 21, 22, 23, 24], [1, 30, 31], [1, 40, 41, 42, 43], [1, 50]]
+"""Four prompt lengths (left padding); each is answered several times below."""
+ROWS = [(0, [60, 61, 62, 63, 64, 65, 66]), (0, [70]), (1, [71, 72, 2]), (0, [73, 74]),
+        (2, [75, 76, 77, 78]), (1, [79]), (3, [80, 81, 82, 83, 84, 85, 86]), (2, [87, 88]),
+        (3, [89, 90, 91]), (1, [92, 93, 94, 95, 96, 97, 60])]
+"""(prompt, response) of each row: groups of 2-3 rows share a prompt, in no order, and the
+responses run from 1 token to the widest."""
+LORA_TOLERANCE = 1e-4
+"""A LoRA layer adds x·Aᵀ·Bᵀ to x·Wᵀ where this forward multiplies x by W + BA."""
+
+
+def llama(**overrides: Any) -> Any:
+    """The demo Llama with larger random weights (peaked, not near-uniform, logits)."""
+    return build_model(build_tokenizer(), seed=1, initializer_range=0.3, **overrides)
+
+
+def lora_policy(dropout: float = 0.0) -> Any:
+    """A peft LoRA model over the demo Llama with non-zero B, as a LoRA job trains it."""
+    from peft import LoraConfig, get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(2)
+        model = get_peft_model(llama(), LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout,
+                                                   target_modules=["q_proj", "v_proj",
+                                                                   "gate_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.3, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sequences (B, S), attention_mask (B, S) and response mask (B, T) of `ROWS`, laid out
+    as the online loop lays them out."""
+    return pack([PROMPTS[p] for p, _ in ROWS], [r for _, r in ROWS], 0, torch.device("cpu"))
+
+
+def objective(logits: torch.Tensor, sequences: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A loss that reads every response token's log-probability with its own weight."""
+    response_length = mask.shape[1]
+    weights = torch.linspace(-1.0, 2.0, mask.numel()).view(mask.shape)
+    logprobs = gather_logprobs(logits, sequences[:, -response_length:])  # (B, T)
+    return (logprobs * weights * mask).sum()
+
+
+MODELS = {
+    "llama": lambda: llama(),
+    "grouped-query": lambda: llama(num_attention_heads=4, num_key_value_heads=2),
+    "lora": lambda: lora_policy(),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logits_and_gradients_are_transformers_own(name: str, temperature: float) -> None:
+    model = MODELS[name]().train()
+    assert supports_shared_prompt(model), unsupported_reason(model)
+    sequences, attention_mask, mask = batch()
+    response_length = mask.shape[1]
+    tolerance = (LORA_TOLERANCE if name == "lora" else 1e-5) / temperature  # logits / τ
+
+    expected = response_logits(model, sequences, attention_mask, response_length, temperature)
+    ours = shared_prompt_logits(model, sequences, attention_mask, response_length, temperature)
+    assert ours.shape == expected.shape
+    real = mask.unsqueeze(-1).expand_as(ours)
+    torch.testing.assert_close(ours[real], expected[real], atol=tolerance, rtol=0)
+    assert torch.isfinite(ours).all()  # past a row's end too: a masked loss stays finite
+
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    want = torch.autograd.grad(objective(expected, sequences, mask), [p for _, p in trained])
+    got = torch.autograd.grad(objective(ours, sequences, mask), [p for _, p in trained])
+    for (parameter, _), theirs, mine in zip(trained, want, got, strict=True):
+        # float32 sums of different orders: within 1e-5 of the gradient's own scale (~10-100)
+        scale = float(theirs.abs().max())
+        assert float((mine - theirs).abs().max()) <= 5e-5 * scale, parameter
+
+
+def test_a_batch_of_one_prompt_and_one_token_answers() -> None:
+    model = llama().eval()
+    sequences, attention_mask, _ = pack([[1, 20, 21]] * 3, [[5], [6], [7]], 0,
+                                           torch.device("cpu"))
+    with torch.no_grad():
+        expected = response_logits(model, sequences, attention_mask, 1)
+        ours = shared_prompt_logits(model, sequences, attention_mask, 1)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_a_lora_reference_is_the_base_models_logits() -> None:
+    """π_ref of a LoRA job is the policy with its adapter switched off."""
+    model = lora_policy().eval()
+    sequences, attention_mask, mask = batch()
+    with model.disable_adapter(), torch.no_grad():
+        ours = shared_prompt_logits(model, sequences, attention_mask, mask.shape[1])
+    with torch.no_grad():
+        base = response_logits(llama().eval(), sequences, attention_mask, mask.shape[1])
+    real = mask.unsqueeze(-1).expand_as(ours)
+    torch.testing.assert_close(ours[real], base[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda: lora_policy(dropout=0.1), "dropout"),
+    (lambda: llama(attention_dropout=0.1), "attention dropout"),
+    (lambda: GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=98)),
+     "LlamaForCausalLM"),
+])
+def test_a_forward_it_would_not_reproduce_is_refused(make: Any, reason: str) -> None:
+    model = make()
+    assert not supports_shared_prompt(model)
+    assert reason in (unsupported_reason(model) or "")

@@ -1,0 +1,200 @@
+"""Response logits of a Llama policy with each distinct prompt run once and no padding.
+
+An online-RL step samples `group_size` responses to each prompt, so a padded or packed batch
+runs every prompt through the model `group_size` times, with gradient, and the demo's prompts
+are about half of its tokens. Here the prompts' tokens and the responses' tokens are laid end
+to end in one (N, d) stream, each distinct prompt once and no padding, so every matmul and
+elementwise op runs on real tokens only. Attention alone needs the rows back: each layer
+scatters queries, keys and values into padded tensors, where a prompt attends causally to
+itself and a response to its prompt's keys and values (shared by its group) and causally to
+itself, then gathers the outputs back into the stream. The keys and values of a prompt are
+read by every response of its group, so backward sums their gradients, which is the gradient
+of running the prompt once per response.
+
+The math is `LlamaDecoder`'s over the same gathered weights (a LoRA adapter's B·A added in,
+with gradient): it takes the configurations that decoder reproduces, in training as well as in
+eval mode where nothing drops out (`unsupported_reason`); `Policy` falls back to transformers'
+own forward for the others.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from inference.engines.llama_decoder import LlamaDecoder, Unsupported
+
+__all__ = ["shared_prompt_logits", "supports_shared_prompt"]
+
+_REASONS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+"""Per model object: why it is refused, or None (checked once; gone with the model)."""
+
+
+def supports_shared_prompt(model: Any) -> bool:
+    """Whether `shared_prompt_logits` gives ``model``'s own logits (checked once per model)."""
+    if model not in _REASONS:
+        _REASONS[model] = unsupported_reason(model)
+    return _REASONS[model] is None
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why ``model``'s forward is not one this module reproduces, or None."""
+    try:
+        LlamaDecoder.of(model)
+    except Unsupported as refusal:
+        return str(refusal)
+    if float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
+        return "attention dropout"
+    for module in model.modules():  # a LoRA adapter's dropout, or any other
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return f"dropout (p={module.p}) in {type(module).__name__}"
+    return None
+
+
+def shared_prompt_logits(model: Any, sequences: Tensor, attention_mask: Tensor,
+                         response_length: int, temperature: float = 1.0) -> Tensor:
+    """(B, T, V) logits of each response token (zeros past a row's end), divided by
+    ``temperature``, for rows laid out as `modeling.logprobs.response_logits` takes them: a
+    prompt left-padded to P then a response right-padded to T = ``response_length``.
+    sequences, attention_mask: (B, S). Rows whose prompts are equal share one run of it."""
+    weights = LlamaDecoder.of(model, differentiable=torch.is_grad_enabled())
+    layout = _Layout.of(sequences, attention_mask, response_length)
+    hidden = F.embedding(layout.ids, weights.embed)  # (N, d)
+    cos, sin = (table.unsqueeze(1) for table in weights.rope_at(layout.positions))  # (N,1,hd)
+    heads, kv, hd = weights.heads, weights.kv_heads, weights.head_dim
+    for layer in weights.layers:
+        x = weights.rms(hidden, layer.input_norm)
+        qkv = F.linear(x, layer.qkv).view(-1, heads + 2 * kv, hd)  # (N, H + 2·Hkv, hd)
+        qk = qkv[:, :heads + kv]
+        qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # RoPE, as LlamaDecoder applies it
+        attended = layout.attention(qk[:, :heads], qk[:, heads:], qkv[:, heads + kv:],
+                                    heads != kv)  # (N, H, hd)
+        hidden = hidden + F.linear(attended.reshape(-1, heads * hd), layer.out)
+        gate, up = F.linear(weights.rms(hidden, layer.post_norm),
+                            layer.gate_up).chunk(2, dim=-1)  # each (N, I)
+        hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+    predicting = hidden.index_select(0, layout.predicting)  # (M, d)
+    logits = weights.logits(predicting)  # (M, V) float32
+    if temperature != 1.0:
+        logits = logits / temperature
+    out = logits.new_zeros((layout.rows, response_length, logits.shape[-1]))  # (B, T, V)
+    return out.index_put((layout.target_rows, layout.target_columns), logits)
+
+
+class _Layout:
+    """Where each token of the (N,) stream comes from and goes to. The stream is every
+    distinct prompt's real tokens (Np of them), then every response's real tokens but its
+    last (Nr), whose outputs predict its next tokens."""
+
+    def __init__(self, ids: Tensor, positions: Tensor, rows: int,
+                 prompt_at: tuple[Tensor, Tensor], prompt_shape: tuple[int, int],
+                 prompt_real: Tensor, response_at: tuple[Tensor, Tensor],
+                 response_shape: tuple[int, int], response_lengths: Tensor, group: Tensor,
+                 predicting: Tensor, target_rows: Tensor, target_columns: Tensor) -> None:
+        self.ids, self.positions, self.rows = ids, positions, rows
+        self.prompt_at, self.prompt_shape, self.prompt_real = prompt_at, prompt_shape, prompt_real
+        self.response_at, self.response_shape = response_at, response_shape
+        self.response_lengths, self.group = response_lengths, group
+        self.predicting, self.target_rows, self.target_columns = (predicting, target_rows,
+                                                                  target_columns)
+        self.n_prompt = int(prompt_at[0].shape[0])
+        self._prompt_mask = self._response_mask = None
+
+    @classmethod
+    def of(cls, sequences: Tensor, attention_mask: Tensor, response_length: int) -> _Layout:
+        rows, width = sequences.shape
+        device = sequences.device
+        prompt_columns = width - response_length  # P
+        real = attention_mask.bool()
+        prompt_ids, prompt_real = sequences[:, :prompt_columns], real[:, :prompt_columns]
+        if not bool(prompt_real[:, -1].all()):
+            raise ValueError("every row needs a prompt that ends in column P - 1")
+        # Rows with the same prompt (ids and padding) share it; the key is made of both.
+        key = torch.cat([prompt_ids, prompt_real.long()], dim=1)  # (B, 2P)
+        distinct, group = torch.unique(key, dim=0, return_inverse=True)  # (G, 2P), (B,)
+        distinct_real = distinct[:, prompt_columns:].bool()  # (G, P)
+        distinct_ids = distinct[:, :prompt_columns]  # (G, P)
+        prompt_lengths = distinct_real.sum(-1)  # (G,)
+        g_index, p_column = distinct_real.nonzero(as_tuple=True)  # (Np,) each
+        p_position = p_column - (prompt_columns - prompt_lengths[g_index])  # from 0
+
+        lengths = real[:, prompt_columns:].sum(-1)  # (B,) response lengths, at least 1
+        inputs = (lengths - 1).clamp(min=0)  # response tokens fed in: all but the last
+        fed = torch.arange(max(response_length - 1, 1), device=device) < inputs[:, None]
+        r_row, r_column = fed.nonzero(as_tuple=True)  # (Nr,) each
+        r_ids = sequences[r_row, prompt_columns + r_column]
+        r_position = prompt_lengths[group[r_row]] + r_column
+        n_prompt = int(g_index.shape[0])
+
+        # Outputs that predict a response token: the prompt's last token predicts token 0
+        # of each row of its group, response token t - 1 predicts token t.
+        last = (torch.cumsum(prompt_lengths, 0) - 1)  # (G,) stream index of each last token
+        predicting = torch.cat([last[group], n_prompt + torch.arange(r_row.shape[0],
+                                                                     device=device)])
+        target_rows = torch.cat([torch.arange(rows, device=device), r_row])
+        target_columns = torch.cat([torch.zeros(rows, dtype=torch.long, device=device),
+                                    r_column + 1])
+        return cls(ids=torch.cat([distinct_ids[g_index, p_column], r_ids]),
+                   positions=torch.cat([p_position, r_position]),
+                   rows=rows,
+                   prompt_at=(g_index, p_column), prompt_shape=tuple(distinct_real.shape),
+                   prompt_real=distinct_real, response_at=(r_row, r_column),
+                   response_shape=(rows, int(fed.shape[1])), response_lengths=inputs,
+                   group=group, predicting=predicting, target_rows=target_rows,
+                   target_columns=target_columns)
+
+    def attention(self, queries: Tensor, keys: Tensor, values: Tensor, gqa: bool) -> Tensor:
+        """(N, H, hd) attention outputs of the stream's (N, H, hd) queries and (N, Hkv, hd)
+        keys and values: a prompt over its own earlier tokens, a response over its prompt and
+        its own earlier tokens."""
+        n = self.n_prompt
+        p_q, p_k, p_v = (self._padded(t[:n], self.prompt_at, self.prompt_shape)
+                         for t in (queries, keys, values))  # (G, heads, P, hd)
+        r_q, r_k, r_v = (self._padded(t[n:], self.response_at, self.response_shape)
+                         for t in (queries, keys, values))  # (B, heads, Tr, hd)
+        prompt_out = F.scaled_dot_product_attention(p_q, p_k, p_v, attn_mask=self.prompt_mask,
+                                                    enable_gqa=gqa)  # (G, H, P, hd)
+        response_keys = torch.cat([p_k.index_select(0, self.group), r_k], dim=2)
+        response_values = torch.cat([p_v.index_select(0, self.group), r_v], dim=2)
+        response_out = F.scaled_dot_product_attention(
+            r_q, response_keys, response_values, attn_mask=self.response_mask,
+            enable_gqa=gqa)  # (B, H, Tr, hd)
+        return torch.cat([prompt_out.transpose(1, 2)[self.prompt_at],
+                          response_out.transpose(1, 2)[self.response_at]])
+
+    @staticmethod
+    def _padded(stream: Tensor, at: tuple[Tensor, Tensor], shape: tuple[int, int]) -> Tensor:
+        """(R, heads, L, hd) from the (n, heads, hd) stream tokens at (row, column) ``at``
+        of a (R, L) layout; zeros elsewhere."""
+        padded = stream.new_zeros((*shape, *stream.shape[1:]))  # (R, L, heads, hd)
+        return padded.index_put(at, stream).transpose(1, 2)
+
+    @property
+    def prompt_mask(self) -> Tensor:
+        """(G, 1, P, P): causal over the prompt's real tokens; a padding query sees itself
+        (no empty row, whose softmax would be NaN)."""
+        if self._prompt_mask is None:
+            width = self.prompt_shape[1]
+            device = self.prompt_real.device
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            eye = torch.eye(width, dtype=torch.bool, device=device)
+            self._prompt_mask = ((causal & self.prompt_real[:, None, :]) | eye).unsqueeze(1)
+        return self._prompt_mask
+
+    @property
+    def response_mask(self) -> Tensor:
+        """(B, 1, Tr, P + Tr): the prompt's real tokens, then the response's own tokens up to
+        the query's column (a padding query sees them too: never an empty row)."""
+        if self._response_mask is None:
+            width = self.response_shape[1]
+            device = self.prompt_real.device
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            prompt = self.prompt_real.index_select(0, self.group)  # (B, P)
+            self._response_mask = torch.cat(
+                [prompt[:, None, :].expand(-1, width, -1),
+                 causal.expand(self.rows, -1, -1)], dim=2).unsqueeze(1)
+        return self._response_mask
