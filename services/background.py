@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from services.observability import current_request_id, set_request_id
@@ -24,13 +25,17 @@ class BackgroundLoop:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run ``coroutine`` on the loop and wait for its result (its exception is raised)."""
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        """Start ``coroutine`` on the loop; the caller goes on and takes its result later."""
         request_id = current_request_id()
 
         async def with_request_id() -> T:
             set_request_id(request_id)  # in this call's own task on the loop
             return await coroutine
 
-        return asyncio.run_coroutine_threadsafe(with_request_id(), self.loop).result()
+        return asyncio.run_coroutine_threadsafe(with_request_id(), self.loop)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

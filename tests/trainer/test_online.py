@@ -16,7 +16,7 @@ from services.methods import Method
 from tests.trainer.test_supervised import Recorder, context
 from trainer.context import JobStopped, RolloutEngine, TrainingResult
 from trainer.methods import METHODS
-from trainer.online.scoring import score_items
+from trainer.online.scoring import RewardScorer, score_items
 
 DIGIT_SHARE = {
     "type": "python", "name": "digits",
@@ -29,8 +29,8 @@ DIGIT_SHARE = {
 STEP_METRICS = {"reward_mean", "reward_std", "entropy", "clip_fraction", "approx_kl",
                 "response_length", "advantage_mean", "advantage_std", "filtered_fraction",
                 "samples_per_second", "tokens_per_second", "rollout_seconds", "score_seconds",
-                "update_seconds", "policy_loss", "grad_norm", "learning_rate",
-                "uniform_group_fraction", "zero_reward_group_fraction"}
+                "update_seconds", "score_latency_seconds", "policy_loss", "grad_norm",
+                "learning_rate", "uniform_group_fraction", "zero_reward_group_fraction"}
 
 
 def prompt_rows(n: int) -> list[dict[str, Any]]:
@@ -168,6 +168,24 @@ def test_a_reward_service_that_restarts_is_retried_until_it_answers(database_url
     item = {"prompt": "1+1=", "response": "2", "item": {}}
     scores = score_items(late.url, [item], DIGIT_SHARE, retry_seconds=30)
     assert late.started.is_set() and scores == [1.0]
+
+
+def test_scores_sent_while_the_service_is_down_arrive_once_it_answers(
+        database_url: str) -> None:
+    """`RewardScorer.submit` returns at once (the step works on while the service scores);
+    the result waits for the service, trying again as `score` does."""
+    from tests.trainer.conftest import LateRewardService
+
+    late = LateRewardService(database_url).start_later()
+    scorer = RewardScorer(late.url, DIGIT_SHARE, retry_seconds=30)
+    try:
+        pending = scorer.submit([{"prompt": "1+1=", "response": "2", "item": {}},
+                                 {"prompt": "1+1=", "response": "two", "item": {}}])
+        assert not late.started.is_set()  # sent, not waited for: nothing serves it yet
+        assert pending.result() == [1.0, 0.0]
+        assert late.started.is_set() and pending.latency > 0
+    finally:
+        scorer.close()
 
 
 def test_a_ppo_critic_starts_from_a_named_reward_model(base_model_path: Path,

@@ -45,6 +45,20 @@ class Scored:
                       [self.engine_logprobs[i] for i in rows])
 
 
+@dataclass
+class Prepared:
+    """A step's responses padded, with the forwards that do not need their rewards; the
+    fields are `RolloutBatch`'s of the same names."""
+
+    sequences: Tensor  # (B, S)
+    attention_mask: Tensor  # (B, S)
+    mask: Tensor  # (B, T) bool
+    logprobs: Tensor  # (B, T) log π_old; zeros when the update's own forward gives them
+    ref_logprobs: Tensor  # (B, T) log π_ref; zeros without a reference
+    values: Tensor  # (B, T) V(s_t); zeros without a critic
+    dense: Tensor | None  # (B, T) RTO's log π_dpo; None for the other algorithms
+
+
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
          device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """sequences (B, S), attention_mask (B, S) and response mask (B, T): each prompt
@@ -92,11 +106,16 @@ class ExperienceMaker:
     """The update's own forward gives log π_old (`UpdateSettings.on_policy`): skip this one
     and leave `logprobs` zero for it to fill."""
 
-    @torch.no_grad()
     def make(self, scored: Scored, rewards: Tensor, beta: float) -> RolloutBatch:
         """The batch of ``scored``, whose rewards (B,) after normalisation are ``rewards``."""
-        sequences, attention_mask, mask = pack(scored.prompts, scored.responses, self.pad_id,
-                                               self.device)
+        return self.finish(self.prepare(scored.prompts, scored.responses), rewards, beta,
+                           scored.group, scored.baseline_rewards)
+
+    @torch.no_grad()
+    def prepare(self, prompts: list[list[int]], responses: list[list[int]]) -> Prepared:
+        """Everything of the batch that the rewards do not change: the padded sequences and
+        the no-grad forwards. It can run while the reward service scores the responses."""
+        sequences, attention_mask, mask = pack(prompts, responses, self.pad_id, self.device)
         zeros = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # (B, T)
         logprobs = (zeros.clone() if self.on_policy else
                     self._per_token(self.policy, sequences, attention_mask, mask, logits=True))
@@ -104,22 +123,32 @@ class ExperienceMaker:
                         self._per_token(self.reference, sequences, attention_mask, mask, True))
         values = (zeros if self.critic is None else
                   self._per_token(self.critic, sequences, attention_mask, mask, logits=False))
-        kl = (kl_penalty(logprobs, ref_logprobs, self.kl_estimator)  # type: ignore[arg-type]
+        dense = (None if self.dense is None else
+                 self._per_token(self.dense, sequences, attention_mask, mask, logits=True))
+        return Prepared(sequences, attention_mask, mask, logprobs, ref_logprobs, values, dense)
+
+    @torch.no_grad()
+    def finish(self, prepared: Prepared, rewards: Tensor, beta: float, group: Tensor,
+               baseline_rewards: Tensor) -> RolloutBatch:
+        """The batch of ``prepared`` with its (B,) rewards after normalisation, each row's
+        prompt index ``group`` (B,) and ReMax's greedy rewards (B,): the KL shaping and the
+        algorithm's advantages."""
+        p = prepared
+        kl = (kl_penalty(p.logprobs, p.ref_logprobs, self.kl_estimator)  # type: ignore[arg-type]
               if self.kl_in_reward and self.reference is not None else None)
         rewards = rewards.to(self.device) * self.reward_scale
-        token_rewards = shape_rewards(rewards, mask, kl, beta)  # (B, T)
-        if self.dense is not None:  # RTO: β₁·log(π_dpo/π_ref)(a_t|s_t) on every token
-            dense = self._per_token(self.dense, sequences, attention_mask, mask, logits=True)
-            token_rewards += self.dense_coefficient * (dense - ref_logprobs) * mask
+        token_rewards = shape_rewards(rewards, p.mask, kl, beta)  # (B, T)
+        if p.dense is not None:  # RTO: β₁·log(π_dpo/π_ref)(a_t|s_t) on every token
+            token_rewards += self.dense_coefficient * (p.dense - p.ref_logprobs) * p.mask
+        zeros = torch.zeros(p.mask.shape, dtype=torch.float32, device=p.mask.device)  # (B, T)
         batch = RolloutBatch(
-            sequences=sequences, attention_mask=attention_mask, mask=mask, logprobs=logprobs,
-            ref_logprobs=ref_logprobs, values=values, rewards=rewards,
-            token_rewards=token_rewards,
-            group=scored.group.to(self.device), advantages=zeros, returns=zeros,
-            baseline_rewards=scored.baseline_rewards.to(self.device))
+            sequences=p.sequences, attention_mask=p.attention_mask, mask=p.mask,
+            logprobs=p.logprobs, ref_logprobs=p.ref_logprobs, values=p.values,
+            rewards=rewards, token_rewards=token_rewards, group=group.to(self.device),
+            advantages=zeros, returns=zeros, baseline_rewards=baseline_rewards.to(self.device))
         batch.advantages, batch.returns = self.algorithm.advantages(batch, self.options)
         if self.whiten_advantages:
-            batch.advantages = masked_whiten(batch.advantages, mask) * mask
+            batch.advantages = masked_whiten(batch.advantages, p.mask) * p.mask
         return batch
 
     def _per_token(self, forward: Callable[[Tensor, Tensor, int], Tensor], sequences: Tensor,

@@ -41,7 +41,12 @@ from trainer.online.experience import (
 )
 from trainer.online.policy import Policy
 from trainer.online.sampler import Completion, RolloutOptions, Sampler
-from trainer.online.scoring import RewardNormalizer, RewardScorer, reward_item
+from trainer.online.scoring import (
+    PendingScores,
+    RewardNormalizer,
+    RewardScorer,
+    reward_item,
+)
 from trainer.online.update import PolicyUpdate, UpdateSettings
 
 VALIDATION_SEED = 7_919
@@ -205,18 +210,34 @@ class OnlineLoop(StepLoop):
             self.normalize.load_state_dict(state["rewards"])
 
     def step(self, indices: list[int]) -> StepOutcome:
+        """Sample, score, update. While the reward service scores (in its own process), the
+        step does what the rewards do not change: padding, the no-grad forwards and the
+        update's first forward; a rollout filter, which picks rows by reward, waits."""
         step = self.state.step
         started = time.perf_counter()
         completions = self._sample(indices, step)
         greedy = (self._greedy([self.prompts[i] for i in indices])  # ReMax's baseline
                   if self.algorithm.needs_greedy_baseline else None)
         sampled = time.perf_counter()
-        scored = self._score(indices, completions, greedy)
-        kept = self._filter(scored, step)
-        scored_at = time.perf_counter()
-        batch = self.experience.make(kept, self.normalize(kept.rewards), self.kl.value)
+        pending = self._submit_scores(indices, completions, greedy)
         generator = torch.Generator().manual_seed(step_seed(self.ctx.seed, step, "update"))
-        metrics = self.update.run(batch, self.kl.value, generator)
+        prepared = opening = None
+        if self._rollout_filter() is None:
+            prepared = self.experience.prepare([self.prompts[indices[c.prompt]]
+                                                for c in completions],
+                                               [c.token_ids for c in completions])
+            opening = self.update.open(prepared.sequences, prepared.attention_mask,
+                                       prepared.mask.shape[1],
+                                       [c.prompt for c in completions], generator)
+        waiting = time.perf_counter()
+        scored = self._scored(pending, indices, completions, greedy)
+        waited = time.perf_counter() - waiting
+        kept = self._filter(scored, step)
+        if prepared is None:
+            prepared = self.experience.prepare(kept.prompts, kept.responses)
+        batch = self.experience.finish(prepared, self.normalize(kept.rewards), self.kl.value,
+                                       kept.group, kept.baseline_rewards)
+        metrics = self.update.run(batch, self.kl.value, generator, opening)
         self.sampler.mark_updated()
         updated = time.perf_counter()
         metrics.update(self._statistics(scored, kept, batch, completions))
@@ -225,8 +246,9 @@ class OnlineLoop(StepLoop):
             self.kl.update(metrics["kl"], batch.size)
         elapsed = updated - started
         response_tokens = sum(len(c.token_ids) for c in completions)
-        metrics.update(rollout_seconds=sampled - started, score_seconds=scored_at - sampled,
-                       update_seconds=updated - scored_at,
+        metrics.update(rollout_seconds=sampled - started, score_seconds=waited,
+                       score_latency_seconds=pending.latency,
+                       update_seconds=updated - sampled - waited,
                        samples_per_second=len(completions) / elapsed,
                        response_tokens_per_second=response_tokens / elapsed)
         return StepOutcome(metrics, int(batch.attention_mask.sum()))
@@ -250,18 +272,25 @@ class OnlineLoop(StepLoop):
         return self.scorer.score([reward_item(row, text)
                                   for row, text in zip(rows, texts, strict=True)])
 
-    def _score(self, indices: list[int], completions: list[Completion],
-               greedy: list[Completion] | None) -> Scored:
-        """The sampled responses' rewards, and those of the greedy ones (ReMax's baselines)
-        scored in the same request."""
+    def _submit_scores(self, indices: list[int], completions: list[Completion],
+                       greedy: list[Completion] | None) -> PendingScores:
+        """The sampled responses, and the greedy ones (ReMax's baselines) in the same request,
+        sent to the reward service."""
         rows = [self.ctx.training_rows[indices[c.prompt]] for c in completions]
         texts = [c.text for c in completions]
-        baseline = torch.zeros(len(completions))
         if greedy is not None:
             rows += [self.ctx.training_rows[i] for i in indices]
             texts += [c.text for c in greedy]
-        rewards = torch.tensor(self._rewards(rows, texts), dtype=torch.float32)
+        return self.scorer.submit([reward_item(row, text)
+                                   for row, text in zip(rows, texts, strict=True)])
+
+    def _scored(self, pending: PendingScores, indices: list[int],
+                completions: list[Completion], greedy: list[Completion] | None) -> Scored:
+        """The responses with their rewards (waiting for them), and each one's greedy
+        baseline reward."""
+        rewards = torch.tensor(pending.result(), dtype=torch.float32)
         group = torch.tensor([c.prompt for c in completions], dtype=torch.long)
+        baseline = torch.zeros(len(completions))
         if greedy is not None:
             baseline = rewards[len(completions):][group]
             rewards = rewards[: len(completions)]
@@ -269,10 +298,15 @@ class OnlineLoop(StepLoop):
                       [c.token_ids for c in completions], rewards, group, baseline,
                       [c.logprobs for c in completions])
 
-    def _filter(self, scored: Scored, step: int) -> Scored:
+    def _rollout_filter(self) -> tuple[str, int] | None:
+        """PF-PPO's (strategy, keep) when this job filters its rollouts by reward."""
         chosen = self.algorithm.rollout_filter
         if chosen is None and self.hp.policy_filter is not None:
             chosen = (self.hp.policy_filter.strategy, self.hp.policy_filter.keep)
+        return chosen
+
+    def _filter(self, scored: Scored, step: int) -> Scored:
+        chosen = self._rollout_filter()
         if chosen is None:
             return scored
         strategy, keep = chosen

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,21 +70,18 @@ class RewardScorer:
         """One scalar per item, in order. An unavailable service is tried again until
         ``retry_seconds`` have passed, calling ``between_tries`` (which may raise to stop)
         before each new try. Raises RewardServiceError."""
-        deadline = time.monotonic() + self.retry_seconds
-        delay = BACKOFF_FIRST_S
-        while True:
-            try:
-                return self._score_once(items)
-            except RewardServiceUnavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-            time.sleep(delay)
-            self.between_tries()
-            delay = min(delay * 2, BACKOFF_MAX_S)
+        return self.submit(items).result()
 
-    def _score_once(self, items: list[dict[str, Any]]) -> list[float]:
+    def submit(self, items: list[dict[str, Any]]) -> PendingScores:
+        """Send ``items`` now and return at once: the caller does other work while the
+        service scores them, then takes `PendingScores.result` (with `score`'s retries)."""
+        return PendingScores(self, items, self._loop.submit(self._results(items)),
+                             time.monotonic())
+
+    def _scores(self, future: Future[list[dict[str, Any]]]) -> list[float]:
+        """The scores of one request, once it has answered; its failure as a RewardServiceError."""
         try:
-            results = self._loop.run(self._results(items))
+            results = future.result()
         except ServiceUnavailable as exc:  # unreachable, or a 5xx: its message names the URL
             raise RewardServiceUnavailable(exc.message) from exc
         except AlignError as exc:  # the service refused the request (a bad spec, a model)
@@ -108,6 +106,36 @@ class RewardScorer:
     def close(self) -> None:
         self._loop.run(self._client.aclose())
         self._loop.close()
+
+
+class PendingScores:
+    """Scores on their way (`RewardScorer.submit`)."""
+
+    def __init__(self, scorer: RewardScorer, items: list[dict[str, Any]],
+                 future: Future[list[dict[str, Any]]], sent: float) -> None:
+        self._scorer, self._items, self._future, self._sent = scorer, items, future, sent
+        self.latency = 0.0
+        """Seconds from sending the items to holding their scores (retries included)."""
+
+    def result(self) -> list[float]:
+        """The scores, in the items' order, waiting for them if need be. An unavailable
+        service is tried again, from the first send, until the scorer's ``retry_seconds`` have
+        passed, calling its ``between_tries`` before each new try. Raises RewardServiceError."""
+        scorer = self._scorer
+        deadline = self._sent + scorer.retry_seconds
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                scores = scorer._scores(self._future)
+                self.latency = time.monotonic() - self._sent
+                return scores
+            except RewardServiceUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            scorer.between_tries()
+            delay = min(delay * 2, BACKOFF_MAX_S)
+            self._future = scorer._loop.submit(scorer._results(self._items))
 
 
 def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],

@@ -86,6 +86,18 @@ class Tally:
 
 
 @dataclass
+class Opening:
+    """An update begun before its rewards arrived (`PolicyUpdate.open`)."""
+
+    order: list[int]
+    """The first epoch's permutation of the batch's rows."""
+    rows: list[int]
+    """The first micro-batch: of the first minibatch of ``order``, by prompt (`by_prompt`)."""
+    logits: Tensor
+    """(b, T, V) the policy's response logits on ``rows``, with gradient."""
+
+
+@dataclass
 class PolicyUpdate:
     policy: LogitsFn
     """Logits of the response tokens, with gradient."""
@@ -95,21 +107,44 @@ class PolicyUpdate:
     settings: UpdateSettings
     critic: Critic | None = None
 
-    def run(self, batch: RolloutBatch, beta: float, generator: torch.Generator) -> dict[str, float]:
-        """Every epoch, every minibatch of a fresh order; the mean statistics."""
+    def open(self, sequences: Tensor, attention_mask: Tensor, response_length: int,
+             group: list[int], generator: torch.Generator) -> Opening:
+        """The first epoch's row order (drawn from ``generator`` as `run` would draw it) and
+        the first micro-batch's forward, with gradient, before the rewards are in: no
+        optimizer step has moved the weights yet, and only its loss needs the rewards.
+        sequences, attention_mask: (B, S); ``group``: each row's prompt."""
+        order = torch.randperm(len(group), generator=generator).tolist()
+        minibatch = by_prompt(order[: self.settings.minibatch_size], group)
+        first = minibatch[: self.settings.micro_batch_size]
+        index = torch.tensor(first, dtype=torch.long, device=sequences.device)
+        logits = self.policy(sequences.index_select(0, index),
+                             attention_mask.index_select(0, index), response_length)
+        return Opening(order, first, logits)
+
+    def run(self, batch: RolloutBatch, beta: float, generator: torch.Generator,
+            opening: Opening | None = None) -> dict[str, float]:
+        """Every epoch, every minibatch of a fresh order; the mean statistics. ``opening``:
+        the first epoch's order and first forward, from `open` on this batch's rows."""
         tally = Tally()
-        for _ in range(self.settings.update_epochs):
-            order = torch.randperm(batch.size, generator=generator).tolist()
+        for epoch in range(self.settings.update_epochs):
+            order = (opening.order if opening is not None and epoch == 0 else
+                     torch.randperm(batch.size, generator=generator).tolist())
+            group = batch.group.tolist()
             for rows in chunks(batch.size, self.settings.minibatch_size):
-                self._minibatch(batch, order[rows], beta, tally)
+                self._minibatch(batch, by_prompt(order[rows], group), beta, tally, opening)
+                opening = None
         return tally.means()
 
     def _minibatch(self, batch: RolloutBatch, rows: list[int], beta: float,
-                   tally: Tally) -> None:
+                   tally: Tally, opening: Opening | None) -> None:
         scale = LossScale.of(batch.mask[rows], self.settings.max_new_tokens)
         for part in chunks(len(rows), self.settings.micro_batch_size):
             micro = batch.select(rows[part])
-            loss, logprobs = self._loss(micro, beta, scale, tally)
+            logits = None
+            if opening is not None:
+                assert opening.rows == rows[part], "the opening forward is of other rows"
+                logits, opening = opening.logits, None
+            loss, logprobs = self._loss(micro, beta, scale, tally, logits)
             loss.backward()
             if self.settings.on_policy:  # log π_old is this very forward's
                 batch.logprobs[rows[part]] = logprobs.detach() * micro.mask
@@ -119,12 +154,14 @@ class PolicyUpdate:
             tally.critic_grad_norm += self.critic.step()
         tally.optimizer_steps += 1
 
-    def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale,
-              tally: Tally) -> tuple[Tensor, Tensor]:
-        """The micro-batch's share of its minibatch's loss, and its log π_θ (b, T)."""
+    def _loss(self, micro: RolloutBatch, beta: float, scale: LossScale, tally: Tally,
+              logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The micro-batch's share of its minibatch's loss, and its log π_θ (b, T);
+        ``logits``: the policy's (b, T, V) on these rows when already computed (`open`)."""
         s, mask = self.settings, micro.mask
         response_length = mask.shape[1]
-        logits = self.policy(micro.sequences, micro.attention_mask, response_length)  # (b,T,V)
+        if logits is None:
+            logits = self.policy(micro.sequences, micro.attention_mask, response_length)
         logprobs = gather_logprobs(logits, micro.sequences[:, -response_length:])  # (b, T)
         old_logprobs = logprobs.detach() if s.on_policy else micro.logprobs
         terms = s.policy_loss(logprobs, old_logprobs, micro.advantages, s.clip_low,
@@ -156,3 +193,10 @@ class PolicyUpdate:
         tally.add(tokens, losses, **sums)
         return loss, logprobs
 
+
+def by_prompt(rows: list[int], group: list[int]) -> list[int]:
+    """A minibatch's ``rows`` with the responses to one prompt together (in their drawn order
+    otherwise), so that a micro-batch holds whole groups and runs each prompt once
+    (`trainer.online.shared_prompt`). The minibatch's gradient does not depend on how its rows
+    are split (`LossScale`)."""
+    return sorted(rows, key=group.__getitem__)
