@@ -6,8 +6,10 @@ and its seed alone, not on the batch, and draws the very tokens the torch engine
 seed. `torch.multinomial(p, 1, generator=g)` is argmax(p / q) for q, V exponential draws from
 g (PyTorch's single-sample path); here each sampled row fills its q from its own generator in
 that order, and the whole batch takes one division and one argmax, instead of one multinomial
-call per row. A prompt given several times (a GRPO group's samples) is prefilled once. Rows
-leave the batch, and its cache, as they end.
+call per row. A generator's draws are one stream however they are cut, so each row draws the
+q of several steps at once (`_Noise`), not one call per row per step. A prompt given several
+times (a GRPO group's samples) is prefilled once. Rows leave the batch, and its cache, as they
+end.
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
     lengths = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
     stopped = torch.zeros(size, dtype=torch.bool, device=device)  # (B,)
     logits = _prefill(decoder, prompts, longest + steps, device)
+    noise = _Noise(rows.generators, logits.shape[-1], steps)
     early = max(o.min_tokens for o in options)  # steps at which some row may not stop yet
     for step in range(steps):
         token = _sample(_without_early_stops(logits, rows, step) if step < early else logits,
-                        rows)  # (B,)
+                        rows, noise)  # (B,)
         tokens[rows.index, step] = token
         logprobs[rows.index, step] = torch.log_softmax(logits, dim=-1).gather(
             -1, token[:, None])[:, 0]
@@ -93,6 +96,7 @@ def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
             if keep.numel() == 0:
                 break
             rows, token = rows.select(keep), token[keep]
+            noise.keep(keep)
             decoder.keep(keep)
         logits = decoder.step(token)
     return [(ids[:length], lps[:length], stop)
@@ -149,7 +153,38 @@ def _without_early_stops(logits: Tensor, rows: _Rows, step: int) -> Tensor:
     return masked
 
 
-def _sample(logits: Tensor, rows: _Rows) -> Tensor:
+class _Noise:
+    """Each sampled row's Exp(1) draws, V per step, taken from its generator a block of
+    steps at a time (at most `BLOCK_VALUES` values for the batch)."""
+
+    BLOCK_VALUES = 1 << 22
+
+    def __init__(self, generators: list[torch.Generator | None], vocab: int, steps: int) -> None:
+        self.generators, self.vocab = generators, vocab
+        self.block_steps = max(1, min(steps, self.BLOCK_VALUES // max(len(generators) * vocab,
+                                                                        1)))
+        self.block = torch.ones((len(generators), 0, vocab))  # (B, k, V) on the CPU
+        self.used = 0
+        """Steps of the block already drawn from."""
+
+    def next(self) -> Tensor:
+        """(B, V) this step's draws (ones for greedy rows)."""
+        if self.used == self.block.shape[1]:
+            self.block = torch.ones((len(self.generators), self.block_steps, self.vocab))
+            for draws, generator in zip(self.block.unbind(0), self.generators, strict=True):
+                if generator is not None:
+                    draws.exponential_(generator=generator)  # in place, in the row's order
+            self.used = 0
+        self.used += 1
+        return self.block[:, self.used - 1]
+
+    def keep(self, rows: Tensor) -> None:
+        """Only the rows ``rows`` (a (B',) index), in that order."""
+        self.generators = [self.generators[row] for row in rows.tolist()]
+        self.block = self.block.index_select(0, rows.cpu())
+
+
+def _sample(logits: Tensor, rows: _Rows, noise: _Noise) -> Tensor:
     """(B,) one token per row of (B, V) float32 logits: greedy rows take the argmax, the
     others argmax(p / q), p the row's processed probabilities and q ~ Exp(1) drawn from its
     generator, which is what `torch.multinomial(p, 1, generator)` computes."""
@@ -157,9 +192,5 @@ def _sample(logits: Tensor, rows: _Rows) -> Tensor:
     if all(greedy):
         return logits.argmax(dim=-1)
     probs = processed_probs(logits, rows.temperature, rows.top_k, rows.top_p)  # (B, V)
-    noise = torch.ones(probs.shape)  # (B, V) on the CPU, where the generators are
-    for draws, generator in zip(noise.unbind(0), rows.generators, strict=True):
-        if generator is not None:
-            draws.exponential_(generator=generator)  # in place, in the row's own order
-    drawn = (probs / noise.to(probs.device)).argmax(dim=-1)  # (B,)
+    drawn = (probs / noise.next().to(probs.device)).argmax(dim=-1)  # (B,)
     return torch.where(rows.greedy, logits.argmax(dim=-1), drawn) if any(greedy) else drawn
