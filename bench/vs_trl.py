@@ -22,9 +22,12 @@ num_iterations = 1). Each side runs in a process of its own, the order alternati
                first step (a warm-up, excluded) to the end of the last
   tokens/s     generated tokens (through the stop token) per second, same steps
   generate, reward, update
-               seconds per step. alignd's are its step metrics (update includes the no-grad
-               forward for log π_old); TRL's come from timers around `_generate_single_turn`,
-               the reward function, and the step outside `_generate_and_score_completions`
+               seconds per step. alignd's are its step metrics: `rollout_seconds`,
+               `score_seconds` (the time the step waited for the reward service after the
+               work it does meanwhile: padding and the update's first forward) and
+               `update_seconds` (everything else, that first forward included); TRL's come
+               from timers around `_generate_single_turn`, the reward function, and the step
+               outside `_generate_and_score_completions`
   rest         s/step minus those three
   CPU s/step   CPU time of the side's process per step, plus alignd's reward service's
   peak RSS     `ru_maxrss` of the side's process; alignd's reward service's VmHWM after "+"
