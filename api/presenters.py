@@ -48,7 +48,7 @@ def job_object(job: Job) -> protocol.FineTuningJob:
         training_file=job.training_file, validation_file=job.validation_file,
         metadata=job.metadata_, method=job.method, suffix=job.suffix,
         user_provided_suffix=job.suffix, cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
+        attempts=job.attempts, total_steps=job.total_steps,
     )
 
 

@@ -80,6 +80,9 @@ class FineTuningJob(BaseModel):
     user_provided_suffix: str | None = None
     cancel_requested: bool = False
     attempts: int = 0
+    total_steps: int | None = None
+    """alignd: the optimizer steps of the whole run, as its trainer counted them when it
+    started (null before a worker has started it)."""
 
 
 class JobEventObject(BaseModel):

@@ -30,7 +30,8 @@ def event_line(event: dict[str, Any]) -> Text:
 
 def expected_steps(hyperparameters: dict[str, Any], step: int, epoch: float | None,
                    member: int = 0) -> int | None:
-    """The job's optimizer steps in all, as far as its hyperparameters and latest metrics tell
+    """The job's optimizer steps in all, until its `total_steps` is known (null until a
+    worker has started it), as far as its hyperparameters and latest metrics tell
     (at ``step``: ``epoch``, the epochs of training rows read so far by the ensemble ``member``
     in training, each member reading them afresh):
 
@@ -72,8 +73,8 @@ class JobProgress(Progress):
             if series["name"] == "epoch":
                 self.epoch = series["values"][-1]
             self.step = max(self.step, series["steps"][-1])
-        total = expected_steps(job["hyperparameters"], self.step, self.epoch,
-                               int(self.latest.get("member", 0)))
+        total = job.get("total_steps") or expected_steps(  # the trainer's own count, once known
+            job["hyperparameters"], self.step, self.epoch, int(self.latest.get("member", 0)))
         self.update(self.task, completed=self.step, total=total, description=job["status"])
 
     def get_renderables(self) -> Iterable[RenderableType]:

@@ -51,6 +51,8 @@ class TrainingContext:
     """Called after a checkpoint directory is completely written."""
     log: Callable[[str], None] = lambda message: None
     """An informational job event."""
+    report_total_steps: Callable[[int], None] = lambda steps: None
+    """Record the optimizer steps of the whole run (called as the step loop starts)."""
     check_continue: Callable[[], None] = lambda: None
     """Called once per optimizer step; raises JobStopped when the job must stop."""
     base_model: str | None = None

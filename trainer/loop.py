@@ -211,6 +211,7 @@ class StepLoop(ABC):
         """Train until total_steps; return the last step's metrics (with validation ones)."""
         metrics: dict[str, float] = {}
         evaluated = False
+        self.ctx.report_total_steps(self.total_steps)
         while self.state.step < self.total_steps:
             self.ctx.check_continue()
             metrics = self.train_one_step()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -219,6 +219,7 @@ class JobRunner:
             on_checkpoint=lambda step, path, values: self._checkpoint(job_id, step, path, values,
                                                                       metrics),
             log=lambda message: self._event(job_id, message),
+            report_total_steps=lambda steps: self._total_steps(job_id, steps),
             check_continue=lambda: self._check_continue(job_id, heartbeat),
             base_model=model_id, reward_url=self.reward_url, reward_key=self.reward_key,
             project_id=project_id, reward=reward[0] if reward else None,
@@ -269,6 +270,13 @@ class JobRunner:
                     session.delete(row)
             record_event(session, job_id, f"checkpoint saved at step {step}", type="checkpoint",
                          data={"step": step, **values})
+
+    def _total_steps(self, job_id: str, steps: int) -> None:
+        def write() -> None:
+            with session_scope(self.sessions) as session:
+                session.execute(update(Job).where(Job.id == job_id).values(total_steps=steps))
+
+        self._waiting(write, f"recording job {job_id}'s step count")
 
     def _event(self, job_id: str, message: str) -> None:
         def write() -> None:

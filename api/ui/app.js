@@ -152,8 +152,10 @@ async function progressOf(job) {
   }
   progressCache.set(job.id, known);
   if (!known.step) return "starting";
+  // The trainer's own count once it has started; before, the hyperparameters' bound.
   const { max_steps: maxSteps, n_epochs: epochs } = job.hyperparameters;
-  const share = maxSteps ? known.step / maxSteps : known.epoch !== null && epochs
+  const total = job.total_steps || maxSteps;
+  const share = total ? known.step / total : known.epoch !== null && epochs
     ? known.epoch / epochs : null;
   return share === null ? `step ${known.step}`
     : `step ${known.step} · ${Math.min(100, Math.round(share * 100))}%`;

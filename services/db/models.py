@@ -87,6 +87,9 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None]
     fine_tuned_model: Mapped[str | None] = mapped_column(String(500))
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    """The optimizer steps the run takes in all, as its trainer counted them when it started
+    (None until a worker has started the job)."""
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -42,6 +42,7 @@ def test_create_queues_the_job_and_records_transitions(client: httpx.Client, tra
     assert job["seed"] == 7 and job["suffix"] == "demo" and job["model"] == BASE_MODEL_ID
     assert job["hyperparameters"]["n_epochs"] == 1
     assert job["hyperparameters"]["batch_size"] == 8  # defaults are filled and shown
+    assert job["total_steps"] is None  # counted by the trainer, once a worker starts it
     statuses, _ = job_rows(database_url, job["id"])
     assert statuses == ["validating_files", "queued"]
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"

@@ -69,6 +69,7 @@ def test_follow_shows_steps_and_metrics_and_exits_0_when_the_job_succeeds(
                                                                      worker.log())
     shown = followed.stdout
     assert "job succeeded; model ft:" in shown and "5/5 steps" in shown, shown
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}").json()["total_steps"] == 5  # trainer's
     assert "train_loss " in shown, shown
     again = alignd("jobs", "events", job_id, "--follow", url=api_url, key=key)
     assert again.exit_code == 0 and "5/5 steps" in again.stdout
