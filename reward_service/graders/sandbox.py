@@ -49,6 +49,10 @@ class SandboxLimits:
     """Address space of the child process (RLIMIT_AS), interpreter included."""
     wall_seconds: float = 5.0
     """Wall-clock seconds per item, enforced by the parent killing the child."""
+    load_seconds: float = 10.0
+    """Wall-clock seconds for the child to start (interpreter, namespaces) and load the
+    source, its top-level code included, enforced the same way. Not an item's: on a busy
+    host an interpreter's start alone can take more than a second."""
     file_bytes: int = 64 * MiB
     """Largest file the code may write (RLIMIT_FSIZE), so it cannot fill the disk."""
     run_as_uid: int | Literal["fresh"] | None = "fresh"
@@ -76,6 +80,8 @@ class SandboxLimits:
                              f"{self.memory_bytes}")
         if self.wall_seconds <= 0:
             raise ValueError(f"wall_seconds must be > 0, got {self.wall_seconds}")
+        if self.load_seconds <= 0:
+            raise ValueError(f"load_seconds must be > 0, got {self.load_seconds}")
 
 
 def run_python_grader(
@@ -141,7 +147,7 @@ class _Child:
         )
         config = {"source": self.source, "workdir": self.workdir, **asdict(self.limits),
                   "run_as_uid": self.uid}
-        reply = self._exchange(config)
+        reply = self._exchange(config, self.limits.load_seconds)
         if "ready" in reply:
             return self._refusal(reply.get("namespaces") or [])
         if "lost" in reply:
@@ -160,13 +166,13 @@ class _Child:
 
     def grade(self, sample: dict[str, str], item: dict[str, Any]) -> tuple[GradeOutcome, bool]:
         """Grade one item; the outcome and whether this child can take the next one."""
-        reply = self._exchange({"sample": sample, "item": item})
+        reply = self._exchange({"sample": sample, "item": item}, self.limits.wall_seconds)
         if isinstance(reply.get("score"), float):
             return GradeOutcome(score=reply["score"]), True
         return GradeOutcome.failed(str(reply.get("error"))), "lost" not in reply
 
-    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send one line and wait, up to the wall-clock limit, for the reply line."""
+    def _exchange(self, message: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Send one line and wait, up to ``seconds`` of wall-clock time, for the reply line."""
         assert self.process is not None and self.process.stdin is not None
         try:
             payload = json.dumps(message, default=str) + "\n"
@@ -174,11 +180,11 @@ class _Child:
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             return self._lost(self._death_reason())
-        line = self._read_line(time.monotonic() + self.limits.wall_seconds)
+        line = self._read_line(time.monotonic() + seconds)
         if line is None:
             return self._lost(self._death_reason())
         if line == b"":
-            return self._lost(f"timed out after {self.limits.wall_seconds} s")
+            return self._lost(f"timed out after {seconds} s")
         try:
             reply = json.loads(line)
         except ValueError:

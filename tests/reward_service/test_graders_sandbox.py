@@ -56,6 +56,16 @@ def test_sleeping_past_the_wall_clock_limit_times_out() -> None:
     assert slept.error == "timed out after 0.5 s"
 
 
+def test_top_level_code_that_never_finishes_loading_times_out() -> None:
+    """Loading (the interpreter's start and the source's top-level code) has its own
+    deadline, `load_seconds`, apart from each item's `wall_seconds`."""
+    source = "import time\ntime.sleep(30)\n\ndef grade(sample, item):\n    return 1.0\n"
+    spec = parse_grader_spec({"type": "python", "name": "p", "source": source})
+    outcomes = grade_batch(spec, ["", ""], [{}, {}],
+                           limits=SandboxLimits(wall_seconds=1.0, load_seconds=0.5))
+    assert [o.error for o in outcomes] == ["loading the source failed: timed out after 0.5 s"] * 2
+
+
 def test_cpu_time_is_limited_even_when_the_wall_clock_allows_more() -> None:
     [spun] = grade("while True:\n    pass", [{}], SandboxLimits(cpu_seconds=1, wall_seconds=10))
     assert spun.error == "exceeded CPU time limit (1 s)"
