@@ -136,17 +136,18 @@ class AlignClient:
     def follow(self, job_id: str, poll: float = 1.0) -> Iterator[tuple[dict[str, Any] | None,
                                                                         dict[str, Any]]]:
         """Yield (new event, job) for each event and (None, job) once per poll, until the job
-        reaches a terminal state. The job is read before its events, so every event up to and
-        including the terminal transition (written with the status) is yielded."""
+        reaches a terminal state; the last pair is (None, the job as it ended). The job is read
+        before its events, so every event up to and including the terminal transition
+        (written with the status) is yielded, though maybe with the job as it was before."""
         after = None
         while True:
             job = self.get_job(job_id)
             for event in self.events_since(job_id, after):
                 after = event["id"]
                 yield event, job
+            yield None, job
             if job["status"] in ("succeeded", "failed", "cancelled"):
                 return
-            yield None, job
             time.sleep(poll)
 
 
