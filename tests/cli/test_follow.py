@@ -5,14 +5,12 @@ step count it expects, checked against the trainer's own."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from cli.follow import JOB_EXIT_STATUS, expected_steps, follow_job
-from services.client import AlignClient
+from cli.follow import JOB_EXIT_STATUS, expected_steps
 from services.methods.reward_model import RewardModelHyperparameters
 from tests.api.test_files import upload
 from tests.cli.test_user import alignd
@@ -107,32 +105,3 @@ def test_follow_exits_4_for_a_cancelled_job(api_url: str, key: str,
     assert followed.exit_code == JOB_EXIT_STATUS["cancelled"] == 4, followed.output
     assert "cancelled" in followed.stdout
 
-
-class EndsBetweenReads(AlignClient):
-    """The real client, with the job cancelled (over the api) after `follow` has read the job
-    and before it reads the events: the terminal event then arrives with the job as it was."""
-
-    cancelled = False
-
-    def events_since(self, job_id: str, after: str | None) -> list[dict[str, Any]]:
-        if not self.cancelled:
-            self.cancelled = True
-            self.cancel_job(job_id)
-        return super().events_since(job_id, after)
-
-
-def test_follow_ends_with_the_job_as_it_ended_when_it_ends_between_reads(
-        api_url: str, key: str, client: httpx.Client) -> None:
-    from rich.console import Console
-
-    training = upload(client, jsonl(supervised_rows(8))).json()["id"]
-    job_id = start_job(client, training, n_epochs=100)
-    with EndsBetweenReads(api_url, key) as racing:
-        pairs = list(racing.follow(job_id, poll=0.01))
-    assert pairs[-1][0] is None and pairs[-1][1]["status"] == "cancelled"
-    assert any(event is not None and event["message"].startswith("job cancelled")
-               and job["status"] != "cancelled" for event, job in pairs)  # the staged race
-
-    job_id = start_job(client, training, n_epochs=100)
-    with EndsBetweenReads(api_url, key) as racing:  # `alignd jobs follow`'s exit status
-        assert follow_job(racing, job_id, Console(quiet=True))["status"] == "cancelled"
