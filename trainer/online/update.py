@@ -9,6 +9,7 @@ minibatch into micro-batches does not change its gradient.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -114,8 +115,7 @@ class PolicyUpdate:
         optimizer step has moved the weights yet, and only its loss needs the rewards.
         sequences, attention_mask: (B, S); ``group``: each row's prompt."""
         order = torch.randperm(len(group), generator=generator).tolist()
-        minibatch = by_prompt(order[: self.settings.minibatch_size], group)
-        first = minibatch[: self.settings.micro_batch_size]
+        first = next(self._minibatches(order, group))[: self.settings.micro_batch_size]
         index = torch.tensor(first, dtype=torch.long, device=sequences.device)
         logits = self.policy(sequences.index_select(0, index),
                              attention_mask.index_select(0, index), response_length)
@@ -126,14 +126,19 @@ class PolicyUpdate:
         """Every epoch, every minibatch of a fresh order; the mean statistics. ``opening``:
         the first epoch's order and first forward, from `open` on this batch's rows."""
         tally = Tally()
+        group = batch.group.tolist()
         for epoch in range(self.settings.update_epochs):
             order = (opening.order if opening is not None and epoch == 0 else
                      torch.randperm(batch.size, generator=generator).tolist())
-            group = batch.group.tolist()
-            for rows in chunks(batch.size, self.settings.minibatch_size):
-                self._minibatch(batch, by_prompt(order[rows], group), beta, tally, opening)
+            for rows in self._minibatches(order, group):
+                self._minibatch(batch, rows, beta, tally, opening)
                 opening = None
         return tally.means()
+
+    def _minibatches(self, order: list[int], group: list[int]) -> Iterator[list[int]]:
+        """The rows of each minibatch of one epoch's ``order``, by prompt (`by_prompt`)."""
+        for rows in chunks(len(order), self.settings.minibatch_size):
+            yield by_prompt(order[rows], group)
 
     def _minibatch(self, batch: RolloutBatch, rows: list[int], beta: float,
                    tally: Tally, opening: Opening | None) -> None:
