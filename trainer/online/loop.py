@@ -221,16 +221,16 @@ class OnlineLoop(StepLoop):
         sampled = time.perf_counter()
         pending = self._submit_scores(indices, completions, greedy)
         generator = torch.Generator().manual_seed(step_seed(self.ctx.seed, step, "update"))
+        prompts = [self.prompts[indices[c.prompt]] for c in completions]
+        responses = [c.token_ids for c in completions]
         prepared = opening = None
         if self._rollout_filter() is None:
-            prepared = self.experience.prepare([self.prompts[indices[c.prompt]]
-                                                for c in completions],
-                                               [c.token_ids for c in completions])
+            prepared = self.experience.prepare(prompts, responses)
             opening = self.update.open(prepared.sequences, prepared.attention_mask,
                                        prepared.mask.shape[1],
                                        [c.prompt for c in completions], generator)
         waiting = time.perf_counter()
-        scored = self._scored(pending, indices, completions, greedy)
+        scored = self._scored(pending, prompts, responses, completions, greedy)
         waited = time.perf_counter() - waiting
         kept = self._filter(scored, step)
         if prepared is None:
@@ -268,9 +268,10 @@ class OnlineLoop(StepLoop):
                                  temperature=0.0, top_k=0, seed=0)
         return self.sampler.sample(prompts, options)
 
-    def _rewards(self, rows: list[dict[str, Any]], texts: list[str]) -> list[float]:
-        return self.scorer.score([reward_item(row, text)
-                                  for row, text in zip(rows, texts, strict=True)])
+    def _send(self, rows: list[dict[str, Any]], texts: list[str]) -> PendingScores:
+        """Each text, as the response to its row, sent to the reward service."""
+        return self.scorer.submit([reward_item(row, text)
+                                   for row, text in zip(rows, texts, strict=True)])
 
     def _submit_scores(self, indices: list[int], completions: list[Completion],
                        greedy: list[Completion] | None) -> PendingScores:
@@ -281,21 +282,20 @@ class OnlineLoop(StepLoop):
         if greedy is not None:
             rows += [self.ctx.training_rows[i] for i in indices]
             texts += [c.text for c in greedy]
-        return self.scorer.submit([reward_item(row, text)
-                                   for row, text in zip(rows, texts, strict=True)])
+        return self._send(rows, texts)
 
-    def _scored(self, pending: PendingScores, indices: list[int],
-                completions: list[Completion], greedy: list[Completion] | None) -> Scored:
-        """The responses with their rewards (waiting for them), and each one's greedy
-        baseline reward."""
+    def _scored(self, pending: PendingScores, prompts: list[list[int]],
+                responses: list[list[int]], completions: list[Completion],
+                greedy: list[Completion] | None) -> Scored:
+        """The responses (each one's prompt and response ids) with their rewards, waiting
+        for them, and each one's greedy baseline reward."""
         rewards = torch.tensor(pending.result(), dtype=torch.float32)
         group = torch.tensor([c.prompt for c in completions], dtype=torch.long)
         baseline = torch.zeros(len(completions))
         if greedy is not None:
             baseline = rewards[len(completions):][group]
             rewards = rewards[: len(completions)]
-        return Scored([self.prompts[indices[c.prompt]] for c in completions],
-                      [c.token_ids for c in completions], rewards, group, baseline,
+        return Scored(prompts, responses, rewards, group, baseline,
                       [c.logprobs for c in completions])
 
     def _rollout_filter(self) -> tuple[str, int] | None:
@@ -344,7 +344,7 @@ class OnlineLoop(StepLoop):
         """Greedy responses to every validation prompt, scored by the job's reward."""
         assert self.ctx.validation_rows is not None
         greedy = self._greedy(self.valid_prompts)
-        rewards = self._rewards(self.ctx.validation_rows, [c.text for c in greedy])
+        rewards = self._send(self.ctx.validation_rows, [c.text for c in greedy]).result()
         return {"valid_reward_mean": sum(rewards) / len(rewards),
                 "valid_response_length": sum(len(c.token_ids) for c in greedy) / len(greedy)}
 
