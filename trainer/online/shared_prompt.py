@@ -20,6 +20,8 @@ own forward for the others.
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -85,24 +87,27 @@ def shared_prompt_logits(model: Any, sequences: Tensor, attention_mask: Tensor,
     return out.index_put((layout.target_rows, layout.target_columns), logits)
 
 
+@dataclass
 class _Layout:
     """Where each token of the (N,) stream comes from and goes to. The stream is every
     distinct prompt's real tokens (Np of them), then every response's real tokens but its
     last (Nr), whose outputs predict its next tokens."""
 
-    def __init__(self, ids: Tensor, positions: Tensor, rows: int,
-                 prompt_at: tuple[Tensor, Tensor], prompt_shape: tuple[int, int],
-                 prompt_real: Tensor, response_at: tuple[Tensor, Tensor],
-                 response_shape: tuple[int, int], response_lengths: Tensor, group: Tensor,
-                 predicting: Tensor, target_rows: Tensor, target_columns: Tensor) -> None:
-        self.ids, self.positions, self.rows = ids, positions, rows
-        self.prompt_at, self.prompt_shape, self.prompt_real = prompt_at, prompt_shape, prompt_real
-        self.response_at, self.response_shape = response_at, response_shape
-        self.response_lengths, self.group = response_lengths, group
-        self.predicting, self.target_rows, self.target_columns = (predicting, target_rows,
-                                                                  target_columns)
-        self.n_prompt = int(prompt_at[0].shape[0])
-        self._prompt_mask = self._response_mask = None
+    ids: Tensor  # (N,) token ids
+    positions: Tensor  # (N,) each token's position in its sequence
+    rows: int  # B
+    prompt_at: tuple[Tensor, Tensor]  # (Np,) each: a prompt token's (prompt, column)
+    prompt_real: Tensor  # (G, P) bool: the distinct prompts' real columns
+    response_at: tuple[Tensor, Tensor]  # (Nr,) each: a response token's (row, column)
+    response_width: int  # Tr: the most response tokens fed in for one row
+    group: Tensor  # (B,) each row's distinct prompt
+    predicting: Tensor  # (M,) stream index of each output that predicts a response token
+    target_rows: Tensor  # (M,) the row of the token it predicts
+    target_columns: Tensor  # (M,) its column among the response's T
+
+    @property
+    def n_prompt(self) -> int:
+        return int(self.prompt_at[0].shape[0])
 
     @classmethod
     def of(cls, sequences: Tensor, attention_mask: Tensor, response_length: int) -> _Layout:
@@ -139,11 +144,9 @@ class _Layout:
         target_columns = torch.cat([torch.zeros(rows, dtype=torch.long, device=device),
                                     r_column + 1])
         return cls(ids=torch.cat([distinct_ids[g_index, p_column], r_ids]),
-                   positions=torch.cat([p_position, r_position]),
-                   rows=rows,
-                   prompt_at=(g_index, p_column), prompt_shape=tuple(distinct_real.shape),
-                   prompt_real=distinct_real, response_at=(r_row, r_column),
-                   response_shape=(rows, int(fed.shape[1])), response_lengths=inputs,
+                   positions=torch.cat([p_position, r_position]), rows=rows,
+                   prompt_at=(g_index, p_column), prompt_real=distinct_real,
+                   response_at=(r_row, r_column), response_width=int(fed.shape[1]),
                    group=group, predicting=predicting, target_rows=target_rows,
                    target_columns=target_columns)
 
@@ -152,9 +155,11 @@ class _Layout:
         keys and values: a prompt over its own earlier tokens, a response over its prompt and
         its own earlier tokens."""
         n = self.n_prompt
-        p_q, p_k, p_v = (self._padded(t[:n], self.prompt_at, self.prompt_shape)
+        prompt_shape = tuple(self.prompt_real.shape)  # (G, P)
+        response_shape = (self.rows, self.response_width)  # (B, Tr)
+        p_q, p_k, p_v = (self._padded(t[:n], self.prompt_at, prompt_shape)
                          for t in (queries, keys, values))  # (G, heads, P, hd)
-        r_q, r_k, r_v = (self._padded(t[n:], self.response_at, self.response_shape)
+        r_q, r_k, r_v = (self._padded(t[n:], self.response_at, response_shape)
                          for t in (queries, keys, values))  # (B, heads, Tr, hd)
         prompt_out = F.scaled_dot_product_attention(p_q, p_k, p_v, attn_mask=self.prompt_mask,
                                                     enable_gqa=gqa)  # (G, H, P, hd)
@@ -173,28 +178,21 @@ class _Layout:
         padded = stream.new_zeros((*shape, *stream.shape[1:]))  # (R, L, heads, hd)
         return padded.index_put(at, stream).transpose(1, 2)
 
-    @property
+    @cached_property
     def prompt_mask(self) -> Tensor:
         """(G, 1, P, P): causal over the prompt's real tokens; a padding query sees itself
         (no empty row, whose softmax would be NaN)."""
-        if self._prompt_mask is None:
-            width = self.prompt_shape[1]
-            device = self.prompt_real.device
-            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-            eye = torch.eye(width, dtype=torch.bool, device=device)
-            self._prompt_mask = ((causal & self.prompt_real[:, None, :]) | eye).unsqueeze(1)
-        return self._prompt_mask
+        width, device = self.prompt_real.shape[1], self.prompt_real.device
+        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+        eye = torch.eye(width, dtype=torch.bool, device=device)
+        return ((causal & self.prompt_real[:, None, :]) | eye).unsqueeze(1)
 
-    @property
+    @cached_property
     def response_mask(self) -> Tensor:
         """(B, 1, Tr, P + Tr): the prompt's real tokens, then the response's own tokens up to
         the query's column (a padding query sees them too: never an empty row)."""
-        if self._response_mask is None:
-            width = self.response_shape[1]
-            device = self.prompt_real.device
-            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-            prompt = self.prompt_real.index_select(0, self.group)  # (B, P)
-            self._response_mask = torch.cat(
-                [prompt[:, None, :].expand(-1, width, -1),
-                 causal.expand(self.rows, -1, -1)], dim=2).unsqueeze(1)
-        return self._response_mask
+        width, device = self.response_width, self.prompt_real.device
+        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+        prompt = self.prompt_real.index_select(0, self.group)  # (B, P)
+        return torch.cat([prompt[:, None, :].expand(-1, width, -1),
+                          causal.expand(self.rows, -1, -1)], dim=2).unsqueeze(1)
