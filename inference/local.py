@@ -92,7 +92,7 @@ class LocalGenerator:
         self._engine.pin(str(folder), model)
 
     def refresh(self) -> None:
-        pass
+        """Nothing to push: every `generate` reads the pinned model's weights as they are."""
 
     def generate(self, folder: str | Path, prompts: Sequence[list[int]],
                  options: Sequence[SamplingOptions]) -> list[Sample]:
@@ -126,8 +126,9 @@ class BatchGenerator:
     ``max_batch_size``) by `LlamaDecoder` over its live weights; a LoRA policy's adapter is
     merged into a copy gathered once per call. Each sequence's tokens depend on its prompt,
     the weights and its seed alone, and are the torch engine's for that seed (up to float
-    rounding between the two forwards). Folders not pinned, models the decoder does not reproduce exactly
-    (`llama_decoder.unsupported_reason`) and value-guided requests go to the torch engine."""
+    rounding between the two forwards). Folders not pinned, models the decoder does not
+    reproduce exactly (`llama_decoder.unsupported_reason`) and value-guided requests go to the
+    torch engine."""
 
     def __init__(self, *, max_batch_size: int, device: str = "cpu") -> None:
         self._max_batch, self._device = max(max_batch_size, 1), device
@@ -145,7 +146,7 @@ class BatchGenerator:
             self._fallback.pin(folder, model)
 
     def refresh(self) -> None:
-        pass
+        """Nothing to push: every `generate` reads the pinned model's weights as they are."""
 
     def generate(self, folder: str | Path, prompts: Sequence[list[int]],
                  options: Sequence[SamplingOptions]) -> list[Sample]:
