@@ -75,8 +75,11 @@ class RewardScorer:
     def submit(self, items: list[dict[str, Any]]) -> PendingScores:
         """Send ``items`` now and return at once: the caller does other work while the
         service scores them, then takes `PendingScores.result` (with `score`'s retries)."""
-        return PendingScores(self, items, self._loop.submit(self._results(items)),
-                             time.monotonic())
+        return PendingScores(self, items, self._send(items), time.monotonic())
+
+    def _send(self, items: list[dict[str, Any]]) -> Future[list[dict[str, Any]]]:
+        """One try at scoring ``items``, running on the scorer's loop."""
+        return self._loop.submit(self._results(items))
 
     def _scores(self, future: Future[list[dict[str, Any]]]) -> list[float]:
         """The scores of one request, once it has answered; its failure as a RewardServiceError."""
@@ -135,7 +138,7 @@ class PendingScores:
             time.sleep(delay)
             scorer.between_tries()
             delay = min(delay * 2, BACKOFF_MAX_S)
-            self._future = scorer._loop.submit(scorer._results(self._items))
+            self._future = scorer._send(self._items)
 
 
 def score_items(reward_url: str, items: list[dict[str, Any]], reward: dict[str, Any],
