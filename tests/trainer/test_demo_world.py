@@ -26,7 +26,7 @@ from trainer.demo_world import (
     save_random_base_model,
     wrong_answer,
 )
-from trainer.demo_world.datasets import SPLIT_SIZES, read_jsonl
+from trainer.demo_world.datasets import SLIP_RATE, SPLIT_SIZES, read_jsonl, supervised_rows
 from trainer.demo_world.task import make_problem, misconception_answer
 
 TINY_STEPS = 3
@@ -292,12 +292,8 @@ def test_dataset_shapes(tiny_world: DemoWorld) -> None:
     for row in rows["supervised"] + rows["supervised_validation"]:
         if "messages" in row:
             assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
-            assert (
-                make_problem(*_operands(row["messages"][0]["content"])).answer
-                == row["messages"][1]["content"]
-            )
-        else:
-            assert make_problem(*_operands(row["prompt"])).answer == row["completion"]
+        problem = make_problem(*_operands(_prompt_of(row)))
+        assert _completion_of(row) in {problem.answer, misconception_answer(problem)}
     for row in rows["preference"]:
         assert set(row) == {"prompt", "chosen", "rejected"}
         assert gold_grade(row["chosen"], make_problem(*_operands(row["prompt"])).answer) == 1.0
@@ -314,6 +310,33 @@ def test_dataset_shapes(tiny_world: DemoWorld) -> None:
         assert scores["correctness"] == gold_grade(row["response"], gold)
     correctness = [row["scores"]["correctness"] for row in rows["ratings"]]
     assert 0.3 < sum(correctness) / len(correctness) < 0.7
+
+
+def _completion_of(row: dict[str, Any]) -> str:
+    if "messages" in row:
+        return next(m["content"] for m in row["messages"] if m["role"] == "assistant")
+    return str(row["completion"])
+
+
+def test_demonstrations_slip_only_where_a_carry_or_borrow_is_needed() -> None:
+    problems = [make_problem(23, "+", 48), make_problem(60, "+", 25), make_problem(61, "-", 28)]
+    always = supervised_rows(problems * 4, random.Random(0), slip_rate=1.0)
+    assert [_completion_of(row) for row in always[:3]] == ["61", "85", "47"]
+    assert "messages" in always[3] and "messages" in always[7]  # every 4th row
+    never = supervised_rows(problems, random.Random(0), slip_rate=0.0)
+    assert [_completion_of(row) for row in never] == ["71", "85", "33"]
+
+
+def test_demonstrations_slip_at_the_configured_rate(tiny_world: DemoWorld) -> None:
+    rows = read_jsonl(tiny_world.supervised)
+    problems = [make_problem(*_operands(_prompt_of(row))) for row in rows]
+    could_slip = [
+        (problem, row) for problem, row in zip(problems, rows, strict=True)
+        if misconception_answer(problem) != problem.answer
+    ]
+    slipped = sum(_completion_of(row) != problem.answer for problem, row in could_slip)
+    assert 0.3 < len(could_slip) / len(rows) < 0.6
+    assert abs(slipped / len(could_slip) - SLIP_RATE) < 0.05, (slipped, len(could_slip))
 
 
 def test_eval_prompts_are_held_out_from_training(tiny_world: DemoWorld) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.demo_world.corpus import PretrainCorpus
-from trainer.demo_world.datasets import SPLIT_SIZES, demo_datasets, write_jsonl
+from trainer.demo_world.datasets import SLIP_RATE, SPLIT_SIZES, demo_datasets, write_jsonl
 from trainer.demo_world.model import TINY_LLAMA, build_model
 from trainer.demo_world.pretrain import PretrainConfig, ProgressCallback, pretrain
 from trainer.demo_world.tokenizer import build_tokenizer
@@ -40,7 +40,8 @@ class DemoWorld:
     base_model: Path
     """Tokenizer and pretrained tiny Llama, for AutoModelForCausalLM / AutoTokenizer."""
     supervised: Path
-    """``{"prompt", "completion"}`` rows (every 4th as ``{"messages"}``), gold answers."""
+    """``{"prompt", "completion"}`` rows (every 4th as ``{"messages"}``): gold answers, but a
+    carry or borrow is often forgotten (`SLIP_RATE`)."""
     supervised_validation: Path
     preference: Path
     """``{"prompt", "chosen", "rejected"}``: chosen is gold, rejected grades 0."""
@@ -78,6 +79,7 @@ def world_config(seed: int, pretrain_steps: int | None) -> dict[str, Any]:
         "pretraining": pretraining,
         "corpus": corpus,
         "rows": SPLIT_SIZES,
+        "demonstrations": {"slip_rate": SLIP_RATE},
     }
 
 

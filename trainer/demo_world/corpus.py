@@ -5,8 +5,9 @@ Each sequence is a problem and how the "web" answered it, as plain text
 Most of the time the writer first copies the question out again (``23+48=23+48=71``), as
 worksheets do; sometimes the answer is simply wrong (`wrong_answer`). A model pretrained on this
 learns the arithmetic, yet greedy decoding mostly echoes the question, whose first integer the
-gold grader reads as the answer: the base model knows more than it shows, which is what
-fine-tuning on gold data (or DPO, or RL against the grader) then fixes.
+gold grader reads as the answer: the base model knows more than it shows. Fine-tuning on the
+demonstrations fixes the format and copies their slips (`datasets.SLIP_RATE`); DPO or online RL
+against the grader then fixes the slips.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 One list of distinct problems is cut into disjoint splits, evaluation first, so the held-out
 evaluation prompts appear in no training file (nor in pretraining, which skips them too).
 Every file has its own random stream, seeded from the world seed and the file's name.
+
+The supervised demonstrations come from a sloppy demonstrator who often forgets to carry or
+borrow (`SLIP_RATE`), as human demonstrations are imperfect: fine-tuning copies the slips, and
+what the gold grader then teaches (DPO's gold-chosen pairs, online RL's rewards) is what the
+demonstrations could not. With gold demonstrations the supervised model is already about as
+good as the tiny model gets, and RL after it has nothing left to show.
 """
 
 from __future__ import annotations
@@ -12,13 +18,19 @@ import random
 from pathlib import Path
 from typing import Any
 
-from trainer.demo_world.task import Problem, gold_grade, make_problems, wrong_answer
+from trainer.demo_world.task import (
+    Problem,
+    gold_grade,
+    make_problems,
+    misconception_answer,
+    wrong_answer,
+)
 
 EVAL_ROWS = 200
 VALIDATION_ROWS = 200
 SUPERVISED_ROWS = 2000
 PREFERENCE_ROWS = 2000
-PROMPT_ROWS = 1000
+PROMPT_ROWS = 10000
 RATING_ROWS = 1000
 SPLIT_SIZES = {
     "eval_prompts": EVAL_ROWS,
@@ -28,13 +40,23 @@ SPLIT_SIZES = {
     "prompts": PROMPT_ROWS,
     "ratings": RATING_ROWS,
 }
-"""Rows per file, in the order the problem list is cut."""
+"""Rows per file, in the order the problem list is cut. The RL prompts are many (half the
+20,000 problems there are) so that a long run keeps meeting new ones: on 1,000, GRPO from the
+supervised model fits them and held-out exact match falls back after 1,000 steps (bench/RESULTS.md
+§9)."""
 
 MESSAGES_EVERY = 4
 """Every 4th supervised row is in OpenAI chat shape, so both accepted shapes are exercised."""
 
 RATING_STYLES = ("{a}", "{a}.", "{p}{a}", "The answer is {a}.", "It is {a}, I think.")
 """How a rated response writes its answer ``{a}``; ``{p}`` is the prompt, echoed."""
+
+SLIP_RATE = 0.7
+"""How often a demonstration forgets a carry or borrow, where the problem has one.
+
+About 43% of the problems need a carry or borrow, so about 30% of the demonstrations are wrong,
+each the same way (`misconception_answer`); the rest are gold.
+"""
 
 BREVITY_SPAN = 20
 """Extra characters beyond the bare answer at which brevity reaches 0."""
@@ -51,18 +73,28 @@ def split_problems(seed: int) -> dict[str, list[Problem]]:
     return splits
 
 
-def supervised_rows(problems: list[Problem]) -> list[dict[str, Any]]:
-    """Gold demonstrations: ``{"prompt", "completion"}``, every `MESSAGES_EVERY`-th as messages."""
+def supervised_rows(
+    problems: list[Problem], rng: random.Random, slip_rate: float = SLIP_RATE
+) -> list[dict[str, Any]]:
+    """Demonstrations: ``{"prompt", "completion"}``, every `MESSAGES_EVERY`-th as messages.
+
+    The completion is the gold answer, except that with probability ``slip_rate`` a problem with
+    a carry or borrow gets `misconception_answer` instead.
+    """
     rows: list[dict[str, Any]] = []
     for index, problem in enumerate(problems):
+        answer = problem.answer
+        slipped = misconception_answer(problem)
+        if slipped != answer and rng.random() < slip_rate:
+            answer = slipped
         if index % MESSAGES_EVERY == MESSAGES_EVERY - 1:
             messages = [
                 {"role": "user", "content": problem.prompt},
-                {"role": "assistant", "content": problem.answer},
+                {"role": "assistant", "content": answer},
             ]
             rows.append({"messages": messages})
         else:
-            rows.append({"prompt": problem.prompt, "completion": problem.answer})
+            rows.append({"prompt": problem.prompt, "completion": answer})
     return rows
 
 
@@ -122,8 +154,10 @@ def demo_datasets(seed: int) -> dict[str, list[dict[str, Any]]]:
         return random.Random(f"demo-{name}:{seed}")
 
     return {
-        "supervised": supervised_rows(splits["supervised"]),
-        "supervised_validation": supervised_rows(splits["supervised_validation"]),
+        "supervised": supervised_rows(splits["supervised"], rng("supervised")),
+        "supervised_validation": supervised_rows(
+            splits["supervised_validation"], rng("supervised_validation")
+        ),
         "preference": preference_rows(splits["preference"], rng("preference")),
         "prompts": answer_rows(splits["prompts"]),
         "ratings": rating_rows(splits["ratings"], rng("ratings")),
