@@ -100,7 +100,10 @@ EXACT_ANSWER = {"type": "string_check", "name": "exact", "operation": "eq",
                 "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
 """The demo task's grader as a reward spec: 1 when the response is the answer, else 0."""
 GRPO_HYPERPARAMETERS = {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 6,
-                        "learning_rate": 3e-5, "checkpoint_every": 20}
+                        "learning_rate": 3e-5, "checkpoint_every": 250}
+"""bench/rl_quality.py's settings: GRPO_STEPS of them fix most of the demonstrations' forgotten
+carries (bench/RESULTS.md §9)."""
+GRPO_STEPS = 1000
 
 
 def _reinforce(client: AlignClient, world: Any, sft: dict[str, Any], steps: int,
@@ -248,7 +251,7 @@ def _jobs(settings: AlignSettings, console: Console, world: Any, steps: int,
 
 def run_demo(settings: AlignSettings, console: Console, *, keep_running: bool,
              demo_dir: Path | None, steps: int, pretrain_steps: int | None = None,
-             grpo_steps: int = 40) -> None:
+             grpo_steps: int = GRPO_STEPS) -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # rich draws this command's progress

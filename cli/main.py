@@ -140,7 +140,7 @@ def demo(
     pretrain_steps: Annotated[int | None, typer.Option(
         help="pretraining steps of the demo model (default: the demo world's own)")] = None,
     grpo_steps: Annotated[int, typer.Option(
-        help="GRPO steps after fine-tuning (0 skips the GRPO step)")] = 40,
+        help="GRPO steps after fine-tuning (0 skips the GRPO step)")] = 1000,  # GRPO_STEPS
 ) -> None:
     """Build the demo world, start the stack, fine-tune over HTTP, then GRPO; report accuracy.
     Refuses, before building anything, when a stack already runs on the data folder."""
