@@ -12,7 +12,7 @@ One run:
      - DPO, IPO, cDPO and TDPO through a `dpo` job's loop on the demo's 2,000 preference pairs
        (chosen: the gold answer; rejected: a wrong answer or the question echoed);
      - GRPO, RLOO, ReMax, NGRPO, PPO, RTO and SuperHF through `OnlineLoop` (the
-       `reinforcement` method's loop) on the demo's 1,000 RL prompts; RTO's `dpo_model` is the
+       `reinforcement` method's loop) on the demo's 10,000 RL prompts; RTO's `dpo_model` is the
        model a preference run trained (`dpo` unless --rto-dpo-model names another; that run
        comes first whenever RTO runs);
   4. measures the supervised model and each trained policy on the 200 held-out problems:
@@ -25,7 +25,8 @@ One run:
     advantage is 0 there, NGRPO's is not), and the loop's `uniform_group_fraction`;
   - unsolved: exact match on the held-out prompts none of whose supervised samples was right.
 
-    python -m bench.rl_quality                         # every algorithm, the defaults below
+    python -m bench.rl_quality                         # every algorithm, 1,000 steps each
+    python -m bench.rl_quality --algorithms grpo ngrpo --steps 5000 --eval-every 250
     python -m bench.rl_quality --algorithms grpo --steps 20
     python -m bench.rl_quality --algorithms dpo rto ppo   # RTO against PPO, DPO first
 """
@@ -76,7 +77,8 @@ RL_HYPERPARAMETERS: dict[str, Any] = {
     "learning_rate": 3e-5, "lr_scheduler": "constant", "beta": 0.0,
     "checkpoint_every": 100_000, "eval_every": 100_000, "max_seq_length": 32}
 """Every algorithm's hyperparameters (the reinforcement defaults otherwise; PPO's own beta 0.05 is
-set to 0 too, so that no algorithm loads a reference). lr 3e-5 from the runs in RESULTS.md §9:
+set to 0 too, so that no algorithm loads a reference). lr 3e-5 from RESULTS.md §9's runs on
+the gold-demonstration world:
 1e-5 barely moves, 1e-4 and 3e-4 fit the training prompts faster and lose held-out exact
 match, 1e-3 collapses to reward 0 within 100 steps."""
 DPO_HYPERPARAMETERS: dict[str, Any] = {
@@ -449,7 +451,7 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
-    parser.add_argument("--steps", type=int, default=300, help="max_steps of every run")
+    parser.add_argument("--steps", type=int, default=1000, help="max_steps of every run")
     parser.add_argument("--budget-minutes", type=float, default=10.0,
                         help="wall-clock budget of each run; no step starts after it")
     parser.add_argument("--torch-threads", type=int, default=min(2, os.cpu_count() or 1))
