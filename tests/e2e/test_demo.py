@@ -1,5 +1,7 @@
-"""`alignd demo` — the README's first command — runs to the end on the embedded stack
-(with a short pretraining so the suite stays quick; `make demo` runs the full one)."""
+"""`alignd demo` — the README's first command — runs to the end on the embedded stack, on the
+suite's demo world (the full one `make demo` builds, built once per session by the `demo_world`
+fixture): a short pretraining leaves a model that has not learnt the arithmetic yet, on which
+fine-tuning's gain is a problem or two, noise (60 steps: base 1.0%, gold SFT 1.5%)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,14 +20,14 @@ from services.web import free_port
 pytestmark = pytest.mark.slow
 
 
-def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
+def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path, demo_world: Any) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGND_")}
     env.update({"ALIGND_DATA_DIR": str(tmp_path / "data"), "ALIGND_TORCH_THREADS": "1",
                 "COLUMNS": "200", "TERM": "dumb"})
     for name in ("API", "REWARD", "INFERENCE"):
         env[f"ALIGND_{name}_URL"] = f"http://127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "cli.main", "demo", "--no-keep-running",
-               "--demo-dir", str(tmp_path / "world"), "--pretrain-steps", "60", "--steps", "150",
+               "--demo-dir", str(demo_world.root), "--steps", "150",
                "--grpo-steps", "3"]
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
@@ -36,10 +39,10 @@ def test_demo_fine_tunes_and_reports_accuracy(tmp_path: Path) -> None:
     base = re.search(r"alignd-demo-tiny\s+│?\s*(\d+\.\d)%", output)
     tuned = re.search(r"ft:alignd-demo-tiny:demo:ftjob-\S+\s+│?\s*(\d+\.\d)%", output)
     assert base and tuned, output[-3000:]
-    assert float(tuned.group(1)) > float(base.group(1)), output[-3000:]  # fine-tuning helps
+    # Fine-tuning helps (here 10.5% → 53.0%; the demo's own 300 steps reach 55.0%).
+    assert float(tuned.group(1)) >= float(base.group(1)) + 20, output[-3000:]
     assert "created GRPO job" in output
     assert re.search(r":grpo:ftjob-\S+\s+│?\s*\d+\.\d%", output), output[-3000:]
     assert "your demo API key: sk-alignd-" in output
     assert "answers from the inference service" in output
     assert re.search(r"ft:alignd-demo-tiny:rm:ftjob-\S*\s+│?\s*\d+\.\d%", output), output[-3000:]
-    assert (tmp_path / "world" / "manifest.json").exists()
