@@ -9,8 +9,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.base_models_service import BaseModelService
 from api.files_service import FileService
 from api.jobs_service import JobService
+from api.model_content import ModelContent
 from api.projects_service import ProjectService
 from api.reward_check import RewardSpecCheck
 from api.state import ApiState
@@ -102,8 +104,23 @@ def get_jobs(session: SessionDep, state: StateDep, project_id: ProjectId,
 JobsDep = Annotated[JobService, Depends(get_jobs)]
 
 
+def get_model_content(session: SessionDep, state: StateDep,
+                      project_id: ProjectId) -> ModelContent:
+    return ModelContent(session, project_id, state.enqueue_export)
+
+
+ModelContentDep = Annotated[ModelContent, Depends(get_model_content)]
+
+
 def get_projects(session: SessionDep) -> ProjectService:
     return ProjectService(session)
 
 
 ProjectsDep = Annotated[ProjectService, Depends(get_projects)]
+
+
+def get_base_models(session: SessionDep, state: StateDep) -> BaseModelService:
+    return BaseModelService(session, state.store, state.settings.allow_remote_code)
+
+
+BaseModelsDep = Annotated[BaseModelService, Depends(get_base_models)]

@@ -27,11 +27,12 @@ class FileService:
         size = _measure(stream)
         if size > max_bytes:
             raise PayloadTooLarge(f"file is {size} bytes; the limit is {max_bytes}", param="file")
-        line_count = validate_lines(stream, purpose)
+        rows = validate_lines(stream, purpose)
         stream.seek(0)
         digest, size = self.store.put_stream(stream)
         row = File(id=new_id("file"), project_id=self.project_id, filename=filename,
-                   purpose=purpose, bytes=size, sha256=digest, line_count=line_count)
+                   purpose=purpose, bytes=size, sha256=digest, line_count=rows.count,
+                   shapes=list(rows.shapes))
         self.session.add(row)
         self.session.commit()
         return row
@@ -41,6 +42,18 @@ class FileService:
         if row is None or row.project_id != self.project_id:
             raise NotFound(f"file {file_id!r} does not exist", param=param, code="file_not_found")
         return row
+
+    def shapes(self, row: File, param: str) -> list[str]:
+        """The row shapes the file holds; for a file uploaded before they were recorded,
+        detected from its content now (and kept with the caller's commit)."""
+        if row.shapes is None:
+            try:
+                found = validate_lines(self.store.iter_lines(row.sha256), row.purpose)
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{param} {row.id} no longer validates: {exc.message}",
+                                     param=param, code=exc.code) from exc
+            row.shapes = list(found.shapes)
+        return list(row.shapes)
 
     def page(self, purpose: str | None, limit: int, after: str | None) -> tuple[list[File], bool]:
         query = select(File).where(File.project_id == self.project_id)

@@ -11,13 +11,21 @@ from sqlalchemy import literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from api.files_service import FileService
+from api.model_fit import FileShapes, check_model_fits
 from api.protocol import JobCreate
 from services.db.models import Checkpoint, Job, JobEvent, JobMetric
 from services.errors import Conflict, InvalidRequest, NotFound
 from services.ids import new_id
 from services.job_signals import notify_cancel
 from services.job_states import TERMINAL, UNPUBLISHED, JobStatus, record_event, transition
-from services.methods import allowed_purposes, describe, named_models, reward_spec
+from services.methods import (
+    MethodBase,
+    allowed_purposes,
+    allowed_shapes,
+    describe,
+    named_models,
+    reward_spec,
+)
 from services.registry import get_visible_model
 
 Enqueue = Callable[[str], None]
@@ -80,16 +88,29 @@ class JobService:
                 raise InvalidRequest(f"{param.rsplit('.', 1)[-1]} {model_id!r} is a "
                                      f"{named.kind}; it must be a {' or '.join(kinds)}",
                                      param=param, code="wrong_model_kind")
-        allowed = allowed_purposes(request.method)
+        files: FileShapes = {}
         for param in ("training_file", "validation_file"):
             file_id = getattr(request, param)
-            if file_id is None:
-                continue
-            row = self.files.get(file_id, param=param)
-            if row.purpose not in allowed:
-                raise InvalidRequest(
-                    f"{param} {file_id} has purpose {row.purpose!r}; {describe(request.method)} "
-                    f"needs one of {', '.join(allowed)}", param=param)
+            if file_id is not None:
+                files[param] = (file_id, self._check_file(request.method, param, file_id))
+        check_model_fits(base, request.method, files)
+
+    def _check_file(self, method: MethodBase, param: str, file_id: str) -> list[str]:
+        """The file's purpose, then the shapes of its rows, must be ones the method takes."""
+        row = self.files.get(file_id, param=param)
+        allowed = allowed_purposes(method)
+        if row.purpose not in allowed:
+            raise InvalidRequest(
+                f"{param} {file_id} has purpose {row.purpose!r}; {describe(method)} "
+                f"needs one of {', '.join(allowed)}", param=param)
+        shapes = allowed_shapes(method)
+        found = self.files.shapes(row, param)
+        if any(shape not in shapes for shape in found):
+            raise InvalidRequest(
+                f"{param} {file_id} holds rows of shape {' and '.join(found)}; "
+                f"{describe(method)} needs rows of one of the shapes {', '.join(shapes)}",
+                param=param, code="wrong_file_shape")
+        return found
 
     def _check_reward(self, request: JobCreate) -> bool | None:
         """None when the method scores nothing, else whether the reward service judged it."""

@@ -33,7 +33,8 @@ def ts(moment: datetime | None) -> int | None:
 def file_object(row: File) -> protocol.FileObject:
     return protocol.FileObject(id=row.id, bytes=row.bytes, created_at=ts(row.created_at) or 0,
                                filename=row.filename, purpose=row.purpose,
-                               line_count=row.line_count, sha256=row.sha256)
+                               line_count=row.line_count, sha256=row.sha256,
+                               shapes=row.shapes)
 
 
 def job_object(job: Job) -> protocol.FineTuningJob:
@@ -80,6 +81,18 @@ def model_object(row: RegisteredModel, root: str) -> protocol.ModelObject:
                                 owned_by=row.project_id or "alignd", kind=row.kind,
                                 base_model=root if row.base_model else None,
                                 parent=row.base_model, job_id=row.job_id)
+
+
+def base_model_object(row: RegisteredModel) -> protocol.BaseModelObject:
+    """A base model as the admin API shows it: where it loads from and what its checkpoint
+    said when it was declared."""
+    metadata = row.metadata_ or {}
+    facts = metadata.get("checkpoint")
+    return protocol.BaseModelObject(
+        **model_object(row, row.id).model_dump(), path=row.path,
+        hub_id=(metadata.get("source") or {}).get("hub_id"),
+        trust_remote_code=bool(metadata.get("trust_remote_code")),
+        checkpoint=protocol.CheckpointFacts.model_validate(facts) if facts else None)
 
 
 def project_object(row: Project) -> protocol.ProjectObject:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.db.models import DEFAULT_KEY_SCOPES
+from services.hub import HUB_ID
 from services.methods import Method
 
 T = TypeVar("T")
@@ -28,6 +29,9 @@ class FileObject(BaseModel):
     status: Literal["processed"] = "processed"
     line_count: int
     sha256: str
+    shapes: list[str] | None = None
+    """The row shapes found in the file (chat, prompt_completion, openai_rft, ...: see the
+    README); null for a file uploaded before alignd recorded them, until a job reads it."""
 
 
 class Deleted(BaseModel):
@@ -124,6 +128,16 @@ class ModelObject(BaseModel):
     job_id: str | None = None
 
 
+class ModelExport(BaseModel):
+    """A LoRA adapter's merge into its base model, while a worker makes it (202)."""
+
+    object: Literal["model.export"] = "model.export"
+    model: str
+    status: Literal["queued", "running"]
+    retry_after: int
+    """Seconds to wait before asking again (also the Retry-After header)."""
+
+
 class ProjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -160,3 +174,59 @@ class ApiKeyObject(BaseModel):
     scopes: list[str]
     key: str | None = None
     """Only in the response that created it."""
+
+
+class BaseModelCreate(BaseModel):
+    """A base model to declare: a folder on the api's machine (shared with the workers and
+    inference), or a Hugging Face hub id fetched once into the artifact store."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$",
+                    description="the model id jobs and generation requests name")
+    path: str | None = Field(default=None, min_length=1, max_length=4096,
+                             description="an absolute path to the checkpoint's folder")
+    hub_id: str | None = Field(default=None, json_schema_extra={"pattern": HUB_ID.pattern},
+                               description="a hub repository, org/name")
+    trust_remote_code: bool = Field(default=False, description=(
+        "accept a checkpoint that ships its own Python (auto_map in config.json), where the "
+        "server allows it (ALIGND_ALLOW_REMOTE_CODE)"))
+
+    @field_validator("hub_id")
+    @classmethod
+    def _hub_id(cls, hub_id: str | None) -> str | None:
+        if hub_id is not None and not HUB_ID.match(hub_id):
+            raise ValueError("a Hugging Face hub id is org/name (letters, digits, '.', '_' "
+                             "and '-')")
+        return hub_id
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseModelCreate:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("give exactly one of path (a folder) and hub_id (a Hugging Face "
+                             "hub repository)")
+        return self
+
+
+class CheckpointFacts(BaseModel):
+    """What the checkpoint's files said when it was declared."""
+
+    architectures: list[str]
+    model_type: str | None
+    context_length: int | None
+    chat_template: bool | None
+    eos_token: str | None
+    eos_token_ids: list[int]
+    pad_token: str | None
+    dtype: str | None
+    custom_code: list[str]
+    weights: str | None
+
+
+class BaseModelObject(ModelObject):
+    path: str
+    """Where the services load it from."""
+    hub_id: str | None = None
+    """The hub repository it was fetched from."""
+    trust_remote_code: bool = False
+    checkpoint: CheckpointFacts | None = None
+    """None for a model declared before checkpoints were checked."""

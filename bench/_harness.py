@@ -109,16 +109,16 @@ def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float 
 
 
 def wait_healthy(url: str, timeout: float = 60.0,
-                 alive: Callable[[], bool] = lambda: True) -> None:
+                 alive: Callable[[], bool] = lambda: True, path: str = "/healthz") -> None:
     def healthy() -> bool:
         if not alive():
             raise RuntimeError(f"the server behind {url} exited")
         try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"{url}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, timeout, interval=0.1, what=f"{url}/healthz")
+    wait_for(healthy, timeout, interval=0.1, what=f"{url}{path}")
 
 
 # --- alignd processes -----------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """GRPO throughput: alignd's reinforcement job loop against TRL's `GRPOTrainer` (`--method dpo`:
 DPO, alignd's dpo job loop against TRL's `DPOTrainer`, in bench/vs_trl_dpo.py).
 
-Both sides train the demo world's pretrained tiny Llama on the demo's prompt rows
+Both sides train the same model (`--model`: the demo world's pretrained tiny Llama by default,
+a real-style family's tiny checkpoint, or the large Qwen2) on its world's prompt rows
 (`{"prompt", "answer"}`) with the same exact-match reward, group size, prompts per step,
 completion length, sampling, optimizer settings, number of steps and torch thread count:
 
@@ -33,6 +34,7 @@ num_iterations = 1). Each side runs in a process of its own, the order alternati
   peak RSS     `ru_maxrss` of the side's process; alignd's reward service's VmHWM after "+"
 
     python -m bench.vs_trl --repeats 3                     # 8 prompts × 4, 16 tokens, 1 thread
+    python -m bench.vs_trl --model qwen2-large --repeats 2  # matrix products dominate a step
     python -m bench.vs_trl --group-size 8 --prompts-per-step 16 --threads 2
 """
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import resource
 import statistics
@@ -87,6 +90,9 @@ class Settings:
     learning_rate: float
     threads: int
     """torch threads on both sides."""
+    model: str = "demo"
+    """`MODELS`: the demo's Llama, a real-style family's pretrained tiny checkpoint, or the
+    large Qwen2 (random weights: it measures speed, not learning)."""
 
     @property
     def completions_per_step(self) -> int:
@@ -145,6 +151,9 @@ class SideResult:
     side: str
     steps: list[Step]
     peak_rss_bytes: int
+    paths: list[str] = field(default_factory=list)
+    """Which forward trained and which engine generated, as the side reports them, and its
+    torch threads."""
     reward_means: list[float] = field(default_factory=list)
     reward_rss_bytes: int = 0
     """Peak RSS of the reward service process (alignd's side only)."""
@@ -206,13 +215,16 @@ def run_alignd(settings: Settings, model_path: Path, rows: list[dict[str, Any]],
 
     section = ReinforcementMethod.model_validate({  # method.reinforcement of a job
         "algorithm": "grpo", "reward": REWARD, "hyperparameters": alignd_hyperparameters(settings)})
+    events: list[str] = []
     ctx = TrainingContext(
         job_id="bench-vs-trl", base_model_path=model_path, training_rows=rows,
         validation_rows=None, hyperparameters=section.hyperparameters, seed=SEED,
         output_dir=out / "model", checkpoint_root=out / "checkpoints",
-        report_metrics=report_metrics, reward=section.reward, reward_url=reward_url)
+        report_metrics=report_metrics, reward=section.reward, reward_url=reward_url,
+        log=events.append)
     METHODS["reinforcement"](ctx)
-    return SideResult("alignd", steps, peak_rss(), reward_means=rewards)
+    paths = [event for event in events if event.startswith(("training forward", "rollouts"))]
+    return SideResult("alignd", steps, peak_rss(), paths + [threads()], reward_means=rewards)
 
 
 # --- TRL's side -----------------------------------------------------------------------------
@@ -284,7 +296,34 @@ def run_trl(settings: Settings, model_path: Path, rows: list[dict[str, Any]],
     trainer._generate_and_score_completions = clock.timed(  # type: ignore[method-assign]
         "generate_and_score", trainer._generate_and_score_completions)
     trainer.train()
-    return SideResult("trl", clock.steps, peak_rss(), reward_means=clock.rewards)
+    config = trainer.args
+    forward = (f"training forward: transformers' own ({type(trainer.model).__name__}, "
+               f"padding_free={getattr(config, 'padding_free', False)})")
+    paths = [forward,
+             "rollouts: vLLM" if config.use_vllm else "rollouts: transformers' generate",
+             threads()]
+    return SideResult("trl", clock.steps, peak_rss(), paths, reward_means=clock.rewards)
+
+
+def threads() -> str:
+    """The side's torch threads (intra-op and inter-op) and OpenMP's setting."""
+    import torch
+
+    return (f"threads: torch {torch.get_num_threads()} intra-op, "
+            f"{torch.get_num_interop_threads()} inter-op, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+
+
+def parameters(model: str) -> str:
+    """The policy's parameter count, from its safetensors headers."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in bench_world(model).base_model.glob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            names = weights.keys()  # a handle, not a dict
+            count += sum(math.prod(weights.get_slice(name).get_shape()) for name in names)
+    return f"{count / 1e6:.1f}M parameters"
 
 
 def peak_rss() -> int:
@@ -301,13 +340,62 @@ def child_main(spec: str) -> None:
     job = json.loads(spec)
     settings, out = Settings(**job["settings"]), Path(job["out"])
     torch.set_num_threads(settings.threads)
-    world = demo_world()
+    world = bench_world(settings.model)
     rows = [json.loads(line) for line in world.prompts.read_text().splitlines() if line]
     if job["side"] == "alignd":
+        from trainer.allocator import keep_freed_memory
+
+        keep_freed_memory()  # as `alignd worker` does when it starts
         result = run_alignd(settings, world.base_model, rows, job["reward_url"], out)
     else:
         result = run_trl(settings, world.base_model, rows, out)
+    result.paths.append(f"CPU s by thread: {busiest_threads()}; {faults()}")
     (out / "result.json").write_text(json.dumps(asdict(result)))
+
+
+def stat_fields(path: Path) -> list[str]:
+    """The fields of a /proc stat file after the command name (which may hold spaces), so
+    that field 1 is the state: utime is [11], stime [12], minflt [7] (proc(5), less 3)."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
+def faults() -> str:
+    """This process's page faults and system CPU time so far: memory the allocator hands
+    back to the kernel and takes again shows up as both."""
+    fields, ticks = stat_fields(Path("/proc/self/stat")), os.sysconf("SC_CLK_TCK")
+    return (f"minor page faults {int(fields[7]):,}, user {int(fields[11]) / ticks:.1f} s, "
+            f"system {int(fields[12]) / ticks:.1f} s")
+
+
+def busiest_threads(count: int = 4) -> str:
+    """CPU seconds of this process's busiest threads (/proc/self/task; "main" is the one that
+    ran the loop, the others by their kernel name, which Python leaves as the process's):
+    whether a side keeps to its torch thread or leans on a second core."""
+    used, ticks = [], os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        fields = stat_fields(task / "stat")
+        name = "main" if task.name == str(os.getpid()) else (task / "comm").read_text().strip()
+        used.append(((int(fields[11]) + int(fields[12])) / ticks, name))
+    top = sorted(used, reverse=True)[:count]
+    return ", ".join(f"{name} {seconds:.1f}" for seconds, name in top)
+
+
+MODELS = ("demo", "qwen2", "llama3", "mistral", "gemma", "gpt2", "qwen2-large")
+"""What `--model` names: the demo world's pretrained Llama, a real-style family's pretrained
+tiny checkpoint (`trainer.real_world`), or the large Qwen2 (hidden 512, 8 layers, a 16k BPE
+vocabulary, about 39M parameters, random weights)."""
+
+
+def bench_world(model: str) -> Any:
+    """The world (checkpoint and prompt rows) `--model` names, built once and cached."""
+    if model == "demo":
+        return demo_world()
+    from trainer.real_world import build_family_world, default_real_root
+
+    family, _, size = model.partition("-")
+    if size:
+        return build_family_world(default_real_root(), family, size=size, pretrain_steps=0)
+    return build_family_world(default_real_root(), family)
 
 
 def demo_world() -> Any:
@@ -404,7 +492,8 @@ def report(settings: Settings, results: dict[str, list[SideResult]]) -> None:
     print(f"\n{settings.steps} steps ({settings.steps - 1} measured) of "
           f"{settings.prompts_per_step} prompts x {settings.group_size} completions, "
           f"max_new_tokens {settings.max_new_tokens}, micro-batch {settings.micro_batch_size}, "
-          f"lr {settings.learning_rate:g}, torch {settings.threads} thread(s); "
+          f"lr {settings.learning_rate:g}, torch {settings.threads} thread(s), model "
+          f"{settings.model} ({parameters(settings.model)}); "
           f"{len(results['alignd'])} run(s) per side, medians")
     rows = []
     for side in SIDES:
@@ -423,6 +512,7 @@ def report(settings: Settings, results: dict[str, list[SideResult]]) -> None:
     for side in SIDES:
         runs = ", ".join(f"{r.samples_per_second:.1f}" for r in results[side])
         print(f"{side} samples/s by run: {runs}")
+        print(f"{side} paths: {'; '.join(results[side][0].paths)}")
     samples, tokens, memory = (
         ratio(median("alignd", value), median("trl", value)) for value in (
             lambda r: r.samples_per_second, lambda r: r.tokens_per_second,
@@ -453,6 +543,9 @@ def parse_arguments() -> tuple[argparse.Namespace, Settings]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides (1)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per side, the order alternating (1)")
+    parser.add_argument("--model", choices=MODELS, default="demo",
+                        help="the policy: the demo's Llama, a real-style family's tiny "
+                             "pretrained checkpoint, or qwen2-large (demo)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     completions = args.prompts_per_step * args.group_size
@@ -466,7 +559,8 @@ def parse_arguments() -> tuple[argparse.Namespace, Settings]:
     return args, Settings(steps=args.steps, group_size=args.group_size,
                           prompts_per_step=args.prompts_per_step,
                           max_new_tokens=args.max_new_tokens, micro_batch_size=micro,
-                          learning_rate=args.learning_rate, threads=args.threads)
+                          learning_rate=args.learning_rate, threads=args.threads,
+                          model=args.model)
 
 
 def main() -> None:
@@ -486,7 +580,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(settings.threads)  # as each side does; machine_info reports it
-    demo_world()  # built once (minutes) before either side starts its clock
+    bench_world(settings.model)  # built once (minutes) before either side starts its clock
     print(f"machine: {machine_info()}")
     report(settings, compare(settings, args.repeats))
 

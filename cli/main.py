@@ -1,5 +1,5 @@
 """`alignd`: operator verbs (up, stop, status, demo, worker, migrate, serve) and user verbs
-(files, jobs)."""
+(files, jobs, models)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cli import user
+from cli import admin_models, models, user
 from services.settings import AlignSettings, ApiSettings, InferenceSettings, RewardSettings
 
 app = typer.Typer(help="alignd: align language models and serve them.", no_args_is_help=True)
 app.add_typer(user.files, name="files")
 app.add_typer(user.jobs, name="jobs")
 app.add_typer(user.admin, name="admin")
-app.command("models")(user.list_models)
+user.admin.add_typer(admin_models.models, name="models")
+app.add_typer(models.models, name="models")
 console = Console()
 
 

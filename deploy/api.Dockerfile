@@ -14,13 +14,16 @@ COPY cli ./cli
 RUN /opt/venv/bin/pip install --no-cache-dir ".[api]"
 
 FROM python:3.11-slim
+# HF_HUB_CACHE: base models given by hub id are downloaded onto the artifacts volume (the root
+# file system is read-only), so their copies in the store are hard links, not a second copy.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     ALIGND_HOST=0.0.0.0 \
     ALIGND_PORT=8000 \
     ALIGND_DATA_DIR=/var/lib/alignd \
-    ALIGND_ARTIFACT_ROOT=/var/lib/alignd/artifacts
+    ALIGND_ARTIFACT_ROOT=/var/lib/alignd/artifacts \
+    HF_HUB_CACHE=/var/lib/alignd/artifacts/hf-hub-cache
 RUN useradd --system --uid 10001 --create-home --home-dir /home/alignd alignd \
     && mkdir -p /var/lib/alignd/artifacts \
     && chown -R alignd:alignd /var/lib/alignd

@@ -22,7 +22,7 @@ from inference.protocol import (
     Usage,
 )
 from inference.serving import Delta, Generator, Prepared, Run
-from inference.text import token_text
+from inference.tokens import TokenPieces
 
 DONE = "data: [DONE]\n\n"
 
@@ -33,30 +33,34 @@ def usage(prepared: Prepared) -> Usage:
                  total_tokens=prompt + completion)
 
 
-def completion_logprobs(tokenizer: Any, steps: list[TokenStep],
-                        offset: int = 0) -> CompletionLogprobs:
-    tokens = [token_text(tokenizer, s.token_id) for s in steps]
-    offsets, position = [], offset
-    for text in tokens:
-        offsets.append(position)
-        position += len(text)
+def _alternatives(pieces: TokenPieces, step: TokenStep) -> list[tuple[int, float]]:
+    """The step's most likely tokens, less ids past the tokenizer's (a padded vocabulary's
+    rows, which are never sampled and have no text)."""
+    return [(token, logprob) for token, logprob in step.top_logprobs.items()
+            if pieces.knows(token)]
+
+
+def completion_logprobs(pieces: TokenPieces, steps: list[TokenStep],
+                        offsets: list[int]) -> CompletionLogprobs:
+    """``offsets``: where each step's token starts in the choice's text (`Run.offsets`)."""
     return CompletionLogprobs(
-        tokens=tokens, token_logprobs=[s.logprob for s in steps],
-        top_logprobs=[{token_text(tokenizer, t): lp for t, lp in s.top_logprobs.items()}
+        tokens=[pieces.text(s.token_id) for s in steps],
+        token_logprobs=[s.logprob for s in steps],
+        top_logprobs=[{pieces.text(t): lp for t, lp in _alternatives(pieces, s)}
                       for s in steps],
         text_offset=offsets)
 
 
-def chat_logprobs(tokenizer: Any, steps: list[TokenStep]) -> ChoiceLogprobs:
+def chat_logprobs(pieces: TokenPieces, steps: list[TokenStep]) -> ChoiceLogprobs:
     def entry(token_id: int, logprob: float) -> TopLogprob:
-        text = token_text(tokenizer, token_id)
-        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+        return TopLogprob(token=pieces.text(token_id), logprob=logprob,
+                          bytes=list(pieces.raw(token_id)))
 
     content = []
     for step in steps:
         head = entry(step.token_id, step.logprob if step.logprob is not None else 0.0)
         content.append(TokenLogprob(**head.model_dump(), top_logprobs=[
-            entry(t, lp) for t, lp in step.top_logprobs.items()]))
+            entry(t, lp) for t, lp in _alternatives(pieces, step)]))
     return ChoiceLogprobs(content=content)
 
 
@@ -69,7 +73,8 @@ def completion_response(prepared: Prepared, runs: list[Run],
     logprobs = _wants_logprobs(prepared)
     choices = [CompletionChoice(
         index=i, text=run.text, finish_reason=run.finish_reason,  # type: ignore[arg-type]
-        logprobs=completion_logprobs(prepared.tokenizer, run.steps) if logprobs else None)
+        logprobs=completion_logprobs(prepared.pieces, run.steps, run.offsets)
+        if logprobs else None)
         for i, run in enumerate(runs)]
     return CompletionResponse(id=prepared.id, model=prepared.served.id, choices=choices,
                               usage=usage(prepared), alignd_samples=samples)
@@ -81,7 +86,7 @@ def chat_response(prepared: Prepared, runs: list[Run],
     choices = [ChatChoice(
         index=i, message=AssistantMessage(content=run.text),
         finish_reason=run.finish_reason,  # type: ignore[arg-type]
-        logprobs=chat_logprobs(prepared.tokenizer, run.steps) if logprobs else None)
+        logprobs=chat_logprobs(prepared.pieces, run.steps) if logprobs else None)
         for i, run in enumerate(runs)]
     return ChatCompletionResponse(id=prepared.id, model=prepared.served.id, choices=choices,
                                   usage=usage(prepared), alignd_samples=samples)
@@ -103,21 +108,19 @@ async def sse(prepared: Prepared, deltas: AsyncIterator[Delta], chat: bool,
         for run in prepared.runs:
             yield _event({**head, "choices": [{"index": run.index, "delta": {
                 "role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]})
-    offsets = {run.index: 0 for run in prepared.runs}
     async for delta in deltas:
         if not delta.text and delta.finish_reason is None and not logprobs:
             continue
         choice: dict[str, Any] = {"index": delta.index, "finish_reason": delta.finish_reason}
         if chat:
             choice["delta"] = {"content": delta.text} if delta.text else {}
-            choice["logprobs"] = (chat_logprobs(prepared.tokenizer, delta.steps).model_dump()
+            choice["logprobs"] = (chat_logprobs(prepared.pieces, delta.steps).model_dump()
                                   if logprobs else None)
         else:
             choice["text"] = delta.text
-            choice["logprobs"] = (completion_logprobs(prepared.tokenizer, delta.steps,
-                                                      offsets[delta.index]).model_dump()
+            choice["logprobs"] = (completion_logprobs(prepared.pieces, delta.steps,
+                                                      delta.offsets).model_dump()
                                   if logprobs else None)
-            offsets[delta.index] += len(delta.text)
         yield f"{opening}{json.dumps(choice, separators=(',', ':'))}]}}\n\n"
     if include_usage:
         yield _event({**head, "choices": [], "usage": usage(prepared).model_dump()})

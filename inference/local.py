@@ -5,9 +5,10 @@ A trainer samples rollouts through the engines that serve requests. Models are f
 
 - `LocalGenerator` runs the torch engine (continuous batching, the serving sampling code and
   stop handling) over the pinned model's live weights: no copy, nothing written to disk;
-- `BatchGenerator` decodes a trainer's rollouts as one static batch with `LlamaDecoder`, a few
-  torch ops per layer over the pinned Llama's live weights, several times cheaper a step than
-  the transformers forward on a small model; other models go to the torch engine;
+- `BatchGenerator` decodes a trainer's rollouts as one static batch with `Decoder`, a few
+  torch ops per layer over the pinned model's live weights (Llama, Qwen2, Mistral, Gemma),
+  several times cheaper a step than the transformers forward on a small model; other models
+  go to the torch engine, and the caller is told which path a model's rollouts take;
 - `VllmGenerator` runs vLLM's engine in this process and pushes the pinned model's current
   weights into it before a generation that follows an update (`refresh`; a LoRA policy's
   adapter is merged into the pushed copy), as online RL frameworks do with vLLM.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,13 +31,14 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from inference.catalog import FolderCatalog
 from inference.engines.base import GenerationRequest, SamplingOptions
-from inference.engines.llama_decoder import LlamaDecoder, Unsupported
+from inference.engines.decoder import Decoder, Unsupported
+from inference.engines.decoder_weights import DecoderWeights
 from inference.engines.static_batch import decode_static_batch
 from inference.engines.torch_engine import TorchEngine
 from services.background import BackgroundLoop
 
-__all__ = ["BatchGenerator", "Generator", "LocalGenerator", "Sample", "SamplingOptions",
-           "VllmGenerator", "stop_token_ids"]
+__all__ = ["BatchGenerator", "DecoderWeights", "Generator", "LocalGenerator", "Sample",
+           "SamplingOptions", "Unsupported", "VllmGenerator", "stop_token_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -122,26 +124,32 @@ class LocalGenerator:
 
 
 class BatchGenerator:
-    """A pinned Llama's rollouts decoded as static batches (all prompts at once, in chunks of
-    ``max_batch_size``) by `LlamaDecoder` over its live weights; a LoRA policy's adapter is
-    merged into a copy gathered once per call. Each sequence's tokens depend on its prompt,
-    the weights and its seed alone, and are the torch engine's for that seed (up to float
-    rounding between the two forwards). Folders not pinned, models the decoder does not
-    reproduce exactly (`llama_decoder.unsupported_reason`) and value-guided requests go to the
-    torch engine."""
+    """A pinned model's rollouts decoded as static batches (all prompts at once, in chunks of
+    ``max_batch_size``) by `Decoder` over its live weights; a LoRA policy's adapter is merged
+    into a copy gathered once per call. Each sequence's tokens depend on its prompt, the
+    weights and its seed alone, and are the torch engine's for that seed (up to float rounding
+    between the two forwards). Folders not pinned, models the decoder does not reproduce
+    exactly (`decoder.unsupported_reason`) and value-guided requests go to the torch engine.
 
-    def __init__(self, *, max_batch_size: int, device: str = "cpu") -> None:
+    ``report`` (a job's event log) is told once per pinned model which path its rollouts
+    take, and why when it is not the decoder."""
+
+    def __init__(self, *, max_batch_size: int, device: str = "cpu",
+                 report: Callable[[str], None] | None = None) -> None:
         self._max_batch, self._device = max(max_batch_size, 1), device
+        self._report = report or (lambda message: None)
         self._pinned: dict[str, Any] = {}
-        self._refused: set[str] = set()
-        """Folders whose model the decoder refused: checked and logged once, not each step."""
+        self._refusals: dict[str, str | None] = {}
+        """Per folder, why the decoder refused its model (None: it took it); checked, logged
+        and reported once per pinned model, not each step."""
         self._fallback: LocalGenerator | None = None
 
     def pin(self, folder: str | Path, model: Any) -> None:
         """Serve ``model`` (in memory) as the folder ``folder``; its weights are read at
         every `generate`, on the model's own device."""
+        if self._pinned.get(str(folder)) is not model:
+            self._refusals.pop(str(folder), None)
         self._pinned[str(folder)] = model
-        self._refused.discard(str(folder))
         if self._fallback is not None:
             self._fallback.pin(folder, model)
 
@@ -162,16 +170,30 @@ class BatchGenerator:
                                decode_static_batch(decoder, prompts[chunk], options[chunk]))
             return samples
 
-    def _decoder(self, folder: str, options: Sequence[SamplingOptions]) -> LlamaDecoder | None:
+    def _decoder(self, folder: str, options: Sequence[SamplingOptions]) -> Decoder | None:
         model = self._pinned.get(folder)
-        if model is None or folder in self._refused or any(o.value_guidance for o in options):
+        if model is None or self._refusals.get(folder) or any(o.value_guidance
+                                                              for o in options):
             return None
         try:
-            return LlamaDecoder.of(model)
+            decoder = Decoder.of(model)
         except Unsupported as refusal:
-            log.info("rollouts of %s use the torch engine: %s", folder, refusal)
-            self._refused.add(folder)
+            self._tell(folder, str(refusal))
             return None
+        if folder not in self._refusals:
+            self._tell(folder, None)
+        return decoder
+
+    def _tell(self, folder: str, refusal: str | None) -> None:
+        """Record which path ``folder``'s rollouts take, and say so once."""
+        self._refusals[folder] = refusal
+        if refusal is None:
+            model = self._pinned[folder]
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self._report(f"rollouts: the fast batch decoder ({type(base).__name__})")
+            return
+        log.info("rollouts of %s use the torch engine: %s", folder, refusal)
+        self._report(f"rollouts use the torch engine: {refusal}")
 
     def _torch_engine(self) -> LocalGenerator:
         if self._fallback is None:
@@ -224,9 +246,14 @@ class VllmGenerator:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        from inference.engines.vllm_engine import UNSAMPLED_BIAS
+
+        vocab = self._llm.llm_engine.model_config.get_vocab_size()
         params = [SamplingParams(temperature=o.temperature, top_p=o.top_p, top_k=o.top_k,
                                  seed=o.seed, max_tokens=o.max_tokens, logprobs=0,
-                                 stop_token_ids=list(o.stop_token_ids), detokenize=False)
+                                 stop_token_ids=list(o.stop_token_ids), detokenize=False,
+                                 logit_bias={token: UNSAMPLED_BIAS for token in
+                                             range(o.vocab_limit or vocab, vocab)} or None)
                   for o in options]
         outputs = self._llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
                                      params, use_tqdm=False)

@@ -76,7 +76,9 @@ def create_app(settings: InferenceSettings | None = None, engine: Engine | None 
     app = service_app(title="alignd inference", version="0.1.0", lifespan=lifespan,
                       description="OpenAI-compatible generation with Value Augmented Sampling "
                                   "and best-of-N.")
-    install_error_handlers(app)
+    # It stores nothing from a request: prompts and chats may hold what models wrote, NUL
+    # included.
+    install_error_handlers(app, refuse_nul_in_json=False)
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
 

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from services.text import Identifier, ModelText, well_formed
+
 MAX_N = 64
 MAX_BEST_OF = 256
 MAX_STOP_TOKEN_IDS = 32
@@ -23,7 +25,8 @@ class Strict(BaseModel):
 
 
 class ValueGuidance(Strict):
-    model: str = Field(min_length=1, description="A registered value model tied to the model.")
+    model: Identifier = Field(min_length=1,
+                              description="A registered value model tied to the model.")
     beta: float = Field(ge=-100, le=100, description="Weight of this value model's advantage.")
 
 
@@ -44,7 +47,7 @@ class SamplingFields(BaseModel):
     """The sampling parameters both endpoints share (OpenAI's names and ranges)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1)
+    model: Identifier = Field(min_length=1)
     n: int = Field(default=1, ge=1, le=MAX_N)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -64,7 +67,8 @@ class SamplingFields(BaseModel):
     """Generate max_tokens whatever the model says (vLLM's extension; for benchmarks)."""
     stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     """Token ids that end a choice ("stop") besides the model's own eos (vLLM's extension);
-    ignore_eos leaves these in force."""
+    ignore_eos leaves these in force. As with a stop string, and with the model's own stop
+    tokens, the stop token's text is no part of the answer."""
     min_tokens: int = Field(default=0, ge=0)
     """No stop token (eos or stop_token_ids) may end a choice before this many tokens (vLLM's
     extension)."""
@@ -96,7 +100,8 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: ModelText | list[ModelText] | list[int] | list[list[int]]
+    """Any text (a model's own output fed back may hold NUL, `services.text`), or token ids."""
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -117,14 +122,14 @@ class CompletionRequest(SamplingFields):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: ModelText | list[dict[str, Any]] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             parts = [p.get("text", "") for p in self.content if p.get("type") == "text"]
             if len(parts) != len(self.content):
                 raise ValueError("only text content parts are supported")
-            return "".join(parts)
+            return well_formed("".join(parts))
         return self.content or ""
 
 

@@ -20,6 +20,7 @@ from inference.engines.base import Engine, GenerationRequest, SamplingOptions, T
 from inference.metrics import InferenceMetrics
 from inference.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from inference.text import TextStream
+from inference.tokens import TokenPieces, token_pieces
 from inference.vas import DEFAULT_TOP_K
 from modeling.sequences import render_chat
 from services.errors import InvalidRequest
@@ -36,6 +37,8 @@ class Delta:
     index: int
     text: str
     steps: list[TokenStep]
+    offsets: list[int]
+    """Where each step's token starts in the choice's text (`Run.offsets`)."""
     finish_reason: str | None = None
 
 
@@ -49,11 +52,21 @@ class Run:
     request: GenerationRequest
     stream: TextStream
     steps: list[TokenStep] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    """Per step, the characters of the text before its token: those its predecessors
+    decoded to whole (a token holding the last bytes of a character starts at that
+    character), at most the text's length."""
     finish_reason: str | None = None
 
     @property
     def text(self) -> str:
         return self.stream.emitted
+
+    def ends_on_stop_token(self, step: TokenStep) -> bool:
+        """The engine ended the sequence on one of its stop tokens (an eos, an end of turn):
+        its text is no part of the answer, whether or not the tokenizer calls it special."""
+        return (step.finish_reason == "stop"
+                and step.token_id in self.request.options.stop_token_ids)
 
 
 @dataclass
@@ -61,6 +74,8 @@ class Prepared:
     id: str
     served: ServedModel
     tokenizer: Any
+    pieces: TokenPieces
+    """Each token's text and bytes, for log-probabilities."""
     runs: list[Run]
     body: SamplingFields
     project_id: str | None
@@ -124,7 +139,7 @@ class Generator:
         runs: list[Run] = []
         for prompt_text, prompt_ids in prompts:
             options = replace(self._options(body, len(prompt_ids), limit, guides),
-                              stop_token_ids=stop_ids)
+                              stop_token_ids=stop_ids, vocab_limit=vocab)
             for choice in range(samples):
                 seed = None if body.seed is None else body.seed + choice
                 index = len(runs)
@@ -133,7 +148,8 @@ class Generator:
                                             options=_with_seed(options, seed))
                 runs.append(Run(index, prompt_text, prompt_ids, request,
                                 TextStream(tokenizer, body.stop_strings)))
-        return Prepared(request_id, served, tokenizer, runs, body, project_id)
+        return Prepared(request_id, served, tokenizer, token_pieces(tokenizer), runs, body,
+                        project_id)
 
     @staticmethod
     def _prompts(body: CompletionRequest | ChatCompletionRequest,
@@ -271,7 +287,9 @@ class Generator:
                     self.metrics.first_token.observe(time.perf_counter() - submitted)
                 finish = None
                 for taken, step in enumerate(steps, 1):
-                    text += run.stream.push(step.token_id)
+                    run.offsets.append(len(run.stream.text))
+                    if not run.ends_on_stop_token(step):
+                        text += run.stream.push(step.token_id)
                     finish = "stop" if run.stream.stopped else step.finish_reason
                     if finish is not None:
                         steps = steps[:taken]
@@ -283,10 +301,12 @@ class Generator:
                 self.metrics.generated_tokens.inc(len(steps))
                 if finish is not None:
                     run.finish_reason = finish
-                    yield Delta(run.index, text, held, finish)
+                    # A stop string cut the text: no token starts past its end.
+                    run.offsets = [min(offset, len(run.text)) for offset in run.offsets]
+                    yield Delta(run.index, text, held, run.offsets[-len(held):], finish)
                     return
                 if len(run.steps) == len(held) or len(held) >= self.stream_interval:
-                    yield Delta(run.index, text, held)
+                    yield Delta(run.index, text, held, run.offsets[-len(held):])
                     text, held = "", []
 
     async def complete(self, prepared: Prepared) -> None:

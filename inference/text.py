@@ -78,8 +78,3 @@ class TextStream:
         delta = text[len(self.emitted):]
         self.emitted = text
         return delta
-
-
-def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
-    """A token's own text for logprobs (special tokens by name)."""
-    return str(tokenizer.decode([token_id]))

@@ -94,8 +94,19 @@ def load_value_model(source: Path, pad_id: int, device: torch.device,
     model = AutoModelForTokenClassification.from_pretrained(
         source, config=config, dtype=torch.float32, device_map=device)
     if zero_head:
+        head = token_head(model)
         with torch.no_grad():
-            model.score.weight.zero_()
-            if model.score.bias is not None:
-                model.score.bias.zero_()
+            head.weight.zero_()
+            if head.bias is not None:
+                head.bias.zero_()
     return model
+
+
+def token_head(model: PreTrainedModel) -> torch.nn.Linear:
+    """A token classifier's output layer: ``score`` in the Llama-style families, ``classifier``
+    in GPT-2's and BERT's."""
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear token-classification head "
+                         "(score or classifier) a value model can use")
+    return head

@@ -35,7 +35,8 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
 
     app = service_app(title="alignd reward service", version="0.1.0", lifespan=lifespan,
                       description="Scores (prompt, response) items with reward models and ensembles.")
-    install_error_handlers(app)
+    # It stores nothing from a request: the responses it scores are models' text, NUL included.
+    install_error_handlers(app, refuse_nul_in_json=False)
     app.include_router(health_router(database_readiness(lambda: app.state.alignd.database_url)))
     app.include_router(routes.router)
     observe_requests(app)

@@ -11,19 +11,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.text import Identifier, ModelText
+
 
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: ModelText
 
 
 class ScoreItem(BaseModel):
     """One (prompt, response) pair: either both strings, or an OpenAI chat whose last message
-    is the assistant's response. `item` holds extra fields graders may reference."""
+    is the assistant's response. `item` holds extra fields graders may reference. The text
+    may hold any character a model writes (`services.text`)."""
 
     model_config = ConfigDict(extra="forbid")
-    prompt: str | None = None
-    response: str | None = None
+    prompt: ModelText | None = None
+    response: ModelText | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     item: dict[str, Any] = Field(default_factory=dict)
 
@@ -84,7 +87,7 @@ class RewardModelSpec(SpecBase):
     weights get weight 0."""
 
     type: Literal["reward_model"]
-    model: str = Field(min_length=1)
+    model: Identifier = Field(min_length=1)
     objective_weights: ObjectiveWeights | None = None
 
 
@@ -96,8 +99,8 @@ class EnsembleSpec(SpecBase):
     the members)."""
 
     type: Literal["ensemble"]
-    models: list[str] | None = Field(default=None, min_length=2, max_length=16)
-    model: str | None = Field(default=None, min_length=1)
+    models: list[Identifier] | None = Field(default=None, min_length=2, max_length=16)
+    model: Identifier | None = Field(default=None, min_length=1)
     aggregation: Literal["mean", "min", "uwo"] = "mean"
     uwo_lambda: float | None = Field(default=None, ge=0)
     objective_weights: ObjectiveWeights | None = None
@@ -129,7 +132,8 @@ class ScoreResult(BaseModel):
     score: float | None
     parts: dict[str, float] = Field(default_factory=dict)
     """Per objective (reward_model) or per member (ensemble), before normalize and clip."""
-    error: str | None = None
+    error: ModelText | None = None
+    """Why the item has no score; it may quote the item's text, or a python grader's."""
     truncated: bool = Field(default=False, description=(
         "The item was cut to fit the model (the prompt keeps its end, the response its start). "
         "An implicit (log-probability) reward model then scores only the response tokens "

@@ -10,6 +10,8 @@ from services.observability import current_request_id
 from services.settings import AlignSettings
 
 TASK_RUN_JOB = "alignd.jobs.run"
+TASK_EXPORT_MERGED = "alignd.models.export_merged"
+"""Merge a LoRA adapter into its base model's weights (`services.model_exports`)."""
 QUEUES = ("cpu", "gpu")
 REQUEST_ID_TASK_HEADER = "alignd_request_id"
 """The message header that carries the enqueuing request's id to the worker (a header, not an
@@ -37,8 +39,16 @@ def make_celery(settings: AlignSettings) -> Celery:
 
 
 def enqueue_job(app: Celery, job_id: str, queue: str) -> None:
+    _send(app, TASK_RUN_JOB, job_id, queue)
+
+
+def enqueue_merged_export(app: Celery, model_id: str, queue: str) -> None:
+    _send(app, TASK_EXPORT_MERGED, model_id, queue)
+
+
+def _send(app: Celery, task: str, argument: str, queue: str) -> None:
     if queue not in QUEUES:
         raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
     request_id = current_request_id()
     headers = {REQUEST_ID_TASK_HEADER: request_id} if request_id else None
-    app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue, headers=headers)
+    app.send_task(task, args=[argument], queue=queue, headers=headers)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -37,6 +40,48 @@ class ApiUnavailable(AlignError):
         return isinstance(self.__cause__, httpx.ConnectError)
 
 
+@dataclass
+class ModelContent:
+    """What `AlignClient.model_content` yields: an archive to read, or an export under way."""
+
+    stream: io.RawIOBase | None = None
+    """The tar archive's bytes, as they arrive."""
+    size: int | None = None
+    """The archive's length in bytes, when the api said it."""
+    export: dict[str, Any] | None = None
+    """The merge's status object (``status``: queued or running) while there is no archive."""
+    retry_after: float = 2.0
+    """Seconds to wait before asking again, while ``export``."""
+
+
+class _ResponseReader(io.RawIOBase):
+    """A streamed response body as a file object (what `tarfile`'s stream mode reads)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks, self.pending, self.read_bytes = chunks, b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.pending = chunk
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        self.read_bytes += size
+        return size
+
+
+def _seconds(value: str | None, default: float = 2.0) -> float:
+    try:
+        return max(float(value), 0.0) if value is not None else default
+    except ValueError:
+        return default
+
+
 class AlignClient:
     def __init__(self, base_url: str, api_key: str, timeout: float = 60.0):
         self.http = httpx.Client(base_url=base_url, timeout=timeout,
@@ -57,9 +102,19 @@ class AlignClient:
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The response, or ApiError for a 4xx/5xx and ApiUnavailable when none came."""
+        with self._reaching():
+            response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_body(response))
+        return response
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """httpx's transport errors (while sending, or while reading a streamed body) as
+        ApiUnavailable."""
         url = str(self.http.base_url).rstrip("/")
         try:
-            response = self.http.request(method, path, **kwargs)
+            yield
         except httpx.ConnectError as exc:
             raise ApiUnavailable(f"cannot reach the alignd api at {url} ({exc})", url) from exc
         except httpx.TimeoutException as exc:
@@ -68,9 +123,26 @@ class AlignClient:
         except httpx.TransportError as exc:
             raise ApiUnavailable(f"the connection to the alignd api at {url} broke: "
                                  f"{exc or type(exc).__name__}", url) from exc
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, _error_body(response))
-        return response
+
+    @contextmanager
+    def model_content(self, model_id: str, merged: bool = False) -> Iterator[ModelContent]:
+        """``GET /v1/models/{id}/content``: the model's tar archive, streamed (read it from
+        the yielded object's ``stream`` inside the ``with``), or for ``merged`` while a worker
+        merges the adapter, the export's status (``export``) and no stream."""
+        params = {"merged": "true"} if merged else {}
+        with self._reaching(), self.http.stream(
+                "GET", f"/v1/models/{model_id}/content", params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, _error_body(response))
+            if response.status_code == 202:
+                response.read()
+                yield ModelContent(export=response.json(),
+                                   retry_after=_seconds(response.headers.get("retry-after")))
+                return
+            size = response.headers.get("content-length")
+            yield ModelContent(stream=_ResponseReader(response.iter_bytes()),
+                               size=int(size) if size and size.isdigit() else None)
 
     # admin
     def create_project(self, name: str) -> dict[str, Any]:
@@ -81,6 +153,20 @@ class AlignClient:
 
     def create_api_key(self, project_id: str, name: str = "default") -> dict[str, Any]:
         return self._call("POST", f"/v1/admin/projects/{project_id}/api_keys", json={"name": name})
+
+    def declare_base_model(self, model_id: str, *, path: str | None = None,
+                           hub_id: str | None = None,
+                           trust_remote_code: bool = False) -> dict[str, Any]:
+        body = {"id": model_id, "path": path, "hub_id": hub_id,
+                "trust_remote_code": trust_remote_code}
+        return self._call("POST", "/v1/admin/models",
+                          json={k: v for k, v in body.items() if v is not None})
+
+    def list_base_models(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/admin/models")["data"]
+
+    def remove_base_model(self, model_id: str) -> dict[str, Any]:
+        return self._call("DELETE", f"/v1/admin/models/{model_id}")
 
     # files
     def upload_file(self, path: Path, purpose: str) -> dict[str, Any]:

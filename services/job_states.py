@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import Job, JobEvent
 from services.errors import Conflict
+from services.text import storable, storable_json
 
 
 class JobStatus(StrEnum):
@@ -44,7 +45,10 @@ def can_transition(current: str, new: JobStatus) -> bool:
 
 def record_event(session: Session, job_id: str, message: str, *, level: str = "info",
                  type: str = "message", data: dict[str, Any] | None = None) -> JobEvent:
-    event = JobEvent(job_id=job_id, message=message, level=level, type=type, data=data)
+    """An event row. Its message and data may quote what a model wrote (a grader's error
+    about a response): NUL and lone surrogates are escaped (`services.text.storable`)."""
+    event = JobEvent(job_id=job_id, message=storable(message), level=level, type=type,
+                     data=storable_json(data))
     session.add(event)
     return event
 

@@ -94,13 +94,51 @@ def model_user(session: Session, model_id: str) -> str | None:
 
 
 def declare_base_models(session: Session, base_models: dict[str, str]) -> None:
-    """Upsert the operator's base models (id → local path or hub id)."""
+    """Upsert the operator's base models (id → local path or hub id), unchecked: the api
+    checks a checkpoint first (`api.base_models_service`)."""
     for model_id, path in base_models.items():
-        existing = session.get(RegisteredModel, model_id)
-        if existing is None:
-            session.add(RegisteredModel(id=model_id, project_id=None, kind=BASE, path=path))
-        elif existing.project_id is None:
-            existing.path = path
+        declare_base_model(session, model_id, path)
+
+
+def declare_base_model(session: Session, model_id: str, path: str,
+                       metadata: dict[str, Any] | None = None) -> RegisteredModel | None:
+    """Upsert one base model; None (nothing written) when a project's model has the id."""
+    existing = session.get(RegisteredModel, model_id)
+    if existing is None:
+        existing = RegisteredModel(id=model_id, project_id=None, kind=BASE, path=path,
+                                   metadata_=metadata)
+        session.add(existing)
+    elif existing.project_id is None:
+        existing.path = path
+        if metadata is not None:
+            existing.metadata_ = metadata
+    else:
+        return None
+    return existing
+
+
+def base_models(session: Session) -> list[RegisteredModel]:
+    """The operator's base models, oldest first."""
+    query = (select(RegisteredModel).where(RegisteredModel.project_id.is_(None),
+                                           RegisteredModel.kind == BASE)
+             .order_by(RegisteredModel.created_at, RegisteredModel.id))
+    return list(session.scalars(query))
+
+
+def delete_base_model(session: Session, model_id: str) -> RegisteredModel:
+    """Take a base model out of the registry (the caller commits, then removes any files of
+    its in the artifact store); Conflict while a model built on it or an unfinished job still
+    needs it."""
+    model = session.get(RegisteredModel, model_id)
+    if model is None or model.project_id is not None or model.kind != BASE:
+        raise NotFound(f"base model {model_id!r} does not exist", param="model",
+                       code="model_not_found")
+    user = model_user(session, model_id)
+    if user is not None:
+        raise Conflict(f"base model {model_id!r} cannot be removed while {user}",
+                       param="model", code="model_in_use")
+    session.delete(model)
+    return model
 
 
 def register_model(session: Session, *, model_id: str, project_id: str, kind: str, path: str,

@@ -107,8 +107,15 @@ class ApiSettings(AlignSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Uploads past this size are refused with 413."""
     base_models: dict[str, str] = Field(default_factory=dict)
-    """Base models the operator declares: {model id: local path or HF id}, e.g.
-    ALIGND_BASE_MODELS='{"tiny-llama": "/models/tiny"}'."""
+    """Base models the operator declares at start-up: {model id: local path or Hugging Face
+    hub id}, e.g. ALIGND_BASE_MODELS='{"tiny-llama": "/models/tiny", "qwen":
+    "Qwen/Qwen2.5-0.5B"}'. Each checkpoint is checked first; one that fails is logged and
+    skipped. A hub id is fetched once (HF_HUB_OFFLINE, HF_HOME, HF_HUB_CACHE apply) into the
+    artifact store."""
+    allow_remote_code: bool = False
+    """Whether a base model whose checkpoint ships Python (`auto_map` in config.json, which
+    loading runs: trust_remote_code) may be declared at all; even then the admin API needs
+    `"trust_remote_code": true` in the request."""
     job_queue: str = "cpu"
     """Celery queue jobs are sent to (cpu or gpu)."""
     metrics_collect_seconds: float = Field(default=2.0, gt=0)

@@ -107,15 +107,15 @@ _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class RefuseNulBytes:
-    """A plain ASGI middleware: a request whose path, query string or JSON body holds a NUL
-    character gets a 400 before any route sees it. PostgreSQL's text and jsonb cannot store
-    U+0000, so such a value would otherwise fail deep in a query as a 500.
+    """A plain ASGI middleware: a request whose path, query string or (with ``json_bodies``)
+    JSON body holds a NUL character gets a 400 before any route sees it. PostgreSQL's text and
+    jsonb cannot store U+0000, so such a value would otherwise fail deep in a query as a 500.
 
     A JSON body is read whole to be checked (the route reads it whole anyway) and handed on
     unchanged; other bodies (uploads) pass untouched."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, json_bodies: bool = True) -> None:
+        self.app, self.json_bodies = app, json_bodies
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -126,7 +126,7 @@ class RefuseNulBytes:
             await _refuse(scope, receive, send, "the URL")
             return
         headers = dict(scope.get("headers", []))
-        if b"json" not in headers.get(b"content-type", b"").lower():
+        if not self.json_bodies or b"json" not in headers.get(b"content-type", b"").lower():
             await self.app(scope, receive, send)
             return
         chunks, more = [], True
@@ -214,9 +214,13 @@ async def _refuse(scope: dict[str, Any], receive: Any, send: Any, where: str) ->
     await response(scope, receive, send)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The error envelope for every error, and NUL characters refused at the edge."""
-    app.add_middleware(RefuseNulBytes)
+def install_error_handlers(app: FastAPI, *, refuse_nul_in_json: bool = True) -> None:
+    """The error envelope for every error, and NUL characters refused at the edge: in URLs
+    always, in JSON bodies unless ``refuse_nul_in_json`` is False. A service that stores no
+    request text passes False: the text it takes is a model's (prompts, responses, chats),
+    which may hold any character (`services.text`), and its ids are checked field by field
+    (`services.text.Identifier`)."""
+    app.add_middleware(RefuseNulBytes, json_bodies=refuse_nul_in_json)
 
     @app.exception_handler(AlignError)
     async def _domain(request: Request, exc: AlignError) -> JSONResponse:

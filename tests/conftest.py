@@ -127,6 +127,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def unloadable_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base checkpoint that passes every check made when a job is created (its files are
+    all there and readable) but fails to load in the worker: its config asks for MLP matrices
+    twice the size of the weights' (a config edited by hand). For tests of failing jobs."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("unloadable") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def demo_world() -> Any:
     """The full demo world (seed 0, pretrained base), built once and kept where `alignd demo`
     keeps it ($ALIGND_DEMO_DIR, else ~/.cache/alignd/demo): a couple of CPU minutes the first
@@ -134,6 +150,33 @@ def demo_world() -> Any:
     from trainer.demo_world import build_demo_world, default_demo_root
 
     return build_demo_world(default_demo_root())
+
+
+FAMILIES = ("qwen2", "llama3", "mistral", "gemma", "gpt2")
+"""The real-style families (`trainer.real_world`), for tests parametrised over them."""
+CHAT_FAMILIES = ("qwen2", "llama3", "mistral", "gemma")
+"""The families whose tokenizer has a chat template (GPT-2's has none)."""
+
+
+@pytest.fixture(scope="session")
+def family_models() -> dict[str, Path]:
+    """Each real-style family's checkpoint folder, randomly initialised (no pretraining):
+    byte-level BPE tokenizer, chat template, stop tokens and weights as a user's folder holds
+    them. Built in seconds and cached beside the pretrained ones."""
+    from trainer.real_world import build_family_world, default_real_root
+
+    root = default_real_root() / "untrained"
+    return {name: build_family_world(root, name, pretrain_steps=0).base_model
+            for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def family_world() -> Any:
+    """``family_world(name)``: that family's world (`DemoWorld` layout), its checkpoint
+    pretrained briefly on the demo task; cached in $ALIGND_REAL_DIR (~/.cache/alignd/real)."""
+    from trainer.real_world import build_family_world, default_real_root
+
+    return lambda name: build_family_world(default_real_root(), name)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ at the last non-pad token; the implicit head sums log-probabilities over the res
 
 Two kinds of data (DESIGN §3):
 
-- preference: ``{"prompt", "chosen", "rejected"}`` or OpenAI's DPO shape
+- preference: ``{"prompt", "chosen", "rejected"}``, as strings or (TRL's conversational
+  shape) message lists, or OpenAI's DPO shape
   ``{"input": {"messages"}, "preferred_output", "non_preferred_output"}`` → `PairExample`;
 - ratings: ``{"prompt", "response", "scores": {name: float}}`` → `RatedExample`, one target
   per objective (sorted names), masked where a row does not rate an objective.

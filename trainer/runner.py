@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.artifacts import LocalArtifactStore
+from services.checkpoints import inspect_checkpoint
 from services.datasets import read_rows
 from services.db.engine import DATABASE_DOWN, session_factory, session_scope, while_database_down
 from services.db.models import Checkpoint, File, Job, JobMetric, JobStep
@@ -31,6 +32,7 @@ from services.registry import (
     resolve_base_path,
     root_model,
 )
+from services.text import storable_json
 from trainer.context import JobStopped, RolloutEngine, TrainingContext, TrainingResult
 from trainer.lease import Claim, Heartbeat, claim
 from trainer.metrics import WorkerMetrics
@@ -210,9 +212,12 @@ class JobRunner:
             model_id, project_id = job.model, job.project_id
             metrics.attempt = job.attempts  # the claim counted this attempt
         checkpoint_root = self.store.directory("checkpoints", job_id)
+        hyperparameters, cut = fit_to_context(method.hyperparameters, Path(base_path))
+        if cut:
+            self._event(job_id, cut)
         return method.type, TrainingContext(
             job_id=job_id, base_model_path=Path(base_path), training_rows=training or [],
-            validation_rows=validation, hyperparameters=method.hyperparameters, seed=job.seed,
+            validation_rows=validation, hyperparameters=hyperparameters, seed=job.seed,
             output_dir=self.store.directory("models", job_id), checkpoint_root=checkpoint_root,
             resume_from=latest_checkpoint(checkpoint_root),
             report_metrics=metrics.add,
@@ -314,7 +319,7 @@ class JobRunner:
                 job = self._locked_job(session, job_id)
                 if job is None:
                     return
-                job.error = error
+                job.error = storable_json(error)  # the message may quote a model's text
                 transition(session, job, status, message)
 
         self._waiting(write, f"recording job {job_id}'s end")
@@ -324,3 +329,17 @@ class JobRunner:
         detail = "".join(traceback.format_exception_only(exc)).strip()
         self._finish(job_id, JobStatus.FAILED, f"job failed: {message}",
                      {"code": "training_error", "message": detail, "param": None})
+
+
+def fit_to_context(hyperparameters: Any, base_path: Path) -> tuple[Any, str | None]:
+    """The method's hyperparameters with ``max_seq_length`` cut to the base model's context
+    (GPT-2's 256 positions, say), and the job event saying so; unchanged when it fits, when
+    the method has no such field or the context is unknown. The api refuses a length the
+    request set past the context; this covers the default."""
+    length = getattr(hyperparameters, "max_seq_length", None)
+    context = inspect_checkpoint(base_path).context_length
+    if length is None or context is None or length <= context:
+        return hyperparameters, None
+    note = (f"max_seq_length {length} is past the model's context of {context} positions: "
+            f"sequences are cut to {context} tokens")
+    return hyperparameters.model_copy(update={"max_seq_length": context}), note

@@ -13,7 +13,13 @@ from celery import Celery, Task
 from celery.signals import setup_logging, worker_ready, worker_shutting_down
 
 from services.artifacts import LocalArtifactStore
-from services.celery_app import REQUEST_ID_TASK_HEADER, TASK_RUN_JOB, enqueue_job, make_celery
+from services.celery_app import (
+    REQUEST_ID_TASK_HEADER,
+    TASK_EXPORT_MERGED,
+    TASK_RUN_JOB,
+    enqueue_job,
+    make_celery,
+)
 from services.db.engine import DATABASE_DOWN, session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
@@ -24,7 +30,9 @@ from services.observability import (
     request_id_bound,
 )
 from services.settings import WorkerSettings
+from trainer.allocator import keep_freed_memory
 from trainer.context import RolloutEngine
+from trainer.export import MergedExport
 from trainer.lease import sweep_expired, sweep_unclaimed
 from trainer.metrics import WorkerMetrics
 from trainer.runner import JobRunner
@@ -53,6 +61,14 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
         given = getattr(task.request, REQUEST_ID_TASK_HEADER, None)
         with request_id_bound(accepted_request_id(given) or new_request_id()):
             return runner.run(job_id)
+
+    exports = MergedExport(sessions)
+
+    @app.task(name=TASK_EXPORT_MERGED, bind=True)
+    def export_merged(task: Task, model_id: str) -> str:
+        given = getattr(task.request, REQUEST_ID_TASK_HEADER, None)
+        with request_id_bound(accepted_request_id(given) or new_request_id()):
+            return exports.run(model_id)
 
     stop = threading.Event()
 
@@ -90,6 +106,7 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
 
 def run_worker(settings: WorkerSettings | None = None, concurrency_name: str | None = None) -> None:
     settings = settings or WorkerSettings()
+    keep_freed_memory()  # jobs run in this very process (solo pool)
     if settings.torch_threads:
         import torch
 

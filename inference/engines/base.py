@@ -41,6 +41,10 @@ class SamplingOptions:
     ignore_eos: bool = False
     min_tokens: int = 0
     """Tokens before which no stop token may be sampled (they are masked until then)."""
+    vocab_limit: int | None = None
+    """Ids at or past this are never sampled: the tokenizer's size, for a model whose
+    vocabulary is padded past its tokenizer's (Qwen2's is), whose extra rows decode to
+    nothing. None: any id of the model."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""One static batch of prompts decoded to the end by `LlamaDecoder`, each row with its own
+"""One static batch of prompts decoded to the end by `Decoder`, each row with its own
 sampling options: the rollout loop of `inference.local.BatchGenerator`.
 
 Every row keeps the torch engine's guarantee that its tokens depend on its prompt, the weights
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from inference.engines.base import SamplingOptions
-from inference.engines.llama_decoder import LlamaDecoder
+from inference.engines.decoder import Decoder
 from inference.sampling import processed_probs
 
 Decoded = tuple[list[int], list[float], bool]
@@ -42,6 +42,8 @@ class _Rows:
     top_p: Tensor
     max_tokens: Tensor
     min_tokens: Tensor
+    vocab_limit: Tensor
+    """Ids from here on are never drawn: a padded vocabulary's rows past the tokenizer's."""
     stops: Tensor
     """(B, S) each row's stop ids, padded with -1."""
     generators: list[torch.Generator | None]
@@ -60,7 +62,7 @@ class _Rows:
 
 
 @torch.inference_mode()
-def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
+def decode_static_batch(decoder: Decoder, prompts: Sequence[list[int]],
                         options: Sequence[SamplingOptions]) -> list[Decoded]:
     """One completion per prompt (token ids, none empty), with its options, in order.
 
@@ -70,7 +72,7 @@ def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
         raise ValueError("every prompt needs at least one token")
     if any(o.max_tokens < 1 for o in options):
         raise ValueError("max_tokens must be >= 1")
-    device = decoder.embed.device
+    device = decoder.device
     size, longest = len(prompts), max(len(prompt) for prompt in prompts)
     steps = max(o.max_tokens for o in options)
     rows = _rows(options, device)
@@ -81,8 +83,11 @@ def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
     logits = _prefill(decoder, prompts, longest + steps, device)
     noise = _Noise(rows.generators, logits.shape[-1], steps)
     early = max(o.min_tokens for o in options)  # steps at which some row may not stop yet
+    vocab = logits.shape[-1]
+    limited = any(o.vocab_limit is not None and o.vocab_limit < vocab for o in options)
     for step in range(steps):
-        token = _sample(_without_early_stops(logits, rows, step) if step < early else logits,
+        allowed = _within_vocab(logits, rows) if limited else logits
+        token = _sample(_without_early_stops(allowed, rows, step) if step < early else allowed,
                         rows, noise)  # (B,)
         tokens[rows.index, step] = token
         logprobs[rows.index, step] = torch.log_softmax(logits, dim=-1).gather(
@@ -104,7 +109,7 @@ def decode_static_batch(decoder: LlamaDecoder, prompts: Sequence[list[int]],
                                               lengths.tolist(), stopped.tolist(), strict=True)]
 
 
-def _prefill(decoder: LlamaDecoder, prompts: Sequence[list[int]], capacity: int,
+def _prefill(decoder: Decoder, prompts: Sequence[list[int]], capacity: int,
              device: torch.device) -> Tensor:
     """Prefill each distinct prompt once (a group's samples share theirs), then give every row
     its prompt's cache; returns (B, V) next-token logits."""
@@ -138,7 +143,15 @@ def _rows(options: Sequence[SamplingOptions], device: torch.device) -> _Rows:
         top_p=torch.tensor([o.top_p for o in options], dtype=torch.float32),
         max_tokens=torch.tensor([o.max_tokens for o in options]),
         min_tokens=torch.tensor([o.min_tokens for o in options]),
+        vocab_limit=torch.tensor([o.vocab_limit if o.vocab_limit is not None else 1 << 62
+                                  for o in options]),
         stops=stops, generators=generators).to(device)
+
+
+def _within_vocab(logits: Tensor, rows: _Rows) -> Tensor:
+    """(B, V) logits with each row's ids from its vocab_limit on masked."""
+    columns = torch.arange(logits.shape[-1], device=logits.device)  # (V,)
+    return logits.masked_fill(columns[None, :] >= rows.vocab_limit[:, None], float("-inf"))
 
 
 def _without_early_stops(logits: Tensor, rows: _Rows, step: int) -> Tensor:

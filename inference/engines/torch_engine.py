@@ -321,12 +321,7 @@ class TorchEngine:
         """One token for each row of (B, V) logits; value-guided rows are steered first."""
         if not sequences:
             return []
-        early = [row for row, s in enumerate(sequences)
-                 if s.generated < s.options.min_tokens and s.stop_ids]
-        if early:  # min_tokens: no stop token may be drawn yet
-            logits = logits.clone()
-            for row in early:
-                logits[row, list(sequences[row].stop_ids)] = float("-inf")
+        logits = _forbid(sequences, logits)
         guided = [row for row, sequence in enumerate(sequences) if sequence.guides]
         steered, candidate_ids = logits, {}
         if guided:
@@ -370,3 +365,20 @@ class TorchEngine:
             self._models.release(guide.served)
         sequence.guides.clear()
         sequence.betas.clear()
+
+
+def _forbid(sequences: list[_Sequence], logits: Tensor) -> Tensor:
+    """(B, V) logits with what a row may not sample masked: its stop tokens while it is short
+    of min_tokens, and ids past its tokenizer's (a padded vocabulary's rows)."""
+    early = [row for row, s in enumerate(sequences)
+             if s.generated < s.options.min_tokens and s.stop_ids]
+    limits = [(row, s.options.vocab_limit) for row, s in enumerate(sequences)
+              if s.options.vocab_limit is not None and s.options.vocab_limit < logits.shape[-1]]
+    if not early and not limits:
+        return logits
+    logits = logits.clone()
+    for row in early:
+        logits[row, list(sequences[row].stop_ids)] = float("-inf")
+    for row, limit in limits:
+        logits[row, limit:] = float("-inf")
+    return logits

@@ -35,6 +35,7 @@ from services.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.lora.request import LoRARequest
     from vllm.outputs import CompletionOutput
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -192,7 +193,8 @@ class VllmEngine:
         # Our own id per call: the serving layer may reuse its request id for the n choices.
         vllm_id = f"{request.request_id}-{next(self._request_numbers)}"
         prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
-        params = sampling_params(request.options, value_folders)
+        params = sampling_params(request.options, value_folders,
+                                 model_vocab=loaded.llm.model_config.get_vocab_size())
         stream = loaded.llm.generate(prompt, params, vllm_id, lora_request=lora)
         finished = False
         try:
@@ -217,6 +219,12 @@ class VllmEngine:
             raise InvalidRequest(f"model {served.id!r} is a LoRA adapter and this vLLM engine "
                                  "runs with LoRA disabled", param="model",
                                  code="unsupported_on_engine")
+        if loaded.llm.vllm_config.lora_config is None:
+            architecture = loaded.llm.model_config.architecture
+            raise InvalidRequest(f"model {served.id!r} is a LoRA adapter over a {architecture}, "
+                                 "which vLLM serves without LoRA; serve it with "
+                                 "ALIGND_ENGINE=torch, or merge the adapter into its base",
+                                 param="model", code="unsupported_on_engine")
         number = self._adapter_ids.setdefault((served.id, served.path),
                                               len(self._adapter_ids) + 1)
         lora = LoRARequest(lora_name=served.id, lora_int_id=number, lora_path=served.path)
@@ -262,7 +270,19 @@ def start_async_llm(folder: str, settings: VllmSettings) -> AsyncLLM:
         logits_processors=processors,  # type: ignore[arg-type]
         disable_log_stats=True,
     )
+    if args.enable_lora and not serves_lora(args):
+        args.enable_lora = False  # else the core fails to start, and the model is not served
     return AsyncLLM.from_engine_args(args)
+
+
+def serves_lora(args: AsyncEngineArgs) -> bool:
+    """Whether vLLM has LoRA layers for the model's architecture (most, not GPT-2's)."""
+    from vllm.model_executor.models import ModelRegistry
+    from vllm.model_executor.models.interfaces import supports_lora
+
+    model_config = args.create_model_config()
+    model_class, _ = ModelRegistry.resolve_model_cls(model_config.architectures, model_config)
+    return supports_lora(model_class)
 
 
 async def shutdown(llm: AsyncLLM) -> None:
@@ -273,11 +293,18 @@ async def shutdown(llm: AsyncLLM) -> None:
     await asyncio.to_thread(llm.shutdown)
 
 
-def sampling_params(options: SamplingOptions,
-                    value_folders: Sequence[str] = ()) -> SamplingParams:
+UNSAMPLED_BIAS = -100.0
+"""The logit bias that keeps a padded vocabulary's rows from being sampled: vLLM's strongest
+(it clamps biases to [-100, 100]), e^100 times less likely than before."""
+
+
+def sampling_params(options: SamplingOptions, value_folders: Sequence[str] = (),
+                    model_vocab: int | None = None) -> SamplingParams:
     """vLLM's parameters for one sequence; token ids out (no text), one delta per step.
 
-    ``value_folders`` are the folders of ``options.value_guidance``'s models, in order.
+    ``value_folders`` are the folders of ``options.value_guidance``'s models, in order;
+    ``model_vocab`` the model's vocabulary size, whose ids past ``options.vocab_limit`` are
+    biased away (vLLM samples any id of the model's, tokenizer or not).
     """
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -290,12 +317,16 @@ def sampling_params(options: SamplingOptions,
         top_k = options.top_k or DEFAULT_TOP_K
         betas = tuple(guide.beta for guide in options.value_guidance)
         extra_args = VasArgs(tuple(value_folders), betas, top_k).extra_args()
+    limit = options.vocab_limit
+    padding = (range(limit, model_vocab) if limit is not None and model_vocab is not None
+               else range(0))
     # temperature 0 is greedy in vLLM too, and top_k 0 means no cut in both.
     return SamplingParams(temperature=options.temperature, top_p=options.top_p,
                           top_k=top_k, seed=options.seed, max_tokens=options.max_tokens,
                           logprobs=options.logprobs, stop_token_ids=list(options.stop_token_ids),
                           ignore_eos=options.ignore_eos,  # else vLLM stops at the eos itself
                           min_tokens=options.min_tokens,
+                          logit_bias={token: UNSAMPLED_BIAS for token in padding} or None,
                           detokenize=False, output_kind=RequestOutputKind.DELTA,
                           extra_args=extra_args)
 

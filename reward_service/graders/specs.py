@@ -25,6 +25,7 @@ from reward_service.graders.formula import FUNCTIONS, Formula, parse_formula
 from reward_service.graders.similarity import METRICS, UNSUPPORTED_METRICS
 from reward_service.graders.templates import check_template
 from services.errors import InvalidRequest
+from services.text import Identifier
 
 SimilarityMetric = Literal["fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_l"]
 assert set(get_args(SimilarityMetric)) == set(METRICS)
@@ -103,7 +104,7 @@ class ScoreModelGrader(_GraderSpec):
     to it."""
 
     type: Literal["score_model"]
-    model: str = Field(min_length=1)
+    model: Identifier = Field(min_length=1)
     input: str = "{{sample.output_text}}"
     range: tuple[float, float] | None = None
 

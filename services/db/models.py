@@ -69,6 +69,9 @@ class File(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     line_count: Mapped[int] = mapped_column(Integer)
+    shapes: Mapped[list[Any] | None] = mapped_column(JSONB)
+    """The row shapes found in it (`services.datasets.SHAPES`); null for a file uploaded
+    before they were recorded, until a job reads it."""
     created_at: Mapped[datetime] = _now()
 
 

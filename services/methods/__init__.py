@@ -3,8 +3,8 @@ validated hyperparameters.
 
 Shared by the api (validation at create time) and the trainer (which reads the same models
 back from the job row), so both sides agree on names, defaults and ranges. Each method type is
-one module here and one entry in `METHODS`; `Method`, the file purposes a job accepts and the
-way messages name a job are derived from that table.
+one module here and one entry in `METHODS`; `Method`, the file purposes and row shapes a job
+accepts and the way messages name a job are derived from that table.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pydantic import GetJsonSchemaHandler, ValidationError, create_model, model_
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from services.methods import reward_model
+from services.datasets import PURPOSE_SHAPES
+from services.methods import dpo, reinforcement, reward_model, supervised, value_model
 from services.methods.base import (
     LoraConfig,
     MethodSection,
@@ -51,6 +52,9 @@ class MethodType:
     """The model of `method.<type>`."""
     purposes: tuple[str, ...]
     """The purposes its training and validation files may have."""
+    shapes: tuple[str, ...]
+    """The row shapes (`services.datasets.SHAPES`) those files may hold; its module's
+    `SHAPES`."""
     narrow_purposes: Callable[[Any], tuple[str, ...] | None] = lambda section: None
     """The purposes a setting of the (validated) section narrows those to; None: all of them."""
     detail: Callable[[Any], str] = lambda section: ""
@@ -58,13 +62,14 @@ class MethodType:
 
 
 METHODS: dict[str, MethodType] = {
-    "supervised": MethodType(SupervisedMethod, ("supervised", "fine-tune")),
+    "supervised": MethodType(SupervisedMethod, ("supervised", "fine-tune"), supervised.SHAPES),
     "reward_model": MethodType(RewardModelMethod, ("preference", "ratings", "fine-tune"),
-                               narrow_purposes=reward_model.head_purposes,
+                               reward_model.SHAPES, narrow_purposes=reward_model.head_purposes,
                                detail=reward_model.head_detail),
-    "value_model": MethodType(ValueModelMethod, ("prompts",)),
-    "reinforcement": MethodType(ReinforcementMethod, ("prompts",)),
-    "dpo": MethodType(DpoMethod, ("preference", "fine-tune")),
+    "value_model": MethodType(ValueModelMethod, ("prompts", "fine-tune"), value_model.SHAPES),
+    "reinforcement": MethodType(ReinforcementMethod, ("prompts", "fine-tune"),
+                                reinforcement.SHAPES),
+    "dpo": MethodType(DpoMethod, ("preference", "fine-tune"), dpo.SHAPES),
 }
 METHOD_SECTIONS: dict[str, type[MethodSection]] = {
     name: entry.section for name, entry in METHODS.items()
@@ -161,6 +166,13 @@ def allowed_purposes(method: MethodBase) -> tuple[str, ...]:
     return entry.narrow_purposes(method.section) or entry.purposes
 
 
+def allowed_shapes(method: MethodBase) -> tuple[str, ...]:
+    """The row shapes a job with this method accepts: its type's that a file of one of its
+    allowed purposes can hold (the implicit reward head's purposes leave pairs only)."""
+    held = {shape for purpose in allowed_purposes(method) for shape in PURPOSE_SHAPES[purpose]}
+    return tuple(shape for shape in METHODS[method.type].shapes if shape in held)
+
+
 def reward_spec(method: MethodBase) -> tuple[dict[str, Any], str] | None:
     """The reward spec a job with this method scores with, and its path in the request
     (`method.reinforcement.reward`); None for methods that score nothing."""
@@ -218,6 +230,7 @@ __all__ = [
     "ValueModelHyperparameters",
     "ValueModelMethod",
     "allowed_purposes",
+    "allowed_shapes",
     "describe",
     "named_models",
     "reward_spec",

@@ -20,6 +20,9 @@ from services.methods.base import (
     field_errors,
 )
 
+SHAPES = ("preference", "conversational_preference", "openai_preference")
+"""The row shapes (`services.datasets.SHAPES`) it trains on: pairs, as text or messages."""
+
 LOSSES = ("sigmoid", "ipo", "conservative", "tdpo")
 CDPO_DEFAULT_SMOOTHING = 0.1
 """ε of cDPO when label_smoothing is not given (Mitchell 2023, "A note on DPO with noisy

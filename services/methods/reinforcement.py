@@ -26,6 +26,10 @@ from services.methods.base import (
     field_errors,
 )
 
+SHAPES = ("prompt_only", "conversational_prompt_only", "openai_rft")
+"""The row shapes (`services.datasets.SHAPES`) it trains on: prompts, as text or messages;
+a row's other fields are the reward's `item` (`{{item.answer}}`)."""
+
 Beta = Annotated[float, Field(ge=0, le=100)]
 KlEstimator = Literal["k1", "k2", "k3"]
 KlPlacement = Literal["loss", "reward"]

@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from services.methods.base import MethodSection, TrainingHyperparameters
 
+SHAPES = ("preference", "conversational_preference", "openai_preference", "ratings")
+"""The row shapes (`services.datasets.SHAPES`) it trains on: pairs (a Bradley-Terry or the
+implicit head), or ratings (a head per objective)."""
+
 IMPLICIT_ONLY = ("beta", "reference", "sft_coefficient")
 """Hyperparameters of the implicit head only; given with the classifier head they are refused."""
 IMPLICIT_DEFAULTS: dict[str, Any] = {"beta": 0.5, "reference": "none", "sft_coefficient": 1.0}

@@ -6,6 +6,10 @@ from pydantic import Field
 
 from services.methods.base import LoraConfig, MethodSection, TrainingHyperparameters
 
+SHAPES = ("chat", "prompt_completion", "conversational_prompt_completion", "text")
+"""The row shapes (`services.datasets.SHAPES`) it trains on: the loss covers the assistant
+turns, the completion, or (`text`) every token."""
+
 
 class SupervisedHyperparameters(TrainingHyperparameters):
     lora: LoraConfig | None = None

@@ -8,6 +8,10 @@ from pydantic import ConfigDict, Field, model_validator
 
 from services.methods.base import MethodSection, RewardSpec, TrainingHyperparameters
 
+SHAPES = ("prompt_only", "conversational_prompt_only", "openai_rft")
+"""The row shapes (`services.datasets.SHAPES`) it trains on: the prompts whose completions it
+samples; a row's other fields are the reward's `item`."""
+
 
 class ValueModelHyperparameters(TrainingHyperparameters):
     """A value model for Value Augmented Sampling (Han et al. 2024): completions of the

@@ -1,6 +1,7 @@
-"""Input refused at the edge of every service: NUL characters (which PostgreSQL cannot store)
-in a URL or a JSON body get a 400 with the envelope, the connection stays usable and nothing is
-stored; a refused value is echoed only in part."""
+"""Input refused at the edge: NUL characters (which PostgreSQL cannot store) in a URL (every
+service) or in the api's JSON bodies get a 400 with the envelope, the connection stays usable
+and nothing is stored; a refused value is echoed only in part. The reward and inference
+services store no request text and take NUL in theirs (models write it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import httpx
 import pytest
 
 from tests.api.test_files import assert_envelope
+from tests.conftest import ADMIN_KEY
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def test_a_nul_in_the_path_or_query_is_a_400_and_the_connection_survives(
@@ -44,11 +48,15 @@ def test_an_escaped_backslash_before_u0000_is_not_a_nul(client: httpx.Client) ->
     assert response.json()["error"]["code"] != "nul_character"
 
 
-def test_the_reward_service_refuses_a_nul_too(session_reward_url: str) -> None:
-    response = httpx.post(f"{session_reward_url}/v1/score", timeout=30, json={
+def test_the_reward_service_scores_a_nul_but_refuses_one_in_a_url(
+        session_reward_url: str) -> None:
+    response = httpx.post(f"{session_reward_url}/v1/score", timeout=30, headers=ADMIN, json={
         "items": [{"prompt": "1+1=", "response": "2\u0000"}],
-        "reward": {"type": "string_check", "name": "eq", "operation": "eq",
+        "reward": {"type": "string_check", "name": "eq", "operation": "like",
                    "input": "{{sample.output_text}}", "reference": "2"}})
+    assert response.status_code == 200, response.text
+    assert response.json()["data"][0]["score"] == 1.0
+    response = httpx.get(f"{session_reward_url}/v1/reward_models?after=%00", timeout=30)
     assert assert_envelope(response, 400)["code"] == "nul_character"
 
 

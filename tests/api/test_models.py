@@ -5,7 +5,6 @@ delete, train from nor overwrite a project's model."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,20 +23,6 @@ class Project:
         self.id, key = new_project(admin)
         self.http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"},
                                  timeout=60)
-
-
-@pytest.fixture
-def owner(api_url: str, admin: httpx.Client) -> Iterator[Project]:
-    project = Project(api_url, admin)
-    yield project
-    project.http.close()
-
-
-@pytest.fixture
-def stranger(api_url: str, admin: httpx.Client) -> Iterator[Project]:
-    project = Project(api_url, admin)
-    yield project
-    project.http.close()
 
 
 def registered(database_url: str, artifact_root: Path, project: Project, kind: str = "fine_tuned",

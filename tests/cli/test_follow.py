@@ -5,6 +5,7 @@ step count it expects, checked against the trainer's own."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -80,14 +81,15 @@ def test_follow_shows_steps_and_metrics_and_exits_0_when_the_job_succeeds(
 
 @pytest.mark.slow
 def test_follow_exits_3_when_the_job_fails(api_url: str, key: str, client: httpx.Client,
-                                           worker: WorkerProcess, database_url: str) -> None:
+                                           worker: WorkerProcess, database_url: str,
+                                           unloadable_model_dir: Path) -> None:
     training = upload(client, jsonl(supervised_rows(8))).json()["id"]
     with create_engine(database_url).begin() as conn:
         owner = conn.execute(text("select project_id from files where id = :f"),
                              {"f": training}).scalar_one()
         conn.execute(text("insert into models (id, project_id, kind, path) values "
-                          "(:m, :p, 'base', '/nonexistent/model')"),
-                     {"m": f"broken-{owner}", "p": owner})
+                          "(:m, :p, 'base', :path)"),
+                     {"m": f"broken-{owner}", "p": owner, "path": str(unloadable_model_dir)})
     body = {"model": f"broken-{owner}", "training_file": training,
             "method": {"type": "supervised"}}
     job_id = client.post("/v1/fine_tuning/jobs", json=body).json()["id"]

@@ -1,6 +1,8 @@
-"""`BatchGenerator`: a pinned Llama's rollouts as one static batch, token for token the torch
-engine's for the same seeds, reproducible per sequence seed whatever the batch, with the
-model's own log-probabilities; other models go to the torch engine."""
+"""`BatchGenerator`: a pinned model's rollouts as one static batch, token for token the torch
+engine's for the same seeds — the demo Llama and the real families (Qwen2, Llama 3, Mistral,
+Gemma), LoRA policies over them — reproducible per sequence seed whatever the batch, with the
+model's own log-probabilities; other models (GPT-2) go to the torch engine, and the caller is
+told once which path a model's rollouts take."""
 
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from inference.local import BatchGenerator, LocalGenerator, Sample, SamplingOptions
+from tests.decoded_families import DECODED, family_model, lora_over
 from trainer.demo_world.model import build_model
 from trainer.demo_world.tokenizer import build_tokenizer
 
 PROMPTS = [[1, 20, 21, 22, 23, 24], [1, 30, 31], [1, 40, 41, 42, 43], [1, 50]]
+GPT2_REFUSAL = ("GPT2LMHeadModel is not one of the architectures the batch decoder reproduces "
+                "(LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM)")
 
 
 @pytest.fixture(scope="module")
@@ -181,28 +185,81 @@ def test_a_live_update_is_seen_by_the_next_call(folder: Path, model: Any,
         assert sample.logprobs == pytest.approx(model_logprobs(model, prompt, sample), abs=1e-4)
 
 
-def test_a_model_it_does_not_reproduce_goes_to_the_torch_engine(
-        tmp_path: Path) -> None:
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(tmp_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1,
-                                          n_head=2, n_positions=64,
-                                          bos_token_id=tokenizer.bos_token_id,
-                                          eos_token_id=tokenizer.eos_token_id)).eval()
-    gpt2.save_pretrained(tmp_path)
-    wanted = [options(i, stop_token_ids=(tokenizer.eos_token_id,)) for i in range(4)]
-    ours, engine = BatchGenerator(max_batch_size=8), LocalGenerator(max_batch_size=8)
+def engine_and_ours(folder: Path, model: Any, prompts: list[list[int]],
+                    wanted: list[SamplingOptions]) -> tuple[list[Sample], list[Sample], list[str]]:
+    """The torch engine's samples, `BatchGenerator`'s (generating twice) and what it reported."""
+    reported: list[str] = []
+    engine = LocalGenerator(max_batch_size=8)
+    ours = BatchGenerator(max_batch_size=8, report=reported.append)
     try:
-        ours.pin(tmp_path, gpt2)
-        engine.pin(tmp_path, gpt2)
-        # The decoder cannot run a GPT-2: samples, the engine's, mean the fallback ran.
-        mine = ours.generate(tmp_path, PROMPTS, wanted)
-        theirs = engine.generate(tmp_path, PROMPTS, wanted)
-        assert [s.token_ids for s in mine] == [s.token_ids for s in theirs]
-        for one, other in zip(mine, theirs, strict=True):
-            assert one.logprobs == pytest.approx(other.logprobs, abs=1e-5)
+        engine.pin(folder, model)
+        ours.pin(folder, model)
+        expected = engine.generate(folder, prompts, wanted)
+        mine = ours.generate(folder, prompts, wanted)
+        ours.pin(folder, model)  # the sampler pins the same live model again: no new report
+        again = ours.generate(folder, prompts, wanted)
+        assert [s.token_ids for s in again] == [s.token_ids for s in mine]
     finally:
-        ours.close()
         engine.close()
+        ours.close()
+    return mine, expected, reported
+
+
+@pytest.mark.parametrize("name", [*DECODED, *(f"{family}-lora" for family in DECODED)])
+def test_each_familys_rollouts_are_the_torch_engines_token_for_token(
+        name: str, family_models: dict[str, Path]) -> None:
+    family = name.removesuffix("-lora")
+    model = family_model(family_models[family])
+    architecture = type(model).__name__
+    if name.endswith("-lora"):
+        model = lora_over(model)  # peft's default targets: q_proj and v_proj
+    wanted = [options(1, max_tokens=8), options(2, temperature=0.7, top_k=5, max_tokens=5),
+              options(3, top_p=0.8, max_tokens=8, stop_token_ids=(2, 97)),
+              options(4, temperature=0.0, max_tokens=6)]
+    ours, expected, reported = engine_and_ours(family_models[family], model, PROMPTS, wanted)
+    assert [s.token_ids for s in ours] == [s.token_ids for s in expected]
+    assert [s.finished for s in ours] == [s.finished for s in expected]
+    for mine, theirs in zip(ours, expected, strict=True):
+        assert mine.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+    assert reported == [f"rollouts: the fast batch decoder ({architecture})"]
+
+
+def test_a_model_it_does_not_reproduce_goes_to_the_torch_engine(
+        family_models: dict[str, Path]) -> None:
+    gpt2 = family_model(family_models["gpt2"])
+    wanted = [options(i, stop_token_ids=(0,)) for i in range(4)]
+    # The decoder cannot run a GPT-2: samples, the engine's, mean the fallback ran.
+    ours, expected, reported = engine_and_ours(family_models["gpt2"], gpt2, PROMPTS, wanted)
+    assert [s.token_ids for s in ours] == [s.token_ids for s in expected]
+    for one, other in zip(ours, expected, strict=True):
+        assert one.logprobs == pytest.approx(other.logprobs, abs=1e-5)
+    assert reported == [f"rollouts use the torch engine: {GPT2_REFUSAL}"]
+
+
+@pytest.mark.parametrize("generator_class", [BatchGenerator, LocalGenerator])
+def test_rollouts_never_draw_a_padded_vocabularys_ids(generator_class: Any,
+                                                      family_models: dict[str, Path]) -> None:
+    """Qwen2's embedding has rows past its tokenizer's ids, which decode to nothing. With the
+    padded rows made the likeliest (every real id's logit 0, the padded ones' large), a
+    rollout limited to the tokenizer's ids never draws one; unlimited, it does."""
+    from transformers import AutoTokenizer
+
+    folder = family_models["qwen2"]
+    size = len(AutoTokenizer.from_pretrained(folder))
+    model = family_model(folder)
+    assert model.config.vocab_size > size
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[:size] = 0.0
+        head[size:] *= 10.0
+    generator = generator_class(max_batch_size=64)
+    generator.pin(folder, model)
+    try:
+        wanted = [options(30 + i, max_tokens=16) for i in range(4)]
+        free = generator.generate(folder, PROMPTS, wanted)
+        limited = generator.generate(folder, PROMPTS, [
+            options(30 + i, max_tokens=16, vocab_limit=size) for i in range(4)])
+    finally:
+        generator.close()
+    assert any(token >= size for sample in free for token in sample.token_ids)
+    assert all(token < size for sample in limited for token in sample.token_ids)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from services.datasets import PURPOSE_SHAPES, SHAPES
 from services.methods import (
     METHOD_PURPOSES,
     METHODS,
@@ -15,6 +16,7 @@ from services.methods import (
     Method,
     ReinforcementMethod,
     allowed_purposes,
+    allowed_shapes,
     describe,
 )
 from services.methods.reinforcement import (
@@ -45,14 +47,29 @@ def first_error(data: dict[str, Any]) -> tuple[str, str]:
 
 def test_method_has_a_section_and_purposes_per_table_entry() -> None:
     assert set(METHODS) <= set(Method.model_fields)
-    assert METHOD_PURPOSES["reinforcement"] == ("prompts",)
+    assert METHOD_PURPOSES["reinforcement"] == ("prompts", "fine-tune")
     method = Method.model_validate({"type": "reinforcement", "reinforcement": {"reward": EXACT}})
-    assert allowed_purposes(method) == ("prompts",)
+    assert allowed_purposes(method) == ("prompts", "fine-tune")
     assert describe(method) == "a reinforcement job"
     implicit = Method.model_validate({"type": "reward_model", "reward_model": {
         "hyperparameters": {"head": "implicit"}}})
     assert allowed_purposes(implicit) == ("preference", "fine-tune")
     assert describe(implicit) == "a reward_model job with head 'implicit'"
+
+
+def test_each_method_names_the_row_shapes_it_trains_on() -> None:
+    """Every shape a method names exists and a file of one of its purposes can hold it; the
+    implicit reward head narrows its shapes to pairs as it narrows its purposes."""
+    for name, entry in METHODS.items():
+        held = {shape for purpose in entry.purposes for shape in PURPOSE_SHAPES[purpose]}
+        assert entry.shapes and set(entry.shapes) <= set(SHAPES) & held, name
+    online = Method.model_validate({"type": "reinforcement", "reinforcement": {"reward": EXACT}})
+    assert allowed_shapes(online) == ("prompt_only", "conversational_prompt_only", "openai_rft")
+    implicit = Method.model_validate({"type": "reward_model", "reward_model": {
+        "hyperparameters": {"head": "implicit"}}})
+    assert allowed_shapes(implicit) == ("preference", "conversational_preference",
+                                        "openai_preference")
+    assert "ratings" in allowed_shapes(Method.model_validate({"type": "reward_model"}))
 
 
 def test_a_stored_method_reads_back_the_same() -> None:

@@ -309,3 +309,18 @@ def test_resuming_from_the_final_checkpoint_only_writes_the_output(
     expected = load_file(first.output_dir / "model.safetensors")
     actual = load_file(again.output_dir / "model.safetensors")
     assert all(torch.equal(actual[name], tensor) for name, tensor in expected.items())
+
+
+def test_the_step_loop_runs_with_the_loaded_heap_frozen_and_frees_it_after(
+        base_model_path: Path, tmp_path: Path) -> None:
+    """Full collections skip what was loaded before the steps (a 250-345 ms collection fell
+    inside a 50 ms GRPO step), and a worker's next job finds the collector as it was."""
+    import gc
+
+    frozen: list[int] = []
+    recorder = Recorder()
+    ctx = context(tmp_path, base_model_path, FAST, arithmetic_rows(16), recorder,
+                  check_continue=lambda: frozen.append(gc.get_freeze_count()))
+    METHODS["supervised"](ctx)
+    assert frozen and min(frozen) > 10_000
+    assert gc.get_freeze_count() == 0

@@ -49,7 +49,7 @@ def test_method_validates_a_value_model_section() -> None:
     assert Method.model_validate(method.model_dump(mode="json")) == method
     assert Method.model_validate(value_section(reward={"type": "x"})).hyperparameters.lambda_ \
         == 0.95
-    assert METHOD_PURPOSES["value_model"] == ("prompts",)
+    assert METHOD_PURPOSES["value_model"] == ("prompts", "fine-tune")
 
 
 @pytest.mark.parametrize("method, where", [

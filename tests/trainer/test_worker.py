@@ -137,13 +137,15 @@ def test_cancel_is_seen_within_a_step(client, shared_worker) -> None:
     assert after <= 2, after  # the step under way when the notice came, and at most one more
 
 
-def test_a_failing_job_records_why(client, shared_worker, database_url: str) -> None:
+def test_a_failing_job_records_why(client, shared_worker, database_url: str,
+                                   unloadable_model_dir: Path) -> None:
     training, _ = files(client, train=8)
     with create_engine(database_url).begin() as conn:
         owner = conn.execute(text("select project_id from files where id = :f"),
                              {"f": training}).scalar_one()
         conn.execute(text("insert into models (id, project_id, kind, path) values "
-                          "('broken-base', :p, 'base', '/nonexistent/model')"), {"p": owner})
+                          "('broken-base', :p, 'base', :path)"),
+                     {"p": owner, "path": str(unloadable_model_dir)})
     body = {"model": "broken-base", "training_file": training,
             "method": {"type": "supervised"}}
     job_id = client.post("/v1/fine_tuning/jobs", json=body).json()["id"]

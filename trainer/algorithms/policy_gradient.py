@@ -123,7 +123,11 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
     log softmax(z) = z − max z − logsumexp(z − max z): exact for logits in the thousands.
     """
-    log_probs = torch.log_softmax(logits, dim=-1)  # (..., V)
+    return entropy_from_log_probs(torch.log_softmax(logits, dim=-1))
+
+
+def entropy_from_log_probs(log_probs: Tensor) -> Tensor:
+    """H = −Σ p·log p over the last dim, from log p (..., V) already computed. Returns (...,)."""
     # A -inf logit (masked vocabulary) has p = 0 and must add 0, not 0·(−inf) = nan.
     plogp = torch.where(log_probs.isneginf(), torch.zeros_like(log_probs),
                         log_probs.exp() * log_probs)

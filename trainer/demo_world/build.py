@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,17 @@ def build_demo_world(
     Deterministic from ``seed``; ``pretrain_steps`` (default `PretrainConfig.steps`) trades the
     base model's quality for time. ``progress(step, total, loss)`` follows the pretraining.
     """
-    root = Path(root)
     config = world_config(seed, pretrain_steps)
+    return build_cached(Path(root), config, lambda folder: _build_into(
+        folder, config, _pretrain_config(pretrain_steps), progress))
+
+
+def build_cached(root: Path, config: dict[str, Any],
+                 build_into: Callable[[Path], None]) -> DemoWorld:
+    """The world folder ``root``, built by ``build_into(folder)`` unless its manifest's
+    ``config_hash`` already matches ``config``. ``build_into`` writes a complete world into a
+    new scratch folder, manifest last (`write_manifest`); the scratch is then renamed into
+    place, so a folder with a matching manifest is always complete."""
     if _is_built(root, config):
         return DemoWorld.at(root)
     if root.exists():
@@ -109,11 +119,37 @@ def build_demo_world(
     _remove_abandoned_scratch(root)
     scratch = root.parent / f".{root.name}.building-{uuid.uuid4().hex}"
     try:
-        _build_into(scratch, config, _pretrain_config(pretrain_steps), progress)
+        build_into(scratch)
         _publish(scratch, root, config)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return DemoWorld.at(root)
+
+
+def write_datasets(folder: Path, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Every data file of a world into ``folder`` (created); returns the rows."""
+    folder.mkdir(parents=True)
+    datasets = demo_datasets(seed)
+    for name, rows in datasets.items():
+        write_jsonl(folder / DATA_FILES[name], rows)
+    return datasets
+
+
+def write_manifest(folder: Path, config: dict[str, Any], losses: list[float],
+                   seconds: float) -> None:
+    """The manifest, written last: the config and its hash, the data files' digests and how
+    pretraining went."""
+    tail = losses[-50:]
+    manifest = {
+        "config_hash": config_hash(config),
+        "config": config,
+        "files": {name: _sha256(folder / filename) for name, filename in DATA_FILES.items()},
+        "pretraining": {
+            "seconds": round(seconds, 1),
+            "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        },
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _pretrain_config(pretrain_steps: int | None) -> PretrainConfig:
@@ -135,12 +171,8 @@ def _build_into(
     progress: ProgressCallback | None,
 ) -> None:
     """Write a complete world into ``folder``, manifest last."""
-    folder.mkdir(parents=True)
     seed = config["seed"]
-    datasets = demo_datasets(seed)
-    for name, rows in datasets.items():
-        write_jsonl(folder / DATA_FILES[name], rows)
-
+    datasets = write_datasets(folder, seed)
     started = time.perf_counter()
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed=seed)
@@ -151,18 +183,7 @@ def _build_into(
     )
     tokenizer.save_pretrained(folder / BASE_MODEL_DIR)
     model.save_pretrained(folder / BASE_MODEL_DIR)
-
-    tail = losses[-50:]
-    manifest = {
-        "config_hash": config_hash(config),
-        "config": config,
-        "files": {name: _sha256(folder / filename) for name, filename in DATA_FILES.items()},
-        "pretraining": {
-            "seconds": round(time.perf_counter() - started, 1),
-            "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
-        },
-    }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(folder, config, losses, time.perf_counter() - started)
 
 
 def _publish(scratch: Path, root: Path, config: dict[str, Any]) -> None:

@@ -40,18 +40,24 @@ class PretrainCorpus:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
 
-    def texts(self) -> Iterator[str]:
-        """An endless, deterministic stream of pretraining texts, special tokens written out."""
+    def turns(self) -> Iterator[tuple[str, str, bool]]:
+        """An endless, deterministic stream of ``(prompt, continuation, as_chat)``: what each
+        pretraining text says, and whether it is written as a chat turn or as plain text."""
         rng = random.Random(f"demo-pretrain:{self.seed}")
         while True:
             problem = sample_problem(rng, max_operand=self.max_operand, ops=self.ops)
             if problem.prompt in self.held_out:
                 continue
             continuation = self.continuation(problem, rng)
-            if rng.random() < self.chat_rate:
-                yield f"{BOS}{USER}{problem.prompt}{END}{ASSISTANT}{continuation}{END}"
+            yield problem.prompt, continuation, rng.random() < self.chat_rate
+
+    def texts(self) -> Iterator[str]:
+        """An endless, deterministic stream of pretraining texts, special tokens written out."""
+        for prompt, continuation, as_chat in self.turns():
+            if as_chat:
+                yield f"{BOS}{USER}{prompt}{END}{ASSISTANT}{continuation}{END}"
             else:
-                yield f"{BOS}{problem.prompt}{continuation}{EOS}"
+                yield f"{BOS}{prompt}{continuation}{EOS}"
 
     def batches(self, batch_size: int) -> Iterator[list[str]]:
         """`texts` cut into lists of ``batch_size``."""

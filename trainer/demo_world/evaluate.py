@@ -26,24 +26,29 @@ def load_for_generation(model_dir: Path, adapter_dir: Path | None = None) -> Any
 def greedy_completions(
     model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, batch_size: int
 ) -> list[str]:
-    """Greedy continuation of each prompt (``<bos>`` prepended).
-
-    Special tokens stay in the text: `extract_answer` stops at ``<eos>``/``<|end|>``, so a model
-    whose generation config does not stop at one of them is still graded on what came first.
-    """
+    """Greedy continuation of each prompt (the tokenizer's special tokens added, e.g. bos),
+    cut at the first of the model's stop tokens and decoded without special tokens."""
+    stops = model.generation_config.eos_token_id
+    stops = {stops} if isinstance(stops, int) else set(stops or [tokenizer.eos_token_id])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
     completions: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
+        ids = [tokenizer(prompt)["input_ids"] for prompt in chunk]
         # Left padding puts every prompt's last token at the same position, where decoding starts.
-        encoded = tokenizer(chunk, padding=True, padding_side="left", return_tensors="pt")
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])  # (B, L)
+        attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
         generated = model.generate(
-            **encoded,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # (B, T + new)
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]  # (B, new)
-        completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=False))
+            pad_token_id=pad,
+        )  # (B, L + new)
+        for row in generated[:, width:].tolist():  # (new,) each
+            cut = next((at for at, token in enumerate(row) if token in stops), len(row))
+            completions.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
     return completions
 
 

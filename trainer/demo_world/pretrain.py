@@ -48,17 +48,18 @@ def learning_rate_at(step: int, config: PretrainConfig) -> float:
 def encode_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask``/``labels``, each (B, T); pads are -100.
 
-    ``texts`` already spell out their special tokens, so none are added here.
+    ``texts`` already spell out their special tokens, so none are added here. Padding is done
+    here, not by the tokenizer, so a tokenizer without a pad token (Llama 3's) works too.
     """
-    encoded = tokenizer(
-        texts, add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt"
-    )
-    labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)  # (B, T)
-    return {
-        "input_ids": encoded["input_ids"],
-        "attention_mask": encoded["attention_mask"],
-        "labels": labels,
-    }
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    length = max(len(row) for row in ids)
+    input_ids = torch.zeros((len(ids), length), dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(ids), length), dtype=torch.long)  # (B, T)
+    for row, sequence in enumerate(ids):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)  # (B, T)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 @contextmanager

@@ -122,7 +122,8 @@ class OnlineLoop(StepLoop):
                                  kv_cache_gib=engine.kv_cache_gib)
         batch_size = max(self.hp.prompts_per_step * self.hp.group_size, 1)
         if engine.name == "batch":
-            return BatchGenerator(max_batch_size=batch_size, device=str(self.policy.device))
+            return BatchGenerator(max_batch_size=batch_size, device=str(self.policy.device),
+                                  report=self.ctx.log)
         return LocalGenerator(max_batch_size=batch_size, device=str(self.policy.device))
 
     def _optimizer_steps(self) -> int:

@@ -27,6 +27,7 @@ from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
 from trainer.loop import build_optimizer, build_scheduler, pick_device
 from trainer.online.experience import LogitsFn
+from trainer.online.shared_prompt import refusal_of as shared_prompt_refusal
 from trainer.online.shared_prompt import shared_prompt_logits, supports_shared_prompt
 from trainer.trained_model import load_model
 
@@ -53,10 +54,22 @@ class Policy:
         model = load_model(ctx.base_model_path, hp.lora, ctx.resume_from, device)
         model.train()
         config = AutoConfig.from_pretrained(ctx.base_model_path)
-        return cls(model=model, tokenizer=tokenizer, device=device,
-                   pad_id=pad if pad is not None else tokenizer.eos_token_id,
-                   context_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
-                   base_model_path=str(ctx.base_model_path), lora=hp.lora is not None)
+        policy = cls(model=model, tokenizer=tokenizer, device=device,
+                     pad_id=pad if pad is not None else tokenizer.eos_token_id,
+                     context_length=int(getattr(config, "max_position_embeddings", 1 << 30)),
+                     base_model_path=str(ctx.base_model_path), lora=hp.lora is not None)
+        ctx.log(policy.training_forward())
+        return policy
+
+    def training_forward(self) -> str:
+        """Which forward `_response_logits` runs the policy with and, when it is not the
+        shared-prompt one, why: a job event, so a slow job says what made it slow."""
+        refusal = shared_prompt_refusal(self.model)
+        if refusal is None:
+            return "training forward: shared prompt (each distinct prompt run once, no padding)"
+        rows = "packed" if supports_packing(self.model, self.device) else "padded"
+        return (f"training forward: transformers' own on {rows} rows; the shared-prompt "
+                f"forward does not take this model: {refusal}")
 
     def optimizer(self, hp: ReinforcementHyperparameters,
                   total_steps: int) -> tuple[Optimizer, LRScheduler]:
@@ -97,10 +110,11 @@ class Policy:
 
     def _response_logits(self, model: Any, sequences: Tensor, attention_mask: Tensor,
                          response_length: int, temperature: float) -> Tensor:
-        """(B, T, V) response logits: a Llama's with each distinct prompt run once and no
-        padding (`trainer.online.shared_prompt`); another model's on packed rows
-        (`modeling.packing`: no compute on the rows' padding) where it gives them the logits
-        it gives padded rows; else on padded rows. Each check is made once per model."""
+        """(B, T, V) response logits: a Llama's, Qwen2's, Mistral's or Gemma's with each
+        distinct prompt run once and no padding (`trainer.online.shared_prompt`); another
+        model's on packed rows (`modeling.packing`: no compute on the rows' padding) where it
+        gives them the logits it gives padded rows; else on padded rows. Each check is made
+        once per model."""
         if supports_shared_prompt(model):
             forward = shared_prompt_logits
         elif supports_packing(model, self.device):

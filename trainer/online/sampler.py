@@ -87,7 +87,8 @@ class Sampler:
                                         temperature=options.temperature, top_k=options.top_k,
                                         top_p=options.top_p, logprobs=0,
                                         seed=sequence_seed(options.seed, index),
-                                        stop_token_ids=self.stops)
+                                        stop_token_ids=self.stops,
+                                        vocab_limit=len(self.tokenizer))
                         for index in range(len(owners))]
         if self.stale:
             self._generator.refresh()

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from modeling.sequences import prompt_messages
 from services.background import BackgroundLoop
 from services.errors import AlignError, ServiceUnavailable
 from services.reward_client import RewardClient
@@ -43,9 +44,10 @@ class RewardServiceUnavailable(RewardServiceError):
 
 def reward_item(row: dict[str, Any], completion: str) -> dict[str, Any]:
     """The `/v1/score` item of a completion: the whole row is its `item`, so graders can read
-    `{{item.answer}}` (or any other field of the row)."""
-    if "messages" in row:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    `{{item.answer}}` (or any other field of the row, its `tools` too)."""
+    conversation = prompt_messages(row)
+    if conversation is not None:
+        messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
         return {"messages": [*messages, {"role": "assistant", "content": completion}],
                 "item": row}
     return {"prompt": row["prompt"], "response": completion, "item": row}

@@ -1,4 +1,4 @@
-"""Response logits of a Llama policy with each distinct prompt run once and no padding.
+"""Response logits of a policy with each distinct prompt run once and no padding.
 
 An online-RL step samples `group_size` responses to each prompt, so a padded or packed batch
 runs every prompt through the model `group_size` times, with gradient, and the demo's prompts
@@ -11,10 +11,11 @@ itself, then gathers the outputs back into the stream. The keys and values of a 
 read by every response of its group, so backward sums their gradients, which is the gradient
 of running the prompt once per response.
 
-The math is `LlamaDecoder`'s over the same gathered weights (a LoRA adapter's B·A added in,
-with gradient): it takes the configurations that decoder reproduces, in training as well as in
-eval mode where nothing drops out (`unsupported_reason`); `Policy` falls back to transformers'
-own forward for the others.
+The layers are `DecoderWeights.layers_forward`, the batch decoder's, over the same gathered
+weights (a LoRA adapter's B·A added in, with gradient): it takes the architectures that decoder
+reproduces (Llama, Qwen2, Mistral, Gemma), in training as well as in eval mode where nothing
+drops out (`unsupported_reason`); `Policy` falls back to transformers' own forward for the
+others.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from inference.engines.llama_decoder import LlamaDecoder, Unsupported
+from inference.local import DecoderWeights, Unsupported
 
-__all__ = ["shared_prompt_logits", "supports_shared_prompt"]
+__all__ = ["refusal_of", "shared_prompt_logits", "supports_shared_prompt", "unsupported_reason"]
 
 _REASONS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 """Per model object: why it is refused, or None (checked once; gone with the model)."""
@@ -38,15 +39,20 @@ _REASONS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary
 
 def supports_shared_prompt(model: Any) -> bool:
     """Whether `shared_prompt_logits` gives ``model``'s own logits (checked once per model)."""
+    return refusal_of(model) is None
+
+
+def refusal_of(model: Any) -> str | None:
+    """`unsupported_reason` of ``model``, checked once per model object."""
     if model not in _REASONS:
         _REASONS[model] = unsupported_reason(model)
-    return _REASONS[model] is None
+    return _REASONS[model]
 
 
 def unsupported_reason(model: Any) -> str | None:
     """Why ``model``'s forward is not one this module reproduces, or None."""
     try:
-        LlamaDecoder.of(model)
+        DecoderWeights.of(model)
     except Unsupported as refusal:
         return str(refusal)
     if float(getattr(model.config, "attention_dropout", 0.0) or 0.0) > 0:
@@ -63,22 +69,17 @@ def shared_prompt_logits(model: Any, sequences: Tensor, attention_mask: Tensor,
     ``temperature``, for rows laid out as `modeling.logprobs.response_logits` takes them: a
     prompt left-padded to P then a response right-padded to T = ``response_length``.
     sequences, attention_mask: (B, S). Rows whose prompts are equal share one run of it."""
-    weights = LlamaDecoder.of(model, differentiable=torch.is_grad_enabled())
+    weights = DecoderWeights.of(model, differentiable=torch.is_grad_enabled())
     layout = _Layout.of(sequences, attention_mask, response_length)
-    hidden = F.embedding(layout.ids, weights.embed)  # (N, d)
+    if weights.window is not None and int(layout.positions.max()) >= weights.window:
+        raise ValueError(f"a sequence is longer than the sliding window ({weights.window})")
     cos, sin = (table.unsqueeze(1) for table in weights.rope_at(layout.positions))  # (N,1,hd)
-    heads, kv, hd = weights.heads, weights.kv_heads, weights.head_dim
-    for layer in weights.layers:
-        x = weights.rms(hidden, layer.input_norm)
-        qkv = F.linear(x, layer.qkv).view(-1, heads + 2 * kv, hd)  # (N, H + 2·Hkv, hd)
-        qk = qkv[:, :heads + kv]
-        qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin  # RoPE, as LlamaDecoder applies it
-        attended = layout.attention(qk[:, :heads], qk[:, heads:], qkv[:, heads + kv:],
-                                    heads != kv)  # (N, H, hd)
-        hidden = hidden + F.linear(attended.reshape(-1, heads * hd), layer.out)
-        gate, up = F.linear(weights.rms(hidden, layer.post_norm),
-                            layer.gate_up).chunk(2, dim=-1)  # each (N, I)
-        hidden = hidden + F.linear(F.silu(gate) * up, layer.down)
+    gqa = weights.heads != weights.kv_heads
+
+    def attend(index: int, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        return layout.attention(queries, keys, values, gqa)  # (N, H, hd)
+
+    hidden = weights.layers_forward(weights.embedding(layout.ids), cos, sin, attend)  # (N, d)
     predicting = hidden.index_select(0, layout.predicting)  # (M, d)
     logits = weights.logits(predicting)  # (M, V) float32
     if temperature != 1.0:
@@ -155,7 +156,8 @@ class _Layout:
         keys and values: a prompt over its own earlier tokens, a response over its prompt and
         its own earlier tokens."""
         n = self.n_prompt
-        prompt_shape = tuple(self.prompt_real.shape)  # (G, P)
+        groups, width = self.prompt_real.shape
+        prompt_shape = (int(groups), int(width))  # (G, P)
         response_shape = (self.rows, self.response_width)  # (B, Tr)
         p_q, p_k, p_v = (self._padded(t[:n], self.prompt_at, prompt_shape)
                          for t in (queries, keys, values))  # (G, heads, P, hd)

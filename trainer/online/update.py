@@ -17,12 +17,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from modeling.logprobs import gather_logprobs
 from trainer.algorithms.policy_gradient import (
     LOSS_AGGREGATIONS,
     LossScale,
     approx_kl,
-    entropy_from_logits,
+    entropy_from_log_probs,
     kl_penalty,
 )
 from trainer.algorithms.ppo import clipped_value_loss
@@ -167,12 +166,22 @@ class PolicyUpdate:
         response_length = mask.shape[1]
         if logits is None:
             logits = self.policy(micro.sequences, micro.attention_mask, response_length)
-        logprobs = gather_logprobs(logits, micro.sequences[:, -response_length:])  # (b, T)
+        # one log softmax for both the tokens' log-probs and the entropy; the entropy only
+        # enters the graph when the loss uses it (else it is a metric, and keeping its
+        # intermediates for a backward that never comes cost five logits-sized buffers)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # (b, T, V)
+        chosen = micro.sequences[:, -response_length:].unsqueeze(-1)
+        logprobs = log_probs.gather(-1, chosen).squeeze(-1)  # (b, T)
+        if s.entropy_coefficient > 0:
+            entropy = entropy_from_log_probs(log_probs)  # (b, T)
+        else:
+            with torch.no_grad():
+                entropy = entropy_from_log_probs(log_probs.detach())
+        del log_probs
         old_logprobs = logprobs.detach() if s.on_policy else micro.logprobs
         terms = s.policy_loss(logprobs, old_logprobs, micro.advantages, s.clip_low,
                               s.clip_high)
         per_token = terms.loss  # (b, T)
-        entropy = entropy_from_logits(logits.float())  # (b, T)
         if s.entropy_coefficient > 0:
             per_token = per_token - s.entropy_coefficient * entropy
         kl = kl_penalty(logprobs, micro.ref_logprobs, s.kl_estimator)  # type: ignore[arg-type]
