@@ -56,6 +56,9 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
     """(ε_low, ε_high) when clip_range_low / clip_range_high are not given."""
     compares_group: ClassVar[bool] = False
     """The advantage compares the responses to one prompt with each other: it needs two."""
+    weighs_by_ratio: ClassVar[bool] = True
+    """The update weighs each token by π_θ/π_old, π_old being the full softmax at
+    `temperature` that the rollouts are taken to be drawn from."""
 
     prompts_per_step: Annotated[int, Field(ge=1, le=1024)] = 8
     """Prompts sampled from the training file per step."""
@@ -65,9 +68,11 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
     """Most tokens sampled per response."""
     temperature: Annotated[float, Field(gt=0, le=10)] = 1.0
     top_k: Annotated[int, Field(ge=0, le=100_000)] = 0
-    """Sample from the k likeliest tokens only; 0 samples from the whole vocabulary."""
+    """Sample from the k likeliest tokens only; 0 samples from the whole vocabulary. Only
+    superhf takes it: the other algorithms' π_old is the whole softmax at `temperature`."""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    """Sample from the smallest set of tokens whose probability reaches top_p."""
+    """Sample from the smallest set of tokens whose probability reaches top_p (superhf only,
+    as top_k)."""
 
     update_epochs: Annotated[int, Field(ge=1, le=64)] = 1
     """Passes over each step's rollouts."""
@@ -108,6 +113,12 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
     """Clip (normalised) rewards to [−reward_clip, reward_clip]."""
     whiten_advantages: bool = False
     """Standardise the advantages over the step's tokens."""
+    rollout_is_cap: Annotated[float, Field(ge=1, le=1000)] | None = None
+    """Truncated importance sampling of the sampler/trainer gap (Yao et al. 2025, as verl and
+    OpenRLHF offer it): each token's policy loss is weighed by min(π_old/p_sampler, cap), where
+    p_sampler is what the rollout engine (vLLM's kernels, or the torch engine's) gave the
+    token. Off (None) by default; 2 is the usual cap. Needs temperature 1 (the engines report
+    log p at temperature 1)."""
     policy_filter: PolicyFilter | None = None
     """PF-PPO: train on some of each prompt's responses only."""
     lora: LoraConfig | None = None
@@ -167,6 +178,31 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
             errors.append(FieldError("max_new_tokens", "max_new_tokens must be less than "
                                      f"max_seq_length ({self.max_seq_length}), which bounds "
                                      "prompt and completion together", self.max_new_tokens))
+        if self.weighs_by_ratio:
+            errors += [FieldError(name, f"{name} truncates the sampling distribution, but "
+                                  f"{self.algorithm}'s update takes π_old, the policy the "
+                                  "rollouts come from, as the whole softmax at temperature: "
+                                  "its ratios and KL would be wrong by an amount nothing "
+                                  f"corrects; leave {name} out (use it at inference)",
+                                  value)
+                       for name, value, full in (("top_k", self.top_k, 0),
+                                                 ("top_p", self.top_p, 1.0))
+                       if value != full]
+        if self.rollout_is_cap is not None and (self.temperature != 1.0
+                                                or not self.weighs_by_ratio):
+            errors.append(FieldError("rollout_is_cap", "rollout_is_cap weighs the update by "
+                                     "π_old over the sampler's log p, which the rollout "
+                                     "engines report at temperature 1 and which "
+                                     f"{self.algorithm}'s update takes "
+                                     + ("no ratio to" if not self.weighs_by_ratio else
+                                        f"at temperature {self.temperature}")
+                                     + ": set temperature 1 and use a ratio-based algorithm, "
+                                     "or leave rollout_is_cap out", self.rollout_is_cap))
+        if self.kl_estimator == "k1" and self.kl_in == "loss" and self.beta > 0:
+            errors.append(FieldError("kl_estimator", "kl_estimator 'k1' with kl_in 'loss' "
+                                     "does nothing: its gradient averages to zero on the "
+                                     "policy's own samples; use 'k3' or 'k2' in the loss, or "
+                                     "kl_in 'reward' for k1", self.kl_estimator))
         if self.kl_target is not None and self.beta == 0:
             errors.append(FieldError("kl_target", "kl_target adapts beta, which is 0; give beta "
                                      "a starting value > 0 or leave kl_target out",
@@ -197,7 +233,8 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
     def _batch_errors(self) -> list[FieldError]:
         if self.minibatch_size is None or self.minibatch_size <= self.sequences_per_step:
             return []
-        kept = "policy_filter.keep" if self.policy_filter else "group_size"
+        kept = ("policy_filter.keep" if self.policy_filter else
+                "group_size" if self.responses_kept == self.group_size else "responses kept")
         return [FieldError("minibatch_size", "minibatch_size must be at most the sequences of a "
                            f"step, prompts_per_step × {kept} = {self.prompts_per_step} × "
                            f"{self.responses_kept} = {self.sequences_per_step}",
@@ -212,8 +249,10 @@ class GrpoHyperparameters(ReinforcementHyperparameters):
     compares_group: ClassVar[bool] = True
 
     scale_rewards: bool = True
-    """Divide by the group's reward std; False is Dr. GRPO (Liu et al. 2025), which does not,
-    so that questions of little variance are not weighted up."""
+    """Divide by the group's reward std; False leaves the advantage unscaled, so that
+    questions of little variance are not weighted up. Dr. GRPO (Liu et al. 2025) is
+    `scale_rewards: false` *with* `loss_aggregation: "constant"` (no per-response length
+    normalisation): set both for it."""
 
 
 class RlooHyperparameters(ReinforcementHyperparameters):
@@ -226,9 +265,18 @@ class RlooHyperparameters(ReinforcementHyperparameters):
 
 class RemaxHyperparameters(ReinforcementHyperparameters):
     """ReMax (Li et al. 2023): a response's baseline is the reward of the greedy response to
-    its prompt."""
+    its prompt, normalised and clipped as the sampled rewards are (the same statistics)."""
 
     algorithm: Literal["remax"] = "remax"
+
+    @model_validator(mode="after")
+    def _baseline_on_the_rewards_scale(self) -> RemaxHyperparameters:
+        if self.kl_in == "reward" and self.beta > 0:
+            raise field_errors(type(self).__name__, [FieldError(
+                "kl_in", "remax with kl_in 'reward' would subtract the KL penalty from the "
+                "sampled responses' rewards but not from the greedy baseline's, so the "
+                "baseline is on another scale; use kl_in 'loss', or beta 0", self.kl_in)])
+        return self
 
 
 class NgrpoHyperparameters(ReinforcementHyperparameters):
@@ -240,7 +288,27 @@ class NgrpoHyperparameters(ReinforcementHyperparameters):
     default_clip_range: ClassVar[tuple[float, float]] = (0.16, 0.24)
 
     r_max: Annotated[float, Field(allow_inf_nan=False)] = 1.0
-    """The virtual sample's reward: the highest reward the grader gives."""
+    """The virtual sample's reward: the highest reward the grader gives (clipped by
+    reward_clip as the rewards are)."""
+
+    @model_validator(mode="after")
+    def _raw_rewards(self) -> NgrpoHyperparameters:
+        """r_max is a raw reward: rewards moved by normalisation or a KL penalty would be
+        compared with it on another scale (an all-correct group would look all-wrong)."""
+        errors = []
+        if self.reward_normalization != "none":
+            errors.append(FieldError(
+                "reward_normalization", "ngrpo compares each reward with r_max "
+                f"({self.r_max}), the grader's raw best; normalised rewards are on another "
+                "scale: set reward_normalization to 'none'", self.reward_normalization))
+        if self.kl_in == "reward" and self.beta > 0:
+            errors.append(FieldError(
+                "kl_in", "ngrpo compares each reward with r_max, the grader's raw best; a KL "
+                "penalty in the reward moves every reward below it: use kl_in 'loss', or "
+                "beta 0", self.kl_in))
+        if errors:
+            raise field_errors(type(self).__name__, errors)
+        return self
 
 
 class PpoHyperparameters(ReinforcementHyperparameters):
@@ -297,13 +365,24 @@ class SuperhfHyperparameters(ReinforcementHyperparameters):
 
     algorithm: Literal["superhf"] = "superhf"
     compares_group: ClassVar[bool] = True
+    weighs_by_ratio: ClassVar[bool] = False
 
     beta: Beta = 0.1
     """The KL prior's weight, in the loss."""
 
+    @property
+    def responses_kept(self) -> int:
+        """One per prompt: its best."""
+        return 1
+
     @model_validator(mode="after")
     def _keeps_its_best(self) -> SuperhfHyperparameters:
         errors = []
+        if self.whiten_advantages:
+            errors.append(FieldError("whiten_advantages", "superhf weighs every kept response "
+                                     "1 (a supervised step); whitening makes those weights 0 "
+                                     "and trains nothing: set whiten_advantages false",
+                                     self.whiten_advantages))
         if self.policy_filter is not None:
             errors.append(FieldError("policy_filter", "superhf keeps the best response of "
                                      "each prompt itself; leave policy_filter out",

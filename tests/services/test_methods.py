@@ -144,11 +144,43 @@ def test_an_option_of_another_algorithm_says_how_to_fix_it() -> None:
     ({"hyperparameters": {"kl_target": 6.0}}, "hyperparameters.kl_target", "beta"),
     ({"algorithm": "ppo", "hyperparameters": {"lam": 1.5}}, "hyperparameters.lam",
      "less than or equal to 1"),
+    # options that would combine into silently wrong training
+    ({"hyperparameters": {"beta": 0.1, "kl_estimator": "k1"}}, "hyperparameters.kl_estimator",
+     "kl_in 'loss' does nothing"),
+    ({"algorithm": "ngrpo", "hyperparameters": {"reward_normalization": "batch"}},
+     "hyperparameters.reward_normalization", "r_max"),
+    ({"algorithm": "ngrpo", "hyperparameters": {"beta": 0.1, "kl_in": "reward"}},
+     "hyperparameters.kl_in", "r_max"),
+    ({"algorithm": "remax", "hyperparameters": {"beta": 0.1, "kl_in": "reward"}},
+     "hyperparameters.kl_in", "greedy baseline"),
+    ({"algorithm": "superhf", "hyperparameters": {"whiten_advantages": True}},
+     "hyperparameters.whiten_advantages", "trains nothing"),
+    ({"hyperparameters": {"top_k": 20}}, "hyperparameters.top_k", "π_old"),
+    ({"algorithm": "ppo", "hyperparameters": {"top_p": 0.9}}, "hyperparameters.top_p",
+     "π_old"),
+    ({"hyperparameters": {"rollout_is_cap": 2.0, "temperature": 0.7}},
+     "hyperparameters.rollout_is_cap", "temperature 1"),
+    ({"algorithm": "superhf", "hyperparameters": {"rollout_is_cap": 2.0}},
+     "hyperparameters.rollout_is_cap", "no ratio"),
+    ({"algorithm": "superhf", "hyperparameters": {"minibatch_size": 9}},
+     "hyperparameters.minibatch_size", "prompts_per_step × responses kept = 8 × 1 = 8"),
 ])
 def test_refusals_name_the_field(section: dict[str, Any], where: str, words: str) -> None:
     location, message = first_error({"type": "reinforcement",
                                      "reinforcement": {"reward": EXACT, **section}})
     assert location == f"method.reinforcement.{where}" and words in message, message
+
+
+def test_the_refused_combinations_have_a_working_neighbour() -> None:
+    """Each refusal's suggested fix is accepted."""
+    reinforcement(hyperparameters={"beta": 0.1, "kl_estimator": "k2"})
+    reinforcement(hyperparameters={"beta": 0.1, "kl_estimator": "k1", "kl_in": "reward"})
+    reinforcement(algorithm="ngrpo", hyperparameters={"beta": 0.1, "reward_clip": 0.5})
+    reinforcement(algorithm="remax", hyperparameters={"beta": 0.1,
+                                                      "reward_normalization": "running"})
+    superhf = reinforcement(algorithm="superhf", hyperparameters={"minibatch_size": 8,
+                                                                  "top_k": 20, "top_p": 0.9})
+    assert superhf.hyperparameters.sequences_per_step == 8
 
 
 def test_group_free_algorithms_take_one_sample_per_prompt() -> None:

@@ -8,9 +8,10 @@ import statistics
 import pytest
 import torch
 
+from services.methods.reinforcement import HYPERPARAMETERS
 from trainer.algorithms.group import group_mean, group_std
 from trainer.algorithms.grpo import grpo_advantages
-from trainer.algorithms.ngrpo import NGRPO_CLIP, ngrpo_advantages
+from trainer.algorithms.ngrpo import ngrpo_advantages
 from trainer.algorithms.ppo import clipped_value_loss, gae
 from trainer.algorithms.registry import ALGORITHMS, AdvantageOptions, get_algorithm
 from trainer.algorithms.remax import remax_advantages
@@ -77,7 +78,6 @@ def test_ngrpo_pushes_down_an_all_wrong_group() -> None:
     assert advantages.tolist() == pytest.approx([-1 / 3] * 8, abs=1e-5)
     all_right = ngrpo_advantages(torch.ones(4), torch.zeros(4, dtype=torch.long))
     assert all_right.tolist() == pytest.approx([0.0] * 4)
-    assert NGRPO_CLIP == (0.16, 0.24)
 
 
 def test_ngrpo_matches_a_loop_with_the_virtual_sample() -> None:
@@ -188,10 +188,13 @@ def test_registry_records_what_each_algorithm_needs() -> None:
     assert [name for name, a in ALGORITHMS.items() if a.needs_critic] == ["ppo", "rto"]
     assert [name for name, a in ALGORITHMS.items() if a.needs_greedy_baseline] == ["remax"]
     assert [name for name, a in ALGORITHMS.items() if a.needs_dpo_model] == ["rto"]
-    assert {name for name, a in ALGORITHMS.items() if a.min_group_size == 2} == {
+    # what the job's hyperparameters hold (`services.methods.reinforcement`): which compare a
+    # prompt's responses with each other, and the clip ranges
+    assert {name for name, h in HYPERPARAMETERS.items() if h.compares_group} == {
         "grpo", "rloo", "ngrpo", "superhf"}
     assert ALGORITHMS["superhf"].rollout_filter == ("best", 1)
-    assert ALGORITHMS["ngrpo"].clip == (0.16, 0.24) and ALGORITHMS["ppo"].clip == (0.2, 0.2)
+    assert HYPERPARAMETERS["ngrpo"]().clip_range() == (0.16, 0.24)
+    assert HYPERPARAMETERS["ppo"]().clip_range() == (0.2, 0.2)
     with pytest.raises(ValueError, match="one of .*'grpo'.*got 'dpo'"):
         get_algorithm("dpo")
 

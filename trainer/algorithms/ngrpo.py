@@ -21,10 +21,6 @@ from trainer.online.batch import RolloutBatch
 if TYPE_CHECKING:
     from trainer.algorithms.registry import AdvantageOptions
 
-NGRPO_CLIP = (0.16, 0.24)
-"""The paper's asymmetric clip range (low, high) of the surrogate ratio."""
-
-
 def ngrpo_advantages(rewards: Tensor, group: Tensor, r_max: float = 1.0,
                      eps: float = 1e-6) -> Tensor:
     """(r − μ′) / (σ′ + eps) with one virtual r_max sample in every group.

@@ -28,20 +28,43 @@ def _k2(log_ratio: Tensor) -> Tensor:
 
 def _k3(log_ratio: Tensor) -> Tensor:
     # (r − 1) − log r with r = π_ref/π = exp(−log_ratio): unbiased and never negative.
-    return torch.expm1(-log_ratio) + log_ratio
+    # Bounded as verl and OpenRLHF bound it: a log-ratio below −20 (a token the policy gives
+    # e^-20 of the reference's probability) would make exp overflow float32 past −88.7 and
+    # its gradient inf; the estimate is capped at K3_BOUND, where the gradient stops.
+    log_ratio = log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND)
+    return (torch.expm1(-log_ratio) + log_ratio).clamp(max=K3_BOUND)
+
+
+LOG_RATIO_BOUND = 20.0
+"""|log π − log π_ref| beyond which k3 is taken at the bound (exp(20) ≈ 4.9e8, finite)."""
+K3_BOUND = 10.0
+"""The largest per-token k3 estimate (verl's low_var_kl clamps it to the same)."""
 
 
 KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor,
-               estimator: Literal["k1", "k2", "k3"]) -> Tensor:
+               estimator: Literal["k1", "k2", "k3"], mask: Tensor | None = None) -> Tensor:
     """Per-token estimate of KL(π‖π_ref) with log_ratio = log π(a_t|s_t) − log π_ref(a_t|s_t):
-    k1 = log_ratio, k2 = ½·log_ratio², k3 = exp(−log_ratio) − 1 + log_ratio.
+    k1 = log_ratio, k2 = ½·log_ratio², k3 = exp(−log_ratio) − 1 + log_ratio (bounded, `_k3`).
 
-    logprobs, ref_logprobs: (B, T). Returns (B, T).
+    The log-ratio is zeroed where ``mask`` is not set before the estimator sees it: padding
+    carries whatever log-probability the forward gave it against a reference of 0, and an
+    overflow there would reach the gradient as 0·inf = nan through any masked sum.
+
+    Differentiated as a loss term (GRPO's way, ``kl_in: loss``), on samples of π_θ: k3's
+    gradient is E[(1 − π_ref/π_θ)·∇log π_θ] = ∇KL(π_ref‖π_θ), the *forward* KL (mass-covering:
+    it pulls up tokens the reference likes that the policy has dropped); k2's is
+    E[log(π_θ/π_ref)·∇log π_θ] = ∇KL(π_θ‖π_ref), the reverse KL that PPO-RLHF's reward penalty
+    optimises; k1's is E[∇log π_θ] = 0, so k1 in the loss does nothing (refused at create).
+
+    logprobs, ref_logprobs, mask: (B, T). Returns (B, T).
     """
-    return KL_ESTIMATORS[estimator](logprobs - ref_logprobs)
+    log_ratio = logprobs - ref_logprobs
+    if mask is not None:
+        log_ratio = torch.where(mask.bool(), log_ratio, torch.zeros_like(log_ratio))
+    return KL_ESTIMATORS[estimator](log_ratio)
 
 
 # ---- loss aggregations over a minibatch that may be split into micro-batches ----

@@ -41,10 +41,6 @@ class Algorithm:
     advantages: AdvantageEstimator
     needs_critic: bool = False
     needs_greedy_baseline: bool = False
-    clip: tuple[float, float] = (0.2, 0.2)
-    """Default (low, high) clip range of the surrogate ratio."""
-    min_group_size: int = 1
-    """Responses sampled per prompt that the baseline needs."""
     policy_loss: PolicyLoss = clipped_surrogate
     rollout_filter: tuple[str, int] | None = None
     """(strategy, keep) applied to every prompt's responses (SuperHF keeps its best one); a
@@ -66,14 +62,13 @@ def per_token(estimate: Callable[[RolloutBatch, AdvantageOptions], Tensor]) -> A
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "grpo": Algorithm("grpo", per_token(grpo.estimate), min_group_size=2),
-    "rloo": Algorithm("rloo", per_token(rloo.estimate), min_group_size=2),
+    "grpo": Algorithm("grpo", per_token(grpo.estimate)),
+    "rloo": Algorithm("rloo", per_token(rloo.estimate)),
     "remax": Algorithm("remax", per_token(remax.estimate), needs_greedy_baseline=True),
-    "ngrpo": Algorithm("ngrpo", per_token(ngrpo.estimate), clip=ngrpo.NGRPO_CLIP,
-                       min_group_size=2),
+    "ngrpo": Algorithm("ngrpo", per_token(ngrpo.estimate)),
     "ppo": Algorithm("ppo", ppo.estimate, needs_critic=True),
     "rto": Algorithm("rto", ppo.estimate, needs_critic=True, needs_dpo_model=True),
-    "superhf": Algorithm("superhf", superhf.estimate, min_group_size=2,
+    "superhf": Algorithm("superhf", superhf.estimate,
                          policy_loss=superhf.supervised_loss, rollout_filter=("best", 1)),
 }
 

@@ -29,6 +29,8 @@ class RolloutBatch:
     advantages: Tensor  # (B, T) Â_t, filled by the algorithm's estimator
     returns: Tensor  # (B, T) value targets (Â_t + V(s_t)); zeros without a critic
     baseline_rewards: Tensor  # (B,) reward of the prompt's greedy response (ReMax); zeros else
+    engine_logprobs: Tensor | None = None  # (B, T) the sampler's log p(a_t|s_t) (temperature
+    # 1), for the rollout correction (`rollout_is_cap`); None when nothing needs them
 
     @property
     def prompt_length(self) -> int:
@@ -43,4 +45,4 @@ class RolloutBatch:
         """The rows ``rows`` (indices) of every tensor, in that order."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.sequences.device)
         return replace(self, **{f.name: getattr(self, f.name).index_select(0, index)
-                                for f in fields(self)})
+                                for f in fields(self) if getattr(self, f.name) is not None})

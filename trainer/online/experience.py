@@ -109,7 +109,7 @@ class ExperienceMaker:
     def make(self, scored: Scored, rewards: Tensor, beta: float) -> RolloutBatch:
         """The batch of ``scored``, whose rewards (B,) after normalisation are ``rewards``."""
         return self.finish(self.prepare(scored.prompts, scored.responses), rewards, beta,
-                           scored.group, scored.baseline_rewards)
+                           scored.group, scored.baseline_rewards, scored.engine_logprobs)
 
     @torch.no_grad()
     def prepare(self, prompts: list[list[int]], responses: list[list[int]]) -> Prepared:
@@ -129,12 +129,15 @@ class ExperienceMaker:
 
     @torch.no_grad()
     def finish(self, prepared: Prepared, rewards: Tensor, beta: float, group: Tensor,
-               baseline_rewards: Tensor) -> RolloutBatch:
+               baseline_rewards: Tensor,
+               engine_logprobs: list[list[float]] | None = None) -> RolloutBatch:
         """The batch of ``prepared`` with its (B,) rewards after normalisation, each row's
-        prompt index ``group`` (B,) and ReMax's greedy rewards (B,): the KL shaping and the
-        algorithm's advantages."""
+        prompt index ``group`` (B,), ReMax's greedy rewards (B,) and the sampler's
+        log-probabilities of each response's tokens (kept when the update corrects for the
+        sampler): the KL shaping and the algorithm's advantages."""
         p = prepared
-        kl = (kl_penalty(p.logprobs, p.ref_logprobs, self.kl_estimator)  # type: ignore[arg-type]
+        kl = (kl_penalty(p.logprobs, p.ref_logprobs, self.kl_estimator,  # type: ignore[arg-type]
+                          p.mask)
               if self.kl_in_reward and self.reference is not None else None)
         rewards = rewards.to(self.device) * self.reward_scale
         token_rewards = shape_rewards(rewards, p.mask, kl, beta)  # (B, T)
@@ -145,7 +148,9 @@ class ExperienceMaker:
             sequences=p.sequences, attention_mask=p.attention_mask, mask=p.mask,
             logprobs=p.logprobs, ref_logprobs=p.ref_logprobs, values=p.values,
             rewards=rewards, token_rewards=token_rewards, group=group.to(self.device),
-            advantages=zeros, returns=zeros, baseline_rewards=baseline_rewards.to(self.device))
+            advantages=zeros, returns=zeros, baseline_rewards=baseline_rewards.to(self.device),
+            engine_logprobs=(None if engine_logprobs is None else
+                             padded(engine_logprobs, p.mask)))
         batch.advantages, batch.returns = self.algorithm.advantages(batch, self.options)
         if self.whiten_advantages:
             batch.advantages = masked_whiten(batch.advantages, p.mask) * p.mask
@@ -165,9 +170,18 @@ class ExperienceMaker:
         return torch.cat(parts) * mask
 
 
+def padded(rows: list[list[float]], mask: Tensor) -> Tensor:
+    """(B, T) of ``rows`` (one list per response, as long as its real tokens), zeros after."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    for row, values in enumerate(rows):
+        out[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+    return out
+
+
 def sequence_kl(batch: RolloutBatch, estimator: str) -> Tensor:
     """(B,) Σ_t KL_t of each response against the reference (the k-estimator's sum)."""
-    kl = kl_penalty(batch.logprobs, batch.ref_logprobs, estimator)  # type: ignore[arg-type]
+    kl = kl_penalty(batch.logprobs, batch.ref_logprobs, estimator,  # type: ignore[arg-type]
+                    batch.mask)
     return (kl * batch.mask).sum(-1)
 
 

@@ -37,6 +37,7 @@ from trainer.online.experience import (
     ExperienceMaker,
     Scored,
     advantage_statistics,
+    padded,
     sequence_kl,
 )
 from trainer.online.policy import Policy
@@ -147,7 +148,7 @@ class OnlineLoop(StepLoop):
         hp = self.hp
         options = AdvantageOptions(gamma=getattr(hp, "gamma", 1.0), lam=getattr(hp, "lam", 0.95),
                                    scale_rewards=getattr(hp, "scale_rewards", True),
-                                   r_max=getattr(hp, "r_max", 1.0))
+                                   r_max=self._r_max())
         needs_reference = hp.beta > 0 or self.algorithm.needs_dpo_model
         return ExperienceMaker(
             policy=self.policy.logits(hp.temperature),
@@ -158,6 +159,13 @@ class OnlineLoop(StepLoop):
             whiten_advantages=hp.whiten_advantages, micro_batch_size=hp.micro_batch_size,
             pad_id=self.policy.pad_id, device=self.policy.device, on_policy=self.on_policy,
             **self._dense_rewards())
+
+    def _r_max(self) -> float:
+        """NGRPO's virtual reward, clipped as the rewards are (`RewardNormalizer`; the
+        hyperparameters refuse normalisation and a KL in the reward beside it)."""
+        r_max = float(getattr(self.hp, "r_max", 1.0))
+        clip = self.hp.reward_clip
+        return r_max if clip is None else max(-clip, min(clip, r_max))
 
     def _dense_rewards(self) -> dict[str, Any]:
         """RTO's DPO model and its β₁ and β₃; nothing for the other algorithms."""
@@ -182,7 +190,8 @@ class OnlineLoop(StepLoop):
             entropy_coefficient=hp.entropy_coefficient, loss_aggregation=hp.loss_aggregation,
             max_new_tokens=hp.max_new_tokens, max_grad_norm=hp.max_grad_norm,
             value_coefficient=getattr(hp, "value_coefficient", 0.0),
-            value_clip=getattr(hp, "value_clip", None), on_policy=self.on_policy)
+            value_clip=getattr(hp, "value_clip", None), on_policy=self.on_policy,
+            rollout_is_cap=hp.rollout_is_cap)
 
     # -- the StepLoop contract -------------------------------------------------------------------
 
@@ -236,8 +245,10 @@ class OnlineLoop(StepLoop):
         kept = self._filter(scored, step)
         if prepared is None:
             prepared = self.experience.prepare(kept.prompts, kept.responses)
-        batch = self.experience.finish(prepared, self.normalize(kept.rewards), self.kl.value,
-                                       kept.group, kept.baseline_rewards)
+        rewards, baseline = self.normalize.with_baseline(kept.rewards, kept.baseline_rewards)
+        batch = self.experience.finish(
+            prepared, rewards, self.kl.value, kept.group, baseline,
+            kept.engine_logprobs if self.hp.rollout_is_cap is not None else None)
         metrics = self.update.run(batch, self.kl.value, generator, opening)
         self.sampler.mark_updated()
         updated = time.perf_counter()
@@ -377,7 +388,5 @@ def zero_reward_group_fraction(rewards: Tensor, group: Tensor) -> float:
 def engine_gap(kept: Scored, batch: RolloutBatch) -> float:
     """Mean |log p_engine − log π_old| over the kept responses' tokens: how far the sampler's
     numbers are from the trainer's (float noise on the torch engine; more on vLLM)."""
-    engine = torch.zeros_like(batch.logprobs)  # (B, T)
-    for row, logprobs in enumerate(kept.engine_logprobs):
-        engine[row, : len(logprobs)] = torch.tensor(logprobs)
+    engine = padded(kept.engine_logprobs, batch.mask)  # (B, T)
     return float(((engine - batch.logprobs).abs() * batch.mask).sum() / batch.mask.sum())

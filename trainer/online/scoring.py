@@ -187,15 +187,23 @@ class RewardNormalizer:
 
     def __call__(self, rewards: Tensor) -> Tensor:
         """(B,) normalised and clipped rewards."""
+        return self.with_baseline(rewards, rewards[:0])[0]
+
+    def with_baseline(self, rewards: Tensor, baseline: Tensor) -> tuple[Tensor, Tensor]:
+        """``rewards`` (B,) normalised and clipped, and ``baseline`` (ReMax's greedy rewards,
+        any shape) put through exactly the same transform: the rewards' statistics, the
+        same clip. A baseline left in raw units would not cancel the rewards' offset."""
+        shift, scale = 0.0, 1.0
         if self.mode == "batch" and rewards.numel() > 1:
-            rewards = (rewards - rewards.mean()) / (rewards.std() + 1e-8)
+            shift, scale = float(rewards.mean()), float(rewards.std()) + 1e-8
         elif self.mode == "running":
             self._update(rewards)
             std = math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
-            rewards = (rewards - self.mean) / (std + 1e-8)
+            shift, scale = self.mean, std + 1e-8
+        out = [(values - shift) / scale for values in (rewards, baseline)]
         if self.clip is not None:
-            rewards = rewards.clamp(-self.clip, self.clip)
-        return rewards
+            out = [values.clamp(-self.clip, self.clip) for values in out]
+        return out[0], out[1]
 
     def _update(self, rewards: Tensor) -> None:
         """Chan et al.'s parallel form of Welford's update with a batch of rewards."""

@@ -9,6 +9,7 @@ minibatch into micro-batches does not change its gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -53,6 +54,9 @@ class UpdateSettings:
     """One epoch of one minibatch: the policy being updated is the one that sampled, so
     log π_old is its own forward's, detached (the experience maker skips that forward), and
     is written into the batch as it is computed."""
+    rollout_is_cap: float | None = None
+    """Truncated importance sampling of the sampler/trainer gap: each token's policy loss is
+    weighed by min(π_old/p_sampler, cap) (the batch's `engine_logprobs`); None: not."""
 
 
 @dataclass
@@ -182,9 +186,16 @@ class PolicyUpdate:
         terms = s.policy_loss(logprobs, old_logprobs, micro.advantages, s.clip_low,
                               s.clip_high)
         per_token = terms.loss  # (b, T)
+        if s.rollout_is_cap is not None:  # the sampler is not exactly π_old (vLLM's kernels)
+            assert micro.engine_logprobs is not None, "the batch has no sampler log-probs"
+            log_weight = torch.where(mask.bool(), old_logprobs.detach() - micro.engine_logprobs,
+                                     torch.zeros_like(per_token))
+            weight = log_weight.clamp(max=math.log(s.rollout_is_cap)).exp()  # (b, T)
+            per_token = per_token * weight
         if s.entropy_coefficient > 0:
             per_token = per_token - s.entropy_coefficient * entropy
-        kl = kl_penalty(logprobs, micro.ref_logprobs, s.kl_estimator)  # type: ignore[arg-type]
+        kl = kl_penalty(logprobs, micro.ref_logprobs, s.kl_estimator,  # type: ignore[arg-type]
+                        mask)
         if s.kl_in_loss and beta > 0:
             per_token = per_token + beta * kl
         loss = LOSS_AGGREGATIONS[s.loss_aggregation](per_token, mask, scale)
@@ -196,6 +207,8 @@ class PolicyUpdate:
             "entropy": float(masked_sum(entropy.detach(), mask)),
             "ratio": float(masked_sum(terms.ratio.detach(), mask)),
         }
+        if s.rollout_is_cap is not None:
+            sums["rollout_is_weight"] = float(masked_sum(weight, mask))
         if self.critic is not None:
             values = self.critic.values(micro.sequences, micro.attention_mask,
                                         response_length)
