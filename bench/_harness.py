@@ -27,6 +27,9 @@ POSTGRES = os.environ.get("ALIGND_BENCH_POSTGRES",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("ALIGND_BENCH_REDIS", "redis://127.0.0.1:6379")
 ADMIN_KEY = "bench-admin-key"
+os.environ.setdefault("ALIGND_KEY_REQUESTS_PER_MINUTE", "0")
+"""The benchmarks measure throughput, not the per-key rate limits that are on by default: off
+in every service they start (threads and child processes alike), unless set otherwise."""
 BASE_MODEL_ID = "bench-base"
 T = TypeVar("T")
 

@@ -42,9 +42,11 @@ class AlignSettings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
     reward_url: str = "http://127.0.0.1:8001"
     inference_url: str = "http://127.0.0.1:8002"
-    key_requests_per_minute: int = Field(default=0, ge=0)
-    """Requests a minute one API key may make to each service (bursts up to that many);
-    past it a 429 with Retry-After. 0: no limit."""
+    key_requests_per_minute: int = Field(default=600, ge=0)
+    """Requests a minute one project API key may make to the service (bursts up to that
+    many); past it a 429 with Retry-After. 0: no limit. The admin key (alignd's own services
+    and the operator) is not limited. The api's default is 600; the reward and inference
+    services, called per item and per completion, default to 3,000."""
     rate_limit_url: str | None = None
     """The Redis (redis://, rediss:// or unix://) holding those limits, so that every replica
     and process of a service counts a key's requests together; unset: the broker's Redis when
@@ -52,6 +54,9 @@ class AlignSettings(BaseSettings):
     metrics_networks: list[str] = ["127.0.0.1/32", "::1/128"]
     """Client addresses (CIDR) that may read /metrics without a key; others need the admin
     key."""
+    trusted_proxies: list[str] = []
+    """Addresses (or networks, or "*") of the reverse proxies whose X-Forwarded-For names
+    the client; from any other peer the header is ignored. None trusted by default."""
     broker_visibility_timeout: int = Field(default=3600, ge=5)
     """Seconds before Redis re-delivers an unacknowledged message (a worker that died)."""
 
@@ -162,6 +167,8 @@ class WorkerSettings(AlignSettings):
 class RewardSettings(AlignSettings):
     host: str = "127.0.0.1"
     port: int = 8001
+    key_requests_per_minute: int = Field(default=3000, ge=0)
+    """As `AlignSettings`'s, for scoring requests."""
     reward_cache_bytes: int = Field(default=2 * 1024**3, ge=1)
     """Bytes of parameters the loaded reward models may take together; the least recently used
     model is dropped past this (a single model larger than the budget is still served)."""
@@ -197,6 +204,8 @@ class RewardSettings(AlignSettings):
 class InferenceSettings(AlignSettings):
     host: str = "127.0.0.1"
     port: int = 8002
+    key_requests_per_minute: int = Field(default=3000, ge=0)
+    """As `AlignSettings`'s, for completion requests."""
     engine: Literal["torch", "vllm"] = "torch"
     """torch: transformers with continuous batching (any machine); vllm: vLLM's async engine."""
     max_batch_size: int = Field(default=64, ge=1, le=4096)

@@ -394,7 +394,16 @@ def run_server(app: FastAPI, settings: Any) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(app, host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), log_config=None)
+                log_level=settings.log_level.lower(), log_config=None,
+                **proxy_options(settings))
+
+
+def proxy_options(settings: Any) -> dict[str, Any]:
+    """uvicorn's handling of X-Forwarded-For/-Proto: believed only from the addresses in
+    ``settings.trusted_proxies`` (none by default; uvicorn's own default believes any
+    loopback peer, which lets a local client claim any address)."""
+    trusted = list(settings.trusted_proxies)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or None}
 
 
 def free_port() -> int:
@@ -410,14 +419,16 @@ class ServerThread:
     """An ASGI app under a real uvicorn server on a loopback port, in a thread of this process
     (tests and benchmarks drive it over HTTP like any client)."""
 
-    def __init__(self, app: Any, port: int | None = None, log_level: str = "warning"):
+    def __init__(self, app: Any, port: int | None = None, log_level: str = "warning",
+                 **options: Any):
+        """``options``: more of uvicorn.Config's (`proxy_options`)."""
         import threading
 
         import uvicorn
 
         self.port = port or free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level=log_level))
+                                                    log_level=log_level, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
@@ -42,7 +43,11 @@ def retrieve_file(file_id: str, files: FilesDep) -> FileObject:
 
 @router.get("/{file_id}/content", response_class=StreamingResponse)
 def file_content(file_id: str, files: FilesDep) -> StreamingResponse:
-    return StreamingResponse(files.content(file_id), media_type="application/jsonl")
+    # A download, never a page: a browser must not sniff user-supplied rows into HTML.
+    name = quote(files.get(file_id).filename, safe="")
+    return StreamingResponse(files.content(file_id), media_type="application/jsonl", headers={
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f"attachment; filename*=UTF-8''{name}"})
 
 
 @router.delete("/{file_id}", response_model=Deleted)

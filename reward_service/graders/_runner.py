@@ -322,11 +322,21 @@ def _grade_one(
 
 
 def _as_score(value: object) -> dict[str, Any]:
-    shown = repr(value)[:100]
+    """The item's answer for what grade() returned. The value is the user's: its repr and its
+    float may raise (an int past 4,300 digits, a float() overflow, a Real subclass of their
+    own), and are taken under the same guard as grade() itself."""
+    try:
+        shown = repr(value)[:100]
+    except BaseException:  # noqa: BLE001 - user code may raise anything
+        shown = f"a value of type {type(value).__name__} that cannot be shown"[:100]
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return {"error": f"grade() returned {shown}, expected a number"}
-    score = float(value)
-    if not math.isfinite(score):
+    try:
+        score = float(value)
+    except BaseException as exc:  # noqa: BLE001
+        return {"error": f"grade() returned {shown}, which is no float "
+                         f"({type(exc).__name__})"}
+    if not isinstance(score, float) or not math.isfinite(score):
         return {"error": f"grade() returned {shown}, expected a finite number"}
     return {"score": score}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import ADMIN_KEY, new_project
 
@@ -107,6 +108,33 @@ def test_a_key_past_its_rate_gets_a_429_with_retry_after(
         other = key_with(admin, project_id, "read")  # the limit is per key
         assert httpx.get(f"{server.url}/v1/files",
                          headers={"Authorization": f"Bearer {other}"}).status_code == 200
+
+
+def test_the_limit_is_on_by_default(api_url: str, api_settings: object,
+                                   admin: httpx.Client) -> None:
+    """The session's api runs with the default limit (600 a minute, bursts of 600): a key
+    that keeps asking is refused within a few hundred requests more, with Retry-After; the
+    admin key is not limited. The other services' defaults, counted in the process."""
+    from services.errors import TooManyRequests
+    from services.rate_limit import RateLimiter
+    from services.settings import ApiSettings, InferenceSettings, RewardSettings
+
+    assert ApiSettings().key_requests_per_minute == 600
+    _, key = new_project(admin)
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}) as http:
+        for sent in range(1, 1001):  # the bucket refills 10 a second meanwhile
+            refused = http.get("/v1/models")
+            if refused.status_code != 200:
+                break
+    assert refused.status_code == 429 and sent > 600, (sent, refused.text)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert admin.get("/v1/admin/projects").status_code == 200
+    for settings in (RewardSettings(), InferenceSettings()):
+        limiter = RateLimiter(settings.key_requests_per_minute)
+        for _ in range(3000):
+            limiter.admit("key")
+        with pytest.raises(TooManyRequests):
+            limiter.admit("key")
 
 
 def test_a_key_with_the_admin_scope_manages_its_own_project_s_keys(

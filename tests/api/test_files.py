@@ -32,8 +32,24 @@ def test_upload_retrieve_download_and_list(client: httpx.Client) -> None:
     assert body["bytes"] == len(content) and body["line_count"] == 10
     assert body["sha256"] == hashlib.sha256(content).hexdigest()
     assert client.get(f"/v1/files/{body['id']}").json() == body
-    assert client.get(f"/v1/files/{body['id']}/content").content == content
+    downloaded = client.get(f"/v1/files/{body['id']}/content")
+    assert downloaded.content == content
+    # user rows, never a page a browser would sniff or render
+    assert downloaded.headers["x-content-type-options"] == "nosniff"
+    assert downloaded.headers["content-disposition"].startswith("attachment;")
     assert [f["id"] for f in client.get("/v1/files").json()["data"]] == [body["id"]]
+
+
+def test_a_downloaded_files_name_cannot_break_out_of_its_header(client: httpx.Client) -> None:
+    name = 'rows"; filename="evil.html\r\nSet-Cookie: x=1 é.jsonl'
+    created = client.post("/v1/files", data={"purpose": "supervised"},
+                          files={"file": (name, jsonl(supervised_rows(2)))})
+    assert created.status_code == 200, created.text
+    downloaded = client.get(f"/v1/files/{created.json()['id']}/content")
+    assert downloaded.status_code == 200 and "set-cookie" not in downloaded.headers
+    disposition = downloaded.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename*=UTF-8''rows"), disposition
+    assert not {'"', "\r", "\n"} & set(disposition) and disposition.count(";") == 1
 
 
 def test_every_row_shape_is_accepted(client: httpx.Client) -> None:

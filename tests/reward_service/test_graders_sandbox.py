@@ -124,6 +124,34 @@ def test_errors_and_non_numbers_are_reported_per_item() -> None:
     assert outcomes[-1].score == 0.5
 
 
+def test_numbers_that_break_repr_or_float_are_an_item_error_not_a_crash() -> None:
+    """An int past float's range (and past the 4,300 digits repr allows), and a Real whose
+    __float__ raises, each fail their own item; the runner lives on to score the next."""
+    body = """
+        import fractions
+        class Odd(fractions.Fraction):
+            def __float__(self):
+                raise RuntimeError('no')
+        kind = item['kind']
+        if kind == 'huge':
+            return 10 ** 400
+        if kind == 'vast':
+            return 10 ** 5000
+        if kind == 'odd':
+            return Odd(1, 3)
+        return 0.25
+    """
+    outcomes = grade(body, [{"kind": kind} for kind in ("huge", "vast", "odd", "fine")])
+    assert [o.error for o in outcomes] == [
+        "grade() returned " + repr(10 ** 400)[:100] + ", which is no float (OverflowError)",
+        ("grade() returned a value of type int that cannot be shown, which is no float "
+         "(OverflowError)"),
+        "grade() returned Odd(1, 3), which is no float (RuntimeError)",
+        None,
+    ]
+    assert outcomes[-1].score == 0.25
+
+
 @pytest.fixture
 def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A temp root the sandbox's `nobody` can enter (pytest's tmp_path is root-only)."""
