@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from services.db.models import DEFAULT_KEY_SCOPES, KEY_SCOPES, ApiKey, Project
 from services.errors import Conflict, NotFound
 from services.ids import new_id
+from services.invalidation import notify_revoked_key
 from services.security import generate_key, hash_key
 
 
@@ -54,4 +55,5 @@ class ProjectService:
         if key is None or key.project_id != project_id:
             raise NotFound(f"api key {key_id!r} does not exist", param="key_id")
         key.revoked_at = datetime.now(UTC)
+        notify_revoked_key(self.session, key_id)  # every replica drops it as this commits
         self.session.commit()

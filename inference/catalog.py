@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -86,6 +87,11 @@ class Catalog(Protocol):
 
     def tokenizer(self, model: ServedModel) -> PreTrainedTokenizerBase: ...
 
+    def invalidated_at(self, model_id: str) -> float:
+        """When (monotonic seconds) ``model_id`` was last said to have left the registry;
+        -inf if never. A row read before then is stale (`ResolvedModels`)."""
+        ...
+
 
 RESOLVED_FOR_S = 5.0
 """How long a registry row is reused before it is read again, as API keys are
@@ -112,7 +118,8 @@ class ResolvedModels:
         """The row as ``project_id`` (None: any project) may use it, NotFound or
         InvalidRequest as `checked` raises them."""
         known = self._known.get((model_id, kinds))
-        if known is None or time.monotonic() - known[1] >= self._ttl_s:
+        if (known is None or time.monotonic() - known[1] >= self._ttl_s
+                or self.catalog.invalidated_at(model_id) >= known[1]):
             # Read as the caller: another project's row of the wrong kind must be "does not
             # exist" to it, not "is a <kind>" (which would tell it the id and the kind).
             served = await asyncio.to_thread(self.catalog.resolve, model_id, project_id,
@@ -130,6 +137,9 @@ class FolderCatalog:
     def __init__(self) -> None:
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._lock = threading.Lock()
+
+    def invalidated_at(self, model_id: str) -> float:
+        return -math.inf  # folders, not registry rows
 
     def resolve(self, model_id: str, project_id: str | None, *, param: str = "model",
                 kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel:
@@ -152,6 +162,15 @@ class ModelCatalog:
         self._sessions = sessions
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._lock = threading.Lock()
+        self._invalidated: dict[str, float] = {}
+
+    def invalidate(self, model_id: str) -> None:
+        """A notification that ``model_id`` left the registry (`services.invalidation`): every
+        `ResolvedModels` reads its row again before serving it. From any thread."""
+        self._invalidated[model_id] = time.monotonic()
+
+    def invalidated_at(self, model_id: str) -> float:
+        return self._invalidated.get(model_id, -math.inf)
 
     def resolve(self, model_id: str, project_id: str | None, *, param: str = "model",
                 kinds: tuple[str, ...] = GENERATION_KINDS) -> ServedModel:

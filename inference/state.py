@@ -15,6 +15,7 @@ from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.invalidation import KEY, MODEL, InvalidationListener
 from services.rate_limit import RateLimiter
 from services.reward_client import RewardClient
 from services.settings import InferenceSettings
@@ -50,6 +51,7 @@ class InferenceState:
     generator: Generator
     keys: KeyCache
     limiter: RateLimiter
+    listener: InvalidationListener | None = None
 
     @classmethod
     def build(cls, settings: InferenceSettings, engine: Engine | None = None) -> InferenceState:
@@ -66,13 +68,19 @@ class InferenceState:
         metrics.watch_engine(engine.queue_depth, engine.running)
         rewards = RewardClient(settings.reward_url,
                                service_key=settings.admin_key.get_secret_value())
+        keys = KeyCache(sessions, ttl=settings.key_cache_seconds)
+        listener = InvalidationListener(url, {KEY: keys.forget_key,
+                                              MODEL: catalog.invalidate}).start()
         return cls(settings=settings, database_url=url, sessions=sessions, catalog=catalog,
                    engine=engine, rewards=rewards, metrics=metrics,
                    generator=Generator(catalog, engine, rewards, metrics,
                                        stream_interval=settings.stream_interval,
                                        max_sequences=settings.max_sequences_per_request),
-                   keys=KeyCache(sessions), limiter=RateLimiter.for_service(settings, "inference"))
+                   keys=keys, limiter=RateLimiter.for_service(settings, "inference"),
+                   listener=listener)
 
     async def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         await self.engine.close()
         await self.rewards.aclose()

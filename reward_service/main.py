@@ -30,6 +30,8 @@ def create_app(settings: RewardSettings | None = None) -> FastAPI:
         state = await asyncio.to_thread(RewardState.build, settings)
         app.state.alignd = state
         yield
+        if state.listener is not None:
+            state.listener.stop()
         await state.cache.close()
         state.scorer.context.grading.close()
 

@@ -260,6 +260,11 @@ class RewardModelCache:
             self._forget(model_id)
             raise
 
+    def invalidate(self, model_id: str) -> None:
+        """A notification that ``model_id`` left the registry: its row is read again before
+        its next use (and the model forgotten then, NotFound). From any thread."""
+        self._read_at.pop(model_id, None)
+
     def _forget(self, model_id: str) -> None:
         members = self._ensembles.pop(model_id, [])
         for key in [model_id, *(f"{model_id}#member-{i}" for i in range(len(members)))]:

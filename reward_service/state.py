@@ -18,6 +18,7 @@ from services.auth import KeyCache
 from services.db.engine import session_factory
 from services.db.migrate import ensure_migrated
 from services.embedded import resolve_database_url
+from services.invalidation import KEY, MODEL, InvalidationListener
 from services.rate_limit import RateLimiter
 from services.settings import RewardSettings
 
@@ -32,6 +33,7 @@ class RewardState:
     scorer: Scorer
     keys: KeyCache
     limiter: RateLimiter
+    listener: InvalidationListener | None = None
 
     @classmethod
     def build(cls, settings: RewardSettings) -> RewardState:
@@ -56,6 +58,9 @@ class RewardState:
                               settings.grader_queue)
         scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits, grading=grading),
                         RunningNormalizer(), metrics)
+        keys = KeyCache(sessions, ttl=settings.key_cache_seconds)
+        listener = InvalidationListener(url, {KEY: keys.forget_key,
+                                              MODEL: cache.invalidate}).start()
         return cls(settings=settings, database_url=url, sessions=sessions, cache=cache,
-                   metrics=metrics, scorer=scorer, keys=KeyCache(sessions),
-                   limiter=RateLimiter.for_service(settings, "reward"))
+                   metrics=metrics, scorer=scorer, keys=keys,
+                   limiter=RateLimiter.for_service(settings, "reward"), listener=listener)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -24,6 +25,8 @@ from services.errors import Forbidden, Unauthorized
 from services.security import hash_key
 
 KEY_CACHE_SECONDS = 5.0
+"""The default time-to-live of `KeyCache` entries (ALIGND_KEY_CACHE_SECONDS): revocations are
+also published at once (`services.invalidation`); this bounds a missed notification."""
 """How long the scoring and generation services trust a key → project answer."""
 KEY_CACHE_ENTRIES = 10_000
 
@@ -62,22 +65,31 @@ class KeyCache:
     revoked meanwhile is refused by that service within `ttl` seconds. Unknown keys are never
     remembered."""
 
-    def __init__(self, sessions: sessionmaker[Session], ttl: float = KEY_CACHE_SECONDS):
-        self._sessions, self._ttl = sessions, ttl
+    def __init__(self, sessions: sessionmaker[Session], ttl: float = KEY_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
+        """``clock``: seconds, the time-to-live's measure (a test's own clock)."""
+        self._sessions, self._ttl, self._clock = sessions, ttl, clock
         self._known: dict[str, tuple[Caller, float]] = {}
         """hash of the key → (its caller, when that was read)."""
 
     async def caller(self, secret: str | None) -> Caller:
         digest = hash_key(secret) if secret else None
         known = self._known.get(digest) if digest else None
-        if known is not None and time.monotonic() - known[1] < self._ttl:
+        if known is not None and self._clock() - known[1] < self._ttl:
             return known[0]
         caller = await asyncio.to_thread(self._lookup, secret)
         if len(self._known) >= KEY_CACHE_ENTRIES:
             self._known.clear()
         assert digest is not None  # a missing key was refused by the lookup
-        self._known[digest] = (caller, time.monotonic())
+        self._known[digest] = (caller, self._clock())
         return caller
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop what is remembered of key ``key_id`` (revoked): its next request is read
+        afresh. Safe from another thread (`services.invalidation`)."""
+        for digest, (caller, _) in list(self._known.items()):
+            if caller.key_id == key_id:
+                self._known.pop(digest, None)
 
     def _lookup(self, secret: str | None) -> Caller:
         with session_scope(self._sessions) as session:

@@ -54,6 +54,10 @@ class AlignSettings(BaseSettings):
     metrics_networks: list[str] = ["127.0.0.1/32", "::1/128"]
     """Client addresses (CIDR) that may read /metrics without a key; others need the admin
     key."""
+    key_cache_seconds: float = Field(default=5.0, ge=0)
+    """How long the reward and inference services trust what they read of an API key. A
+    revocation is also published to every replica at once (PostgreSQL NOTIFY); this bounds
+    one that a replica missed while its listener reconnected."""
     trusted_proxies: list[str] = []
     """Addresses (or networks, or "*") of the reverse proxies whose X-Forwarded-For names
     the client; from any other peer the header is ignored. None trusted by default."""

@@ -13,6 +13,7 @@ from api.model_content import RETRY_AFTER_S, PendingExport
 from api.presenters import model_object
 from api.protocol import Deleted, ListObject, ModelExport, ModelObject
 from services import registry
+from services.invalidation import notify_deleted_model
 from services.model_archive import tar_stream
 from services.web import ERROR_RESPONSES
 
@@ -67,6 +68,7 @@ def delete_model(model_id: str, session: SessionDep, project_id: ProjectId,
     """Out of the registry, and its files off the artifact store (409 while a model built on
     it or an unfinished job still needs them)."""
     row = registry.delete_model(session, project_id, model_id)
+    notify_deleted_model(session, model_id)  # every replica stops serving it as this commits
     session.commit()
     state.store.remove_tree(Path(row.path))
     return Deleted(id=model_id, object="model")

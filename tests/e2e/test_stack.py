@@ -21,11 +21,12 @@ import pytest
 
 from cli.stack_lock import LOCK_NAME, port_span, running_stack
 from services.client import AlignClient
-from services.embedded import embedded_postgres_pid, stop_embedded_postgres
+from services.embedded import embedded_database_url, embedded_postgres_pid, stop_embedded_postgres
 from services.web import free_port
 from tests.conftest import wait_for
 from tests.data import jsonl, supervised_rows
 from tests.trainer.test_worker import FAST_LEASES
+from tests.trainer.test_worker_crash import step_runs
 
 pytestmark = pytest.mark.slow
 ADMIN_KEY = "stack-admin"
@@ -149,7 +150,14 @@ def test_a_killed_worker_is_restarted_and_its_job_resumes(stack: Running) -> Non
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2
         messages = [event["message"] for event in client.events_since(job["id"], None)]
-    assert any(m.startswith("resumed from checkpoint at step") for m in messages), messages
+    resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
+    assert len(resumed) == 1, messages
+    resumed_at = int(resumed[0].rsplit(" ", 1)[-1])
+    # per attempt each step once, the second exactly those after its checkpoint (`job_steps`)
+    runs = step_runs(embedded_database_url(stack.data_dir / "postgres"), job["id"])
+    first_steps, second_steps = ([step for step, _, _ in runs[a]] for a in (1, 2))
+    assert sorted(runs) == [1, 2] and first_steps == list(range(1, first_steps[-1] + 1))
+    assert second_steps == list(range(resumed_at + 1, 401)), (resumed_at, second_steps[:3])
     said = "worker exited with status -9; restarting in 1 s (restart 1)"
     assert said in stack.output.read_text()
     assert said in (stack.data_dir / "logs" / "stack.log").read_text()

@@ -7,10 +7,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from services.db.engine import session_factory, session_scope
 from services.registry import register_model
 from tests.inference.conftest import InferenceWorld
+from tests.reward_service.models import make_reward_model
 
 
 def post(url: str, key: str, body: dict[str, Any]) -> httpx.Response:
@@ -30,14 +32,23 @@ def test_value_guidance_naming_another_project_s_value_model_is_a_404(
 
 
 def test_best_of_n_ranking_with_another_project_s_reward_model_is_a_404(
-        inference_url: str, inference_world: InferenceWorld, database_url: str) -> None:
+        inference_url: str, inference_world: InferenceWorld, database_url: str,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The owner's request ranks its samples with its real reward model (a sequence
+    classifier, scored by the reward service); the same request from another project is a
+    404 that does not tell the model exists."""
     reward_model = f"rm-private-{uuid.uuid4().hex[:8]}"
+    path = make_reward_model(inference_world.base_path,
+                             tmp_path_factory.mktemp("private-rm") / "rm", num_labels=1, seed=4)
     with session_scope(session_factory(database_url)) as session:
         register_model(session, model_id=reward_model, project_id=inference_world.project,
-                       kind="reward_model", path=str(inference_world.base_path),
+                       kind="reward_model", path=str(path),
                        base_model=inference_world.base, job_id="job-private")
     body = {"model": inference_world.base, "prompt": "1+1=", "max_tokens": 2,
             "best_of_n": {"n": 2, "reward": {"type": "reward_model", "model": reward_model}}}
+    owned = post(inference_url, inference_world.key, body)
+    assert owned.status_code == 200, owned.text
+    assert len(owned.json()["choices"]) == 1
     response = post(inference_url, inference_world.other_key, body)
     assert response.status_code == 404, response.text
     assert response.json()["error"]["param"] == "best_of_n.reward.model"

@@ -394,8 +394,9 @@ def _fine_tune(model_dir: Path, rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_supervised_fine_tuning_lifts_held_out_accuracy(tmp_path: Path) -> None:
-    world = build_demo_world(tmp_path / "demo")  # the full pretraining: a couple of CPU minutes
+def test_supervised_fine_tuning_lifts_held_out_accuracy(demo_world: Any, tmp_path: Path) -> None:
+    """On the session's demo world (the full pretraining, built once and cached)."""
+    world = demo_world
     eval_rows = read_jsonl(world.eval_prompts)
     before = exact_match_accuracy(world.base_model, eval_rows)
     # Left padding must not change what a prompt decodes to.

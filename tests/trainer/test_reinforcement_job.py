@@ -15,6 +15,7 @@ from tests.conftest import BASE_MODEL_ID, wait_for
 from tests.data import jsonl
 from tests.trainer.test_online import DIGIT_SHARE, prompt_rows
 from tests.trainer.test_worker import FAST_LEASES, events, series, wait_status
+from tests.trainer.test_worker_crash import step_runs
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +67,7 @@ def test_every_algorithm_raises_its_reward_and_its_model_is_served(
 
 
 def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
-    client: httpx.Client, worker_factory: Any, reward_service: str,
+    client: httpx.Client, worker_factory: Any, reward_service: str, database_url: str,
 ) -> None:
     training = upload(client, jsonl(prompt_rows(40)), "prompts").json()["id"]
     job_id = create(client, training, reward=DIGIT_SHARE,
@@ -86,5 +87,15 @@ def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
     messages = [e["message"] for e in events(client, job_id)]
     resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
     assert len(resumed) == 1, messages
-    assert killed_after <= int(resumed[0].rsplit(" ", 1)[-1]) < 60
+    resumed_at = int(resumed[0].rsplit(" ", 1)[-1])
+    assert killed_after <= resumed_at < 60
     assert series(client, job_id, "reward_mean")[0] == list(range(1, 61))
+    # one start and one resume, and per attempt each step once (`job_steps`, append-only):
+    # the second attempt runs exactly the steps after the checkpoint it resumed from
+    assert job["attempts"] == 2
+    runs = step_runs(database_url, job_id)
+    assert sorted(runs) == [1, 2]
+    first_steps, second_steps = ([step for step, _, _ in runs[a]] for a in (1, 2))
+    assert first_steps == list(range(1, first_steps[-1] + 1))
+    assert first_steps[-1] >= resumed_at
+    assert second_steps == list(range(resumed_at + 1, 61))

@@ -8,6 +8,7 @@ half way leaves only scratch, and the next call builds again.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -110,19 +111,25 @@ def build_cached(root: Path, config: dict[str, Any],
     """The world folder ``root``, built by ``build_into(folder)`` unless its manifest's
     ``config_hash`` already matches ``config``. ``build_into`` writes a complete world into a
     new scratch folder, manifest last (`write_manifest`); the scratch is then renamed into
-    place, so a folder with a matching manifest is always complete."""
+    place, so a folder with a matching manifest is always complete. Processes that want the
+    same world at once (parallel test sessions, `alignd demo` beside them) build it once:
+    the others wait on a lock beside it and then find it built."""
     if _is_built(root, config):
         return DemoWorld.at(root)
-    if root.exists():
-        _check_replaceable(root)  # before minutes of training, not after
     root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_scratch(root)
-    scratch = root.parent / f".{root.name}.building-{uuid.uuid4().hex}"
-    try:
-        build_into(scratch)
-        _publish(scratch, root, config)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if _is_built(root, config):
+            return DemoWorld.at(root)
+        if root.exists():
+            _check_replaceable(root)  # before minutes of training, not after
+        _remove_abandoned_scratch(root)
+        scratch = root.parent / f".{root.name}.building-{uuid.uuid4().hex}"
+        try:
+            build_into(scratch)
+            _publish(scratch, root, config)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return DemoWorld.at(root)
 
 
