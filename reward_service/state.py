@@ -53,7 +53,8 @@ class RewardState:
         # The python grader's sandbox covers the service's own folders too.
         limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
                                        str(settings.artifacts_dir)),
-                               isolation=settings.python_grader_isolation)
+                               isolation=settings.python_grader_isolation,
+                               request_seconds=settings.python_grader_request_seconds)
         grading = GradingPool(settings.grader_threads, settings.grader_threads_per_project,
                               settings.grader_queue)
         scorer = Scorer(ScoringContext(cache=cache, sandbox_limits=limits, grading=grading),

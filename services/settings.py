@@ -200,6 +200,9 @@ class RewardSettings(AlignSettings):
     (as root, or in a user namespace); where those are refused, every python grading fails
     saying why. "best_effort" runs them anyway with rlimits and an audit hook that refuses
     sockets, which code calling libc through ctypes gets past."""
+    python_grader_request_seconds: float = Field(default=120.0, gt=0)
+    """Wall-clock seconds a python grader may take over all of one request's items; items
+    not begun by then are answered with an error saying so (each item also has its own 5 s)."""
     registry_recheck_seconds: float = Field(default=5.0, ge=0)
     """How long a loaded model is served before its registry row is read again: a model taken
     out of the registry (`DELETE /v1/models/...`) stops scoring within this."""

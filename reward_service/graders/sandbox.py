@@ -49,6 +49,10 @@ class SandboxLimits:
     """Address space of the child process (RLIMIT_AS), interpreter included."""
     wall_seconds: float = 5.0
     """Wall-clock seconds per item, enforced by the parent killing the child."""
+    request_seconds: float = 120.0
+    """Wall-clock seconds for all of one request's items together: items not begun by then
+    fail saying so, so a request of 4,096 slow items cannot hold a grading thread for hours
+    (an item begun runs to its own `wall_seconds`)."""
     load_seconds: float = 10.0
     """Wall-clock seconds for the child to start (interpreter, namespaces) and load the
     source, its top-level code included, enforced the same way. Not an item's: on a busy
@@ -80,6 +84,8 @@ class SandboxLimits:
                              f"{self.memory_bytes}")
         if self.wall_seconds <= 0:
             raise ValueError(f"wall_seconds must be > 0, got {self.wall_seconds}")
+        if self.request_seconds <= 0:
+            raise ValueError(f"request_seconds must be > 0, got {self.request_seconds}")
         if self.load_seconds <= 0:
             raise ValueError(f"load_seconds must be > 0, got {self.load_seconds}")
 
@@ -89,15 +95,21 @@ def run_python_grader(
 ) -> list[GradeOutcome]:
     """Grade every (sample, item) with `source`'s grade(); one outcome per item, in order."""
     outcomes: list[GradeOutcome] = []
+    deadline = time.monotonic() + limits.request_seconds
     try:
         while len(outcomes) < len(items):
+            if time.monotonic() >= deadline:
+                outcomes += [GradeOutcome.failed(
+                    f"the request's grading time ({limits.request_seconds:g} s) ran out "
+                    "before this item")] * (len(items) - len(outcomes))
+                break
             with _Child(source, limits) as child:
                 failure = child.start()
                 if failure is not None:
                     # Loading the source fails the same way every time: no point retrying.
                     outcomes += [GradeOutcome.failed(failure)] * (len(items) - len(outcomes))
                     break
-                _grade_until_child_lost(child, samples, items, outcomes)
+                _grade_until_child_lost(child, samples, items, outcomes, deadline)
     except Exception as exc:  # noqa: BLE001 - the service must stay up whatever happens
         failure = f"grader sandbox failed: {type(exc).__name__}: {exc}"
         outcomes += [GradeOutcome.failed(failure)] * (len(items) - len(outcomes))
@@ -105,9 +117,10 @@ def run_python_grader(
 
 
 def _grade_until_child_lost(
-    child: _Child, samples: list[str], items: list[dict[str, Any]], outcomes: list[GradeOutcome]
+    child: _Child, samples: list[str], items: list[dict[str, Any]], outcomes: list[GradeOutcome],
+    deadline: float,
 ) -> None:
-    while len(outcomes) < len(items):
+    while len(outcomes) < len(items) and time.monotonic() < deadline:
         index = len(outcomes)
         outcome, alive = child.grade({"output_text": samples[index]}, items[index])
         outcomes.append(outcome)

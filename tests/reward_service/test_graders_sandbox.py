@@ -67,6 +67,17 @@ def test_top_level_code_that_never_finishes_loading_times_out() -> None:
     assert [o.error for o in outcomes] == ["loading the source failed: timed out after 0.5 s"] * 2
 
 
+def test_a_request_s_items_share_one_time_budget() -> None:
+    """Each item sleeps 0.4 s, within its own 1 s; the request's 1 s runs out after a few,
+    and every item after that is answered with the reason instead of being run."""
+    limits = SandboxLimits(cpu_seconds=1, wall_seconds=1.0, request_seconds=1.0)
+    outcomes = grade("time.sleep(0.4)\nreturn 1.0", [{}] * 12, limits)
+    scored = [o for o in outcomes if o.score == 1.0]
+    assert 1 <= len(scored) <= 4 and outcomes[:len(scored)] == scored, outcomes
+    assert {o.error for o in outcomes[len(scored):]} == {
+        "the request's grading time (1 s) ran out before this item"}
+
+
 def test_cpu_time_is_limited_even_when_the_wall_clock_allows_more() -> None:
     [spun] = grade("while True:\n    pass", [{}], SandboxLimits(cpu_seconds=1, wall_seconds=10))
     assert spun.error == "exceeded CPU time limit (1 s)"

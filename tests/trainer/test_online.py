@@ -63,12 +63,29 @@ def rewards(recorder: Recorder) -> list[float]:
     return [recorder.metrics[step]["reward_mean"] for step in sorted(recorder.metrics)]
 
 
+@pytest.fixture(scope="module")
+def control(base_model_path: Path, tmp_path_factory: pytest.TempPathFactory,
+            reward_service: str) -> list[float]:
+    """The reward curve of the same job, seeds and sampling at a learning rate of 1e-12: what
+    the rewards do when nothing is learnt (the steps' prompts and draws vary on their own)."""
+    _, recorder = train(tmp_path_factory.mktemp("control"), base_model_path, reward_service,
+                        learning_rate=1e-12)
+    return rewards(recorder)
+
+
+def rise(curve: list[float], control: list[float], last: int = 3) -> float:
+    """How far the last steps' mean reward ends above the control's over the same steps."""
+    return sum(curve[-last:]) / last - sum(control[-last:]) / last
+
+
 def test_grpo_raises_the_reward_from_live_weights(base_model_path: Path, tmp_path: Path,
-                                                  reward_service: str) -> None:
+                                                  reward_service: str,
+                                                  control: list[float]) -> None:
     result, recorder = train(tmp_path, base_model_path, reward_service)
     curve = rewards(recorder)
     assert sorted(recorder.metrics) == list(range(1, 11))
     assert sum(curve[-2:]) / 2 > sum(curve[:2]) / 2 + 0.2, curve
+    assert rise(curve, control, last=2) > 0.2, (curve, control)
     first = recorder.metrics[1]
     assert STEP_METRICS <= set(first), STEP_METRICS - set(first)
     # One epoch, one minibatch: every update is on-policy, so the ratio is 1 and nothing clips.
@@ -109,10 +126,12 @@ def test_a_lora_policy_keeps_the_base_as_its_reference(base_model_path: Path, tm
     ("grpo", {"policy_filter": {"strategy": "best_random", "keep": 2}}),
 ])
 def test_each_algorithm_raises_the_reward(base_model_path: Path, tmp_path: Path,
-                                          reward_service: str, algorithm: str, extra: dict) -> None:
+                                          reward_service: str, algorithm: str, extra: dict,
+                                          control: list[float]) -> None:
     _, recorder = train(tmp_path, base_model_path, reward_service, algorithm=algorithm, **extra)
     curve = rewards(recorder)
     assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.05, (algorithm, curve)
+    assert rise(curve, control) > 0.05, (algorithm, curve, control)
     if extra:
         assert recorder.metrics[1]["filtered_fraction"] == 0.5
     if algorithm == "superhf":  # the best of each prompt's 4, trained on by NLL
