@@ -41,11 +41,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 # are left to the base image's release: a pinned one leaves the archive at its next point release.
 ARG VLLM=cpu
 # hadolint ignore=DL3008
-RUN if [ "$VLLM" = "gpu" ]; then \
-        apt-get update \
-        && apt-get install -y --no-install-recommends gcc libc6-dev \
-        && rm -rf /var/lib/apt/lists/*; \
-    fi
+# libseccomp2: the python graders' syscall filter (reward_service/graders/syscalls.py).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libseccomp2 \
+    && if [ "$VLLM" = "gpu" ]; then \
+        apt-get install -y --no-install-recommends gcc libc6-dev; \
+    fi \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --create-home --home-dir /home/alignd alignd \
     && mkdir -p /var/lib/alignd/artifacts /var/lib/alignd/hf-cache \
     && chown -R alignd:alignd /var/lib/alignd

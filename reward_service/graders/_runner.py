@@ -14,13 +14,15 @@ parent sees the grading process's own status (a death by SIGXCPU stays one).
 Protocol, JSON lines on private copies of stdin/stdout (fds 0 and 1 are pointed at /dev/null
 so that the user's print() and input() cannot corrupt it):
   parent -> {"source", "cpu_seconds", "memory_bytes", "file_bytes", "max_processes",
-             "run_as_uid", "workdir", "hidden"}
-  child  -> {"ready": true, "network": "netns" | "audit-hook", "namespaces": [...]}
+             "run_as_uid", "workdir", "hidden", "seccomp" (BPF, base64, or null)}
+  child  -> {"ready": true, "network": "netns" | "audit-hook", "namespaces": [...],
+             "seccomp": whether the syscall filter is in place}
             or {"fatal": message}
   parent -> {"sample": {...}, "item": {...}}          (repeated)
   child  -> {"score": float} or {"error": message}    (one per item)
 """
 
+import base64
 import ctypes
 import importlib
 import json
@@ -44,6 +46,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 SIGKILL = 9
 MAX_MESSAGE = 500
 
@@ -58,7 +61,8 @@ def main() -> None:
     except BaseException as exc:  # noqa: BLE001 - report anything, then stop
         _send(writer, {"fatal": f"loading the source failed: {_describe(exc, config)}"})
         return
-    _send(writer, {"ready": True, "network": network, "namespaces": namespaces})
+    _send(writer, {"ready": True, "network": network, "namespaces": namespaces,
+                   "seccomp": config["filtered"]})
     for number, line in enumerate(reader):
         request = json.loads(line)
         _send(writer, _grade_one(grade, request, config, number))
@@ -123,7 +127,23 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
     os.chdir(config["workdir"])
     os.environ["HOME"] = os.environ["TMPDIR"] = config["workdir"]
-    return network, namespaces
+    config["filtered"] = _filter_syscalls(libc, config.get("seccomp"))  # last: it refuses
+    return network, namespaces  # what the set-up used
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def _filter_syscalls(libc: Any, program: str | None) -> bool:
+    """Install the service's seccomp filter (BPF that libseccomp compiled, base64; see
+    graders/syscalls.py); whether it is in place. Needs no_new_privs, set just before."""
+    if not program:
+        return False
+    code = base64.b64decode(program)
+    buffer = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    return bool(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0)
 
 
 HIDDEN = ("/run", "/var/run", "/var/tmp", "/dev/shm", "/dev/mqueue", "/home", "/root",
@@ -239,7 +259,7 @@ PRELOADED = (
     "bisect", "collections", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
     "encodings.idna", "enum", "fractions", "functools", "hashlib", "heapq", "http.client",
     "itertools", "json", "math", "operator", "random", "re", "socket", "statistics", "string",
-    "textwrap", "time", "typing", "unicodedata", "urllib.parse", "urllib.request",
+    "textwrap", "threading", "time", "typing", "unicodedata", "urllib.parse", "urllib.request",
 )
 """Standard modules a grader may import when the interpreter's own folder is closed to the
 sandbox user (a Python installed under /root, say): imported before root is dropped. Where

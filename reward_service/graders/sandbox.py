@@ -12,6 +12,7 @@ raises in the caller."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from reward_service.graders.outcome import GradeOutcome
+from reward_service.graders.syscalls import grader_filter_or_reason
 
 MiB = 2**20
 RUNNER = Path(__file__).with_name("_runner.py")
@@ -138,6 +140,7 @@ class _Child:
                     if limits.run_as_uid == "fresh" else limits.run_as_uid)
         self.workdir = tempfile.mkdtemp(prefix="alignd-grader-")
         self.buffer = b""
+        self.filter_missing: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -158,19 +161,27 @@ class _Child:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             cwd=self.workdir, env=_minimal_env(self.workdir), start_new_session=True,
         )
+        program, self.filter_missing = grader_filter_or_reason()
         config = {"source": self.source, "workdir": self.workdir, **asdict(self.limits),
-                  "run_as_uid": self.uid}
+                  "run_as_uid": self.uid,
+                  "seccomp": base64.b64encode(program).decode() if program else None}
         reply = self._exchange(config, self.limits.load_seconds)
         if "ready" in reply:
-            return self._refusal(reply.get("namespaces") or [])
+            return self._refusal(reply.get("namespaces") or [], reply.get("seccomp") is True)
         if "lost" in reply:
             return f"loading the source failed: {reply['error']}"
         return str(reply.get("fatal"))
 
-    def _refusal(self, namespaces: list[str]) -> str | None:
+    def _refusal(self, namespaces: list[str], filtered: bool) -> str | None:
         """Why this child may not grade under the limits' isolation, or None."""
-        if self.limits.isolation == "best_effort" or set(ISOLATING) <= set(namespaces):
+        if self.limits.isolation == "best_effort" or (set(ISOLATING) <= set(namespaces)
+                                                     and filtered):
             return None
+        if set(ISOLATING) <= set(namespaces):
+            return ("python graders are refused here: their syscall filter could not be "
+                    f"put in place ({self.filter_missing or 'the kernel refused it'}); the "
+                    "reward service needs libseccomp (Debian's libseccomp2) and the "
+                    "pyseccomp package, or ALIGND_PYTHON_GRADER_ISOLATION=best_effort")
         return ("python graders are refused here: this reward service cannot give them "
                 f"namespaces of their own ({', '.join(ISOLATING)}; it got "
                 f"{', '.join(namespaces) or 'none'}). Its operator can allow user namespaces "

@@ -3,6 +3,7 @@ item's misbehaviour reaches the caller or the other items."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -362,6 +363,63 @@ def test_the_run_sees_only_its_own_processes_and_forks_a_bounded_number() -> Non
     seen, children = divmod(int(outcome.score), 1000)
     assert seen <= 3  # init, the grading process (and /proc's own reader)
     assert children < SandboxLimits().max_processes
+
+
+SYSCALL_ATTACKS = {
+    # a namespace of its own, where it would be root again
+    "unshare_user": "libc.unshare(0x10000000)",
+    "unshare_mount": "libc.unshare(0x00020000)",
+    "clone_user": "libc.syscall(56, 0x10000000 | 17, 0, 0, 0, 0)",  # clone(NEWUSER|SIGCHLD)
+    "mount": "libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)",
+    "ptrace": "libc.ptrace(0, 0, None, None)",  # PTRACE_TRACEME
+    "bpf": "libc.syscall(321, 0, None, 0)",
+    "keyctl": "libc.syscall(250, 0, 0, 0, 0, 0)",
+    "perf_event_open": "libc.syscall(298, None, 0, -1, -1, 0)",
+    "userfaultfd": "libc.syscall(323, 0)",
+}
+"""Each call a grader might make to get out, by ctypes (x86-64 syscall numbers)."""
+
+
+@needs_root
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 syscall numbers")
+def test_the_syscall_filter_refuses_namespaces_mounts_ptrace_bpf_and_keyrings() -> None:
+    """Each attack fails with EPERM (the filter's answer, not the kernel's own), the filter
+    shows in /proc (Seccomp: 2), and what graders need still works: threads, fork."""
+    body = """
+        import ctypes, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        kind = item['kind']
+        if kind == 'status':
+            status = open('/proc/self/status').read()
+            return float(status.split('Seccomp:')[1].split()[0])
+        if kind == 'ordinary':
+            done = []
+            thread = threading.Thread(target=lambda: done.append(1))
+            thread.start(); thread.join()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            return float(len(done))
+        result = eval(item['call'])
+        return float(ctypes.get_errno()) if result == -1 else 1000.0 + result
+    """
+    items = ([{"kind": "status"}, {"kind": "ordinary"}]
+             + [{"kind": name, "call": call} for name, call in SYSCALL_ATTACKS.items()])
+    outcomes = grade(body, items, SLOW)
+    assert outcomes[0] == GradeOutcome(score=2.0), outcomes[0]  # SECCOMP_MODE_FILTER
+    assert outcomes[1] == GradeOutcome(score=1.0), outcomes[1]
+    refused = {item["kind"]: o.score for item, o in zip(items[2:], outcomes[2:], strict=True)}
+    assert refused == {name: float(errno.EPERM) for name in SYSCALL_ATTACKS}, refused
+
+
+def test_the_filter_is_compiled_by_libseccomp_with_every_refusal() -> None:
+    from reward_service.graders.syscalls import NAMESPACE_FLAGS, REFUSED, grader_filter
+
+    program = grader_filter()
+    assert len(program) % 8 == 0 and len(program) // 8 > len(REFUSED)
+    assert {"unshare", "setns", "mount", "ptrace", "bpf", "keyctl"} <= set(REFUSED)
+    assert NAMESPACE_FLAGS["CLONE_NEWUSER"] == 0x10000000
 
 
 UNPRIVILEGED_PYTHON = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3")
