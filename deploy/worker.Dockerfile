@@ -39,9 +39,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 # The CUDA image (VLLM=gpu, deploy/k8s/overlays/gpu): Triton, under vLLM and torch.compile,
 # compiles its GPU launchers with the C compiler when a model first loads. Debian's versions
 # are left to the base image's release: a pinned one leaves the archive at its next point release.
+# libseccomp2: the python graders' syscall filter (reward_service/graders/syscalls.py).
 ARG VLLM=cpu
 # hadolint ignore=DL3008
-# libseccomp2: the python graders' syscall filter (reward_service/graders/syscalls.py).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libseccomp2 \
     && if [ "$VLLM" = "gpu" ]; then \
