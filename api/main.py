@@ -4,6 +4,7 @@ the dashboard over them."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,7 +12,9 @@ from fastapi import FastAPI
 
 from api.routes import admin, files, jobs, metrics, models, ui
 from api.state import ApiState
-from services.db.engine import ping
+from api.uploads import UploadSlots
+from services.auth import caller_for_key
+from services.db.engine import ping, session_scope
 from services.settings import ApiSettings
 from services.web import (
     BodyLimit,
@@ -45,6 +48,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Multipart framing adds a little to the file itself; the route checks the file's size.
     app.add_middleware(BodyLimit, prefix="/v1/files",
                        limit=lambda: settings.max_upload_bytes + UPLOAD_FRAMING_BYTES)
+
+    def project_of(secret: str) -> str:
+        with session_scope(app.state.alignd.sessions) as session:
+            return caller_for_key(session, secret).project_id
+
+    app.state.uploads_in_progress = Counter()  # by project
+    app.add_middleware(UploadSlots, path="/v1/files", project_of=project_of,
+                       per_project=lambda: settings.max_concurrent_uploads_per_project,
+                       active=app.state.uploads_in_progress)
     app.include_router(health_router(readiness))
     for module in (files, jobs, models, admin, ui, metrics):
         app.include_router(module.router)

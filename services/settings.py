@@ -115,6 +115,9 @@ class ApiSettings(AlignSettings):
     port: int = 8000
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     """Uploads past this size are refused with 413."""
+    max_concurrent_uploads_per_project: int = Field(default=4, ge=1)
+    """Uploads of one project in progress at once (each api process counts its own); the
+    next is a 429 with Retry-After before its body is read."""
     base_models: dict[str, str] = Field(default_factory=dict)
     """Base models the operator declares at start-up: {model id: local path or Hugging Face
     hub id}, e.g. ALIGND_BASE_MODELS='{"tiny-llama": "/models/tiny", "qwen":
