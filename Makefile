@@ -36,10 +36,13 @@ browser:
 	  "dashboard's tests need a chromium browser: run 'apt-get install chromium' as root," \
 	  "or set ALIGND_TEST_CHROMIUM to one" >&2; exit 1; }
 
+# Two processes, each test file kept in one (its module fixtures started once); the 30 slowest
+# tests listed at the end. TEST_WORKERS=0 runs it in this process alone.
+TEST_WORKERS ?= 2
 test: install browser
 	bash deploy/local/ensure-services.sh
 	bash deploy/local/ensure-deploy-tools.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check services modeling api trainer reward_service inference cli tests bench

@@ -16,8 +16,11 @@ CHROMIUM = os.environ.get("ALIGND_TEST_CHROMIUM") or shutil.which("chromium") \
 """The browser: $ALIGND_TEST_CHROMIUM, else `chromium` on the PATH."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per test module: Playwright's sync API runs an event loop in the main
+    thread while it is open, and a test elsewhere that calls asyncio.run() afterwards (in the
+    same process, as a parallel run orders them) must not find it running."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM:
