@@ -188,3 +188,40 @@ def test_truncated_importance_sampling_weighs_the_loss_by_the_capped_engine_rati
     assert torch.allclose(one_step(2.0, math.log(1.5)), 1.5 * plain, atol=1e-6)
     # 5 is over the cap of 2: truncated at 2
     assert torch.allclose(one_step(2.0, math.log(5.0)), 2.0 * plain, atol=1e-6)
+
+
+def test_superhfs_supervised_loss_is_the_nll_of_the_kept_response() -> None:
+    """Per token −Â·log π_θ with Â = 1 on the kept (best) response: its gradient is −1 on
+    every real token, nothing clips, and the ratio to the sampler is reported."""
+    from trainer.algorithms.superhf import supervised_loss
+
+    logprobs = torch.tensor([[-0.5, -2.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-0.5, -1.0, -1.0]])
+    terms = supervised_loss(logprobs, old, torch.ones(1, 3), 0.2, 0.2)
+    assert terms.loss.tolist()[0] == [0.5, 2.0, 1.0]
+    assert not terms.clipped.any()
+    assert terms.ratio.tolist()[0] == pytest.approx([1.0, math.exp(-1.0), 1.0])
+    terms.loss.sum().backward()
+    assert logprobs.grad.tolist()[0] == [-1.0, -1.0, -1.0]  # type: ignore[union-attr]
+
+
+def test_rpo_adds_the_chosen_responses_per_token_nll_times_its_coefficient() -> None:
+    """RPO's term: sft_coefficient × (−log π(y_w|x) / |y_w|), per pair, beside the DPO loss."""
+    from trainer.algorithms.preference import PREFERENCE_LOSSES, PairLogRatios, PreferenceOptions
+    from trainer.methods.dpo import DpoTrainer, PairOutputs
+
+    class Counts:  # the packed batch's one method the term reads
+        def response_token_counts(self) -> torch.Tensor:
+            return torch.tensor([4.0, 2.0, 3.0, 5.0])  # chosen first, then rejected
+
+    logps = torch.tensor([-8.0, -3.0, -9.0, -10.0])  # Σ log π per response, chosen first
+    nll = DpoTrainer._chosen_nll(Counts(), logps)  # type: ignore[arg-type]
+    assert nll.tolist() == [2.0, 1.5]
+    pairs = PairLogRatios(chosen=torch.tensor([0.3, -0.1]), rejected=torch.tensor([0.1, 0.2]))
+    trainer = object.__new__(DpoTrainer)  # _loss reads hp and options only
+    trainer.options = PreferenceOptions(beta=0.1)
+    for coefficient in (0.0, 0.5):
+        trainer.hp = type("Hp", (), {"loss": "sigmoid", "sft_coefficient": coefficient})()
+        loss = trainer._loss(PairOutputs(logps[:2], logps[2:], pairs, nll))
+        expected = PREFERENCE_LOSSES["sigmoid"](pairs, trainer.options) + coefficient * nll
+        assert loss.tolist() == pytest.approx(expected.tolist())
