@@ -18,8 +18,8 @@ so that the user's print() and input() cannot corrupt it):
   child  -> {"ready": true, "network": "netns" | "audit-hook", "namespaces": [...],
              "seccomp": whether the syscall filter is in place}
             or {"fatal": message}
-  parent -> {"sample": {...}, "item": {...}}          (repeated)
-  child  -> {"score": float} or {"error": message}    (one per item)
+  parent -> {"sample": {...}, "item": {...}, "nonce"}  (repeated)
+  child  -> {"score": float, "nonce"} or {"error": message, "nonce"}  (one per item)
 """
 
 import base64
@@ -65,7 +65,8 @@ def main() -> None:
                    "seccomp": config["filtered"]})
     for number, line in enumerate(reader):
         request = json.loads(line)
-        _send(writer, _grade_one(grade, request, config, number))
+        nonce = request.pop("nonce")  # echoed: a reply user code forged cannot carry it
+        _send(writer, {**_grade_one(grade, request, config, number), "nonce": nonce})
 
 
 def _claim_stdio() -> tuple[TextIO, TextIO]:

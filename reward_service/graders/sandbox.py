@@ -189,8 +189,16 @@ class _Child:
                 "ALIGND_PYTHON_GRADER_ISOLATION=best_effort")
 
     def grade(self, sample: dict[str, str], item: dict[str, Any]) -> tuple[GradeOutcome, bool]:
-        """Grade one item; the outcome and whether this child can take the next one."""
-        reply = self._exchange({"sample": sample, "item": item}, self.limits.wall_seconds)
+        """Grade one item; the outcome and whether this child can take the next one. Each
+        item carries a fresh nonce that its reply must echo: user code can write to the reply
+        pipe, but cannot know a later item's nonce, so it cannot answer for later items; a
+        reply without this item's nonce ends the child."""
+        nonce = secrets.token_hex(16)
+        reply = self._exchange({"sample": sample, "item": item, "nonce": nonce},
+                               self.limits.wall_seconds)
+        if "lost" not in reply and reply.get("nonce") != nonce:
+            reply = self._lost("the grader wrote to its reply channel itself (a reply that "
+                               "was not this item's); the item is not scored")
         if isinstance(reply.get("score"), float):
             return GradeOutcome(score=reply["score"]), True
         return GradeOutcome.failed(str(reply.get("error"))), "lost" not in reply

@@ -165,6 +165,26 @@ def test_numbers_that_break_repr_or_float_are_an_item_error_not_a_crash() -> Non
     assert outcomes[-1].score == 0.25
 
 
+def test_a_grader_writing_to_its_reply_channel_cannot_score_later_items() -> None:
+    """User code runs in the process that answers the service: it can find the reply pipe
+    among its file descriptors and write score lines for the items after it. Those lines
+    carry no item's nonce: its own item fails saying why, and every later item is scored by
+    a fresh runner as grade() scores it (0.25), never 99."""
+    body = """
+        if item['kind'] == 'forge':
+            import json
+            for fd in map(int, os.listdir('/proc/self/fd')):
+                try:
+                    os.write(fd, (json.dumps({'score': 99.0}) + '\\n').encode() * 3)
+                except OSError:
+                    pass
+        return 0.25
+    """
+    outcomes = grade(body, [{"kind": "forge"}, {"kind": "x"}, {"kind": "y"}, {"kind": "z"}])
+    assert outcomes[0].score is None and "reply channel" in (outcomes[0].error or "")
+    assert outcomes[1:] == [GradeOutcome(score=0.25)] * 3
+
+
 @pytest.fixture
 def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A temp root the sandbox's `nobody` can enter (pytest's tmp_path is root-only)."""
@@ -466,9 +486,10 @@ def test_without_root_the_run_still_gets_namespaces_of_its_own(listener: int) ->
         process.stdin.flush()
         ready = json.loads(process.stdout.readline() or "{}")
         assert ready.get("namespaces") == ["user", "net", "mount", "pid"], ready
-        process.stdin.write(json.dumps({"sample": {"output_text": ""}, "item": {}}) + "\n")
+        process.stdin.write(json.dumps({"sample": {"output_text": ""}, "item": {},
+                                        "nonce": "n0"}) + "\n")
         process.stdin.flush()
-        assert json.loads(process.stdout.readline()) == {"score": 1.0}
+        assert json.loads(process.stdout.readline()) == {"score": 1.0, "nonce": "n0"}
     finally:
         process.kill()
         process.wait(timeout=30)
