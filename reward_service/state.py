@@ -50,10 +50,8 @@ class RewardState:
             max_input_tokens=settings.max_input_tokens, max_wait_ms=settings.max_wait_ms,
             max_batch_tokens=settings.max_batch_tokens, observe=metrics.observe_batch,
             recheck_seconds=settings.registry_recheck_seconds, observe_cache=metrics.observe_cache)
-        # The python grader's sandbox covers the service's own folders too.
-        limits = SandboxLimits(hidden=(str(settings.data_dir.expanduser()),
-                                       str(settings.artifacts_dir)),
-                               isolation=settings.python_grader_isolation,
+        # The python grader's sandbox shows nothing of the host but the interpreter.
+        limits = SandboxLimits(isolation=settings.python_grader_isolation,
                                request_seconds=settings.python_grader_request_seconds)
         grading = GradingPool(settings.grader_threads, settings.grader_threads_per_project,
                               settings.grader_queue)

@@ -4,9 +4,9 @@ nothing but the standard library before user code runs.
 
 Where the kernel lets it (as root, or as a plain uid inside a user namespace of its own), the
 runner leaves the host's network, mount table and process tree: it unshares those namespaces
-and forks the namespace's init, which mounts a fresh /proc, hides the host's sockets and data
-behind empty read-only tmpfs mounts (/run, /var/lib, ... and the service's data and artifact
-folders), gives the run a private tmpfs /tmp, and forks the grading process. When the grading process ends, or the
+and forks the namespace's init, which makes an otherwise empty root holding only what the
+interpreter needs, read-only (`_hide_host`), with a fresh /proc and a private tmpfs /tmp, and
+forks the grading process. When the grading process ends, or the
 parent kills the runner, init exits and the kernel kills every process left in the namespace:
 nothing user code forks, even after setsid(), outlives the run. Each exit is passed up, so the
 parent sees the grading process's own status (a death by SIGXCPU stays one).
@@ -14,7 +14,7 @@ parent sees the grading process's own status (a death by SIGXCPU stays one).
 Protocol, JSON lines on private copies of stdin/stdout (fds 0 and 1 are pointed at /dev/null
 so that the user's print() and input() cannot corrupt it):
   parent -> {"source", "cpu_seconds", "memory_bytes", "file_bytes", "max_processes",
-             "run_as_uid", "workdir", "hidden", "seccomp" (BPF, base64, or null)}
+             "run_as_uid", "workdir", "seccomp" (BPF, base64, or null)}
   child  -> {"ready": true, "network": "netns" | "audit-hook", "namespaces": [...],
              "seccomp": whether the syscall filter is in place}
             or {"fatal": message}
@@ -147,30 +147,45 @@ def _filter_syscalls(libc: Any, program: str | None) -> bool:
     return bool(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) == 0)
 
 
-HIDDEN = ("/run", "/var/run", "/var/tmp", "/dev/shm", "/dev/mqueue", "/home", "/root",
-          "/var/lib", "/var/spool", "/var/log", "/srv", "/mnt", "/media")
-"""Host folders where sockets, databases, logs and users' files live: each is covered by an
-empty read-only tmpfs inside the sandbox (with the folders the service names in "hidden")."""
 SANDBOX_TMP = "/tmp"
-"""The run's own tmpfs (the host's /tmp is covered by it); its working folder is inside."""
+"""The run's own tmpfs; its working folder is inside."""
+LIBRARIES = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/lib32", "/lib32")
+"""Where the interpreter's shared libraries (libc, libm, libffi, libssl, ...) live: bound
+read-only beside the interpreter (a symlink among them, as merged /usr has, stays one)."""
+DEVICES = ("null", "zero", "urandom", "random")
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}
+MS_BIND, MS_REMOUNT = 0x1000, 0x20
+MNT_DETACH = 2
 
 
 def _hide_host(libc: Any, config: dict[str, Any]) -> None:
-    """In the new mount namespace (as root): mounts private, a /proc of this process tree
-    only, the host's folders covered, and a private tmpfs /tmp holding the working folder."""
+    """In the new mount namespace (as root): an otherwise empty root holding only what the
+    interpreter needs, read-only (its own folder with the standard library, the shared
+    libraries), a /proc of this process tree, four /dev nodes and a private tmpfs /tmp with
+    the working folder. Nothing else of the host is there to list or open: the service's
+    checkouts, /etc, /opt, users' homes, sockets. The new root is a tmpfs mounted on the
+    parent's scratch folder (in this namespace only), then made the root with pivot_root."""
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
-    _mount(libc, "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    interpreter = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
-                                                sysconfig.get_paths()["stdlib"])]
-    for folder in (*HIDDEN, *config.get("hidden", [])):
-        path = os.path.realpath(folder)
-        if not os.path.isdir(path) or any(p == path or p.startswith(path + "/")
-                                          for p in interpreter):
-            continue  # nothing there, or the interpreter itself lives there
-        _mount(libc, "tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-               "size=4k,mode=0555")
-    _mount(libc, "tmpfs", SANDBOX_TMP, "tmpfs", MS_NOSUID | MS_NODEV,
+    root = os.path.realpath(config["workdir"])
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    interpreter = {os.path.realpath(p) for p in (sys.base_prefix,
+                                                 sysconfig.get_paths()["stdlib"])}
+    exposed: list[str] = []
+    for path in sorted(interpreter | set(LIBRARIES)):
+        if not any(path.startswith(folder + "/") for folder in exposed):
+            _expose(libc, root, path)
+            exposed.append(path)
+    os.mkdir(f"{root}/proc")
+    _mount(libc, "proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.mkdir(f"{root}/dev", 0o755)
+    for name in DEVICES:
+        open(f"{root}/dev/{name}", "w").close()  # a mount point for the host's node
+        _mount(libc, f"/dev/{name}", f"{root}/dev/{name}", None, MS_BIND)
+    os.mkdir(f"{root}{SANDBOX_TMP}")
+    _mount(libc, "tmpfs", f"{root}{SANDBOX_TMP}", "tmpfs", MS_NOSUID | MS_NODEV,
            f"size={config['file_bytes']},mode=0700")
+    _pivot_root(libc, root)
+    _mount(libc, None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     workdir = os.path.join(SANDBOX_TMP, "work")
     os.mkdir(workdir, 0o700)
     uid = config["run_as_uid"]
@@ -178,6 +193,38 @@ def _hide_host(libc: Any, config: dict[str, Any]) -> None:
         os.chown(SANDBOX_TMP, uid, uid)
         os.chown(workdir, uid, uid)
     config["workdir"] = workdir
+
+
+def _expose(libc: Any, root: str, path: str) -> None:
+    """``path`` of the host at the same place under ``root``: a read-only bind of a folder,
+    the same link for a symlink, nothing where the host has nothing."""
+    if os.path.islink(path):
+        target = f"{root}{path}"
+        if not os.path.lexists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(os.readlink(path), target)
+        return
+    if not os.path.isdir(path) or os.path.ismount(f"{root}{path}"):
+        return
+    target = f"{root}{path}"
+    os.makedirs(target, exist_ok=True)
+    _mount(libc, path, target, None, MS_BIND | MS_REC)
+    _mount(libc, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _pivot_root(libc: Any, root: str) -> None:
+    """Make ``root`` this namespace's /, and detach the host's old root from it."""
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise OSError(f"pivot_root: no syscall number known for {os.uname().machine}")
+    os.chdir(root)
+    if libc.syscall(number, b".", b".") != 0:  # the old root is stacked under the new one
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"pivot_root: {os.strerror(errno)}")
+    if libc.umount2(b".", MNT_DETACH) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"detaching the host's root: {os.strerror(errno)}")
+    os.chdir("/")
 
 
 def _enter_user_namespace(libc: Any) -> bool:

@@ -69,9 +69,6 @@ class SandboxLimits:
     max_processes: int = 16
     """Processes (and threads) the run's uid may have at once (RLIMIT_NPROC): a fork bomb
     stops there."""
-    hidden: tuple[str, ...] = ()
-    """Folders of the service's own (its data folder, the artifact root) covered inside the
-    sandbox, besides the host folders _runner.HIDDEN covers."""
     isolation: Literal["required", "best_effort"] = "required"
     """"required": code runs only in network, mount and PID namespaces of its own, and where
     the kernel or the container refuses them every item fails saying so. "best_effort" runs

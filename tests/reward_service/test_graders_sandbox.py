@@ -339,11 +339,17 @@ def test_no_socket_file_is_reachable() -> None:
     assert grade(body, [{}], SLOW) == [GradeOutcome(score=1.0)]
 
 
+def shown(outcome: GradeOutcome) -> str:
+    """What a grader raised to tell the test something: ``raise ValueError(text)``."""
+    assert outcome.error is not None and "ValueError: " in outcome.error, outcome
+    return outcome.error.split("ValueError: ", 1)[1].rsplit(" (line", 1)[0]
+
+
 @needs_root
-def test_the_service_s_folders_are_hidden(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Another project's artifacts (configs, tokenizers, optimizer state) were readable from a
-    grader; the artifact root and data folder are covered inside the sandbox."""
-    # Somewhere the sandbox does not cover by itself (the checkout may sit under /tmp).
+def test_the_root_holds_only_the_interpreter() -> None:
+    """Allowed, not hidden: / lists only the interpreter's folder, its libraries, /proc, /dev
+    and /tmp; a file the host keeps anywhere else (another project's artifacts under /var, the
+    service's checkout, /etc) cannot be opened, and the interpreter's folder is read-only."""
     root = Path("/var/cache") / f"alignd-sandbox-test-{os.getpid()}"
     secret = root / "models" / "ftjob-a" / "config.json"
     secret.parent.mkdir(parents=True)
@@ -352,14 +358,28 @@ def test_the_service_s_folders_are_hidden(tmp_path_factory: pytest.TempPathFacto
             folder.chmod(0o755)
         secret.write_text('{"secret": true}')
         secret.chmod(0o644)
-        body = f"return float(len(open({str(secret)!r}).read()))"
-        assert grade(body, [{}]) == [GradeOutcome(score=16.0)]  # readable unless hidden
-        [hidden] = grade(body, [{}], SandboxLimits(cpu_seconds=1, wall_seconds=1.0,
-                                                   hidden=(str(root),)))
-        assert hidden.error is not None and "FileNotFoundError" in hidden.error
+        body = """
+            import sys
+            kind = item['kind']
+            if kind == 'root':
+                raise ValueError(','.join(sorted(os.listdir('/'))))
+            if kind == 'write':
+                open(os.path.join(sys.base_prefix, 'planted'), 'w').write('x')
+            return float(len(open(item['path']).read()))
+        """
+        items = [{"kind": "root"}, {"kind": "write"},
+                 *({"kind": "open", "path": path} for path in (
+                     str(secret), "/etc/passwd", str(Path(__file__).resolve())))]
+        listing, write, *opened = grade(body, items, SLOW)
+        first = str(Path(sys.base_prefix).resolve()).split("/")[1]
+        names = set(shown(listing).split(","))
+        allowed = {"usr", "lib", "lib64", "lib32", "proc", "dev", "tmp", first}
+        assert names <= allowed and {"proc", "dev", "tmp", first} <= names, names
+        assert write.error is not None and ("Read-only file system" in write.error
+                                            or "PermissionError" in write.error), write
+        for item, outcome in zip(items[2:], opened, strict=True):
+            assert outcome.error is not None and "FileNotFoundError" in outcome.error, item
     finally:
-        import shutil
-
         shutil.rmtree(root)
 
 
@@ -458,13 +478,13 @@ def test_without_root_the_run_still_gets_namespaces_of_its_own(listener: int) ->
 
         def grade(sample, item):
             problems = []
-            if os.listdir('/run'):
+            if os.path.exists('/run'):
                 problems.append('/run is visible')
             if len([p for p in os.listdir('/proc') if p.isdigit()]) > 3:
                 problems.append('host processes are visible')
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.umount2(b'/run', 2) == 0:
-                problems.append('the cover over /run could be removed')
+            if libc.umount2(b'/usr/lib', 2) == 0:
+                problems.append('the read-only /usr/lib could be unmounted')
             try:
                 socket.create_connection(('127.0.0.1', {listener}), timeout=0.5)
                 problems.append('the network is reachable')
