@@ -37,6 +37,18 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
 
 
+LONGEST_FIRST = ("tests/trainer/test_families_learn.py", "tests/e2e/test_demo.py",
+                 "tests/inference/test_serving_families.py")
+"""Test files that take minutes, collected first: a parallel run (`make test`: each process
+takes a whole file at a time, in collection order) starts them at once instead of leaving
+one process to finish them alone while the other has nothing left."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     started = config.stash.get(STARTED, None)
     if started is not None:
