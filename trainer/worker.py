@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_ready, worker_shutting_down
@@ -54,21 +55,23 @@ def build_worker_app(settings: WorkerSettings) -> Celery:
                        settings.database_retry_seconds, WorkerMetrics())
     app = make_celery(settings)
 
-    @app.task(name=TASK_RUN_JOB, bind=True)
-    def run_job(task: Task, job_id: str) -> str:
-        # The id of the request that created the job, so the job's logs and the calls it
-        # makes carry it; a message the sweeper re-published has none, and gets one of its own.
+    def with_request_id(task: Task, work: Callable[[str], str], argument: str) -> str:
+        """``work(argument)`` under the id of the request that sent the task, so its logs and
+        the calls it makes carry it; a message the sweeper re-published has none, and gets
+        one of its own."""
         given = getattr(task.request, REQUEST_ID_TASK_HEADER, None)
         with request_id_bound(accepted_request_id(given) or new_request_id()):
-            return runner.run(job_id)
+            return work(argument)
+
+    @app.task(name=TASK_RUN_JOB, bind=True)
+    def run_job(task: Task, job_id: str) -> str:
+        return with_request_id(task, runner.run, job_id)
 
     exports = MergedExport(sessions)
 
     @app.task(name=TASK_EXPORT_MERGED, bind=True)
     def export_merged(task: Task, model_id: str) -> str:
-        given = getattr(task.request, REQUEST_ID_TASK_HEADER, None)
-        with request_id_bound(accepted_request_id(given) or new_request_id()):
-            return exports.run(model_id)
+        return with_request_id(task, exports.run, model_id)
 
     stop = threading.Event()
 
