@@ -55,14 +55,14 @@ def main() -> None:
     """Isolate, load the source once, then grade items until the parent closes stdin."""
     reader, writer = _claim_stdio()
     config = json.loads(reader.readline())
-    network, namespaces = _isolate(config)
+    network, namespaces, filtered = _isolate(config)
     try:
         grade = _load(config["source"], config)
     except BaseException as exc:  # noqa: BLE001 - report anything, then stop
         _send(writer, {"fatal": f"loading the source failed: {_describe(exc, config)}"})
         return
     _send(writer, {"ready": True, "network": network, "namespaces": namespaces,
-                   "seccomp": config["filtered"]})
+                   "seccomp": filtered})
     for number, line in enumerate(reader):
         request = json.loads(line)
         nonce = request.pop("nonce")  # echoed: a reply user code forged cannot carry it
@@ -84,9 +84,10 @@ def _send(writer: TextIO, message: dict[str, Any]) -> None:
     writer.flush()
 
 
-def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
+def _isolate(config: dict[str, Any]) -> tuple[str, list[str], bool]:
     """Leave the host's network, mounts and processes where allowed, cap resources, then drop
-    root. Returns in the process that grades. Order matters: unshare and mount need
+    root. Returns in the process that grades: (network, namespaces, whether the syscall filter
+    is in place). Order matters: unshare and mount need
     CAP_SYS_ADMIN and raising limits CAP_SYS_RESOURCE, both lost with root."""
     libc = ctypes.CDLL(None, use_errno=True)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -128,8 +129,8 @@ def _isolate(config: dict[str, Any]) -> tuple[str, list[str]]:
     libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)
     os.chdir(config["workdir"])
     os.environ["HOME"] = os.environ["TMPDIR"] = config["workdir"]
-    config["filtered"] = _filter_syscalls(libc, config.get("seccomp"))  # last: it refuses
-    return network, namespaces  # what the set-up used
+    # last: the filter refuses what the set-up used
+    return network, namespaces, _filter_syscalls(libc, config.get("seccomp"))
 
 
 class _SockFprog(ctypes.Structure):
