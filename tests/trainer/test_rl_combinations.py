@@ -95,6 +95,9 @@ def test_the_normaliser_moves_remaxs_baseline_with_the_rewards() -> None:
     assert ((scaled - scaled_baseline).sign() == (rewards - baseline).sign()).all()
     clipped = RewardNormalizer("none", clip=2.0).with_baseline(rewards, baseline)
     assert clipped[0].tolist() == [1.0, 2.0, 2.0, 2.0] and clipped[1].tolist() == [2.0] * 4
+    # NGRPO's r_max: never normalised (refused beside it), clipped all the same
+    assert RewardNormalizer("none", clip=2.0).clipped(5.0) == 2.0
+    assert RewardNormalizer("none").clipped(5.0) == 5.0
 
 
 def test_the_running_normaliser_is_welfords_over_every_reward_seen() -> None:

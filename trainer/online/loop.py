@@ -163,9 +163,7 @@ class OnlineLoop(StepLoop):
     def _r_max(self) -> float:
         """NGRPO's virtual reward, clipped as the rewards are (`RewardNormalizer`; the
         hyperparameters refuse normalisation and a KL in the reward beside it)."""
-        r_max = float(getattr(self.hp, "r_max", 1.0))
-        clip = self.hp.reward_clip
-        return r_max if clip is None else max(-clip, min(clip, r_max))
+        return self.normalize.clipped(float(getattr(self.hp, "r_max", 1.0)))
 
     def _dense_rewards(self) -> dict[str, Any]:
         """RTO's DPO model and its β₁ and β₃; nothing for the other algorithms."""

@@ -205,6 +205,10 @@ class RewardNormalizer:
             out = [values.clamp(-self.clip, self.clip) for values in out]
         return out[0], out[1]
 
+    def clipped(self, value: float) -> float:
+        """A reward that is never normalised (NGRPO's r_max) through the same clip."""
+        return value if self.clip is None else max(-self.clip, min(self.clip, value))
+
     def _update(self, rewards: Tensor) -> None:
         """Chan et al.'s parallel form of Welford's update with a batch of rewards."""
         n = float(rewards.numel())
