@@ -7,7 +7,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, cast
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.db.models import DEFAULT_KEY_SCOPES
-from services.hub import HUB_ID
+from services.hub import HUB_ID, HUB_ID_LENGTH
 from services.methods import Method
 
 T = TypeVar("T")
@@ -185,7 +185,8 @@ class BaseModelCreate(BaseModel):
                     description="the model id jobs and generation requests name")
     path: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="an absolute path to the checkpoint's folder")
-    hub_id: str | None = Field(default=None, json_schema_extra={"pattern": HUB_ID.pattern},
+    hub_id: str | None = Field(default=None, max_length=HUB_ID_LENGTH,
+                               json_schema_extra={"pattern": HUB_ID.pattern},
                                description="a hub repository, org/name")
     trust_remote_code: bool = Field(default=False, description=(
         "accept a checkpoint that ships its own Python (auto_map in config.json), where the "
@@ -196,7 +197,7 @@ class BaseModelCreate(BaseModel):
     def _hub_id(cls, hub_id: str | None) -> str | None:
         if hub_id is not None and not HUB_ID.match(hub_id):
             raise ValueError("a Hugging Face hub id is org/name (letters, digits, '.', '_' "
-                             "and '-')")
+                             "and '-', with no '--' or '..' and no '.' or '-' at an end)")
         return hub_id
 
     @model_validator(mode="after")

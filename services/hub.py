@@ -17,8 +17,11 @@ from pathlib import Path
 
 from services.errors import InvalidRequest
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-"""`org/name`, as the hub spells repository ids."""
+HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_]|[.-][A-Za-z0-9_])*"
+                    r"/[A-Za-z0-9](?:[A-Za-z0-9_]|[.-][A-Za-z0-9_])*$")
+"""`org/name`, as the hub spells repository ids: no `--` or `..`, no `.` or `-` at an end."""
+HUB_ID_LENGTH = 96
+"""The hub's bound on a repository id's parts (both together, here)."""
 MODEL_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken", "*.py"]
 """What a checkpoint needs: config, tokenizer, chat template, weights, and any custom code (so
 that an operator who allows it can load it)."""

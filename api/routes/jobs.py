@@ -29,6 +29,9 @@ from services.web import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
 Limit = Annotated[int, Query(ge=1, le=1000)]
+MAX_STEP = 2**31 - 1
+"""Steps are stored as PostgreSQL integers; a larger `after_step` is refused, not sent."""
+
 EventCursor = Annotated[str | None, Query(
     description="the id of the last event seen (ftevent-N)",
     json_schema_extra={"pattern": f"^{EVENT_CURSOR.pattern}$"})]
@@ -82,7 +85,7 @@ MetricsFormat = Annotated[Literal["json", "tensorboard"], Query(
                          "TensorBoard event file to put in a run's folder",
           "content": TENSORBOARD_FILE}})
 def job_metrics(job_id: str, jobs: JobsDep, name: Annotated[list[str] | None, Query()] = None,
-                after_step: Annotated[int | None, Query(ge=0)] = None,
+                after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
                 export: MetricsFormat = "json") -> ListObject[MetricSeries] | Response:
     """Each metric as a series over optimizer steps, e.g. train_loss, valid_loss; with
     `format=tensorboard`, the same as a TensorBoard event file (`tensorboard --logdir` on a

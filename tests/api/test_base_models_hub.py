@@ -166,6 +166,17 @@ def test_offline_a_hub_id_not_in_the_cache_is_refused_naming_it(hub_api: HubApi)
     assert "absent" not in base_models(hub_api) and not hub_api.leftovers("acme/absent")
 
 
+@pytest.mark.parametrize("hub_id", ["acme/tiny--gpt2", "acme/tiny..gpt2", "acme/tiny-",
+                                    "acme/" + "x" * 92])
+def test_a_hub_id_the_hub_would_refuse_is_a_400_before_any_fetch(hub_api: HubApi,
+                                                                 hub_id: str) -> None:
+    """Each breaks one of the hub's own rules (huggingface_hub raised on these, a 500)."""
+    error = assert_envelope(hub_api.admin.post("/v1/admin/models", json={
+        "id": "refused", "hub_id": hub_id}), 400)
+    assert error["param"] == "hub_id"
+    assert "refused" not in base_models(hub_api)
+
+
 def test_a_cached_checkpoint_that_cannot_load_leaves_nothing(hub_api: HubApi) -> None:
     error = assert_envelope(hub_api.admin.post("/v1/admin/models", json={
         "id": "no-weights", "hub_id": "acme/no-weights"}), 400)

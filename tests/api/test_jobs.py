@@ -113,6 +113,8 @@ def test_events_are_paginated_both_ways(client: httpx.Client, training_file: str
     assert [e["id"] for e in oldest] == [newest[1]["id"], newest[0]["id"]]
     bad = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"after": "x"})
     assert assert_envelope(bad, 400)["param"] == "after"
+    beyond = client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics", params={"after_step": 2**31})
+    assert assert_envelope(beyond, 400)["param"] == "after_step"  # a 500 from PostgreSQL before
 
 
 def test_other_projects_see_nothing(client: httpx.Client, training_file: str, api_url: str,
