@@ -3,11 +3,9 @@ sampling options: the rollout loop of `inference.local.BatchGenerator`.
 
 Every row keeps the torch engine's guarantee that its tokens depend on its prompt, the weights
 and its seed alone, not on the batch, and draws the very tokens the torch engine draws for that
-seed. `torch.multinomial(p, 1, generator=g)` is argmax(p / q) for q, V exponential draws from
-g (PyTorch's single-sample path); here each sampled row fills its q from its own generator in
-that order, and the whole batch takes one division and one argmax, instead of one multinomial
-call per row. A generator's draws are one stream however they are cut, so each row draws the
-q of several steps at once (`_Noise`), not one call per row per step. A prompt given several
+seed: its k-th token by inversion of its k-th uniform draw (`inference.sampling.invert`). A
+generator's draws are one stream however they are cut, so each row draws the uniforms of all
+its steps at once, and the whole batch is inverted in one call per step. A prompt given several
 times (a GRPO group's samples) is prefilled once. Rows leave the batch, and its cache, as they
 end.
 """
@@ -23,7 +21,7 @@ from torch import Tensor
 
 from inference.engines.base import SamplingOptions
 from inference.engines.decoder import Decoder
-from inference.sampling import processed_probs
+from inference.sampling import invert, processed_probs, uniform_draws
 
 Decoded = tuple[list[int], list[float], bool]
 """A row's sampled ids (through its stop token), log p of each, and whether it stopped."""
@@ -81,14 +79,14 @@ def decode_static_batch(decoder: Decoder, prompts: Sequence[list[int]],
     lengths = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
     stopped = torch.zeros(size, dtype=torch.bool, device=device)  # (B,)
     logits = _prefill(decoder, prompts, longest + steps, device)
-    noise = _Noise(rows.generators, logits.shape[-1], steps)
+    uniforms = _Uniforms(rows.generators, steps)
     early = max(o.min_tokens for o in options)  # steps at which some row may not stop yet
     vocab = logits.shape[-1]
     limited = any(o.vocab_limit is not None and o.vocab_limit < vocab for o in options)
     for step in range(steps):
         allowed = _within_vocab(logits, rows) if limited else logits
         token = _sample(_without_early_stops(allowed, rows, step) if step < early else allowed,
-                        rows, noise)  # (B,)
+                        rows, uniforms.next())  # (B,)
         tokens[rows.index, step] = token
         logprobs[rows.index, step] = torch.log_softmax(logits, dim=-1).gather(
             -1, token[:, None])[:, 0]
@@ -101,7 +99,7 @@ def decode_static_batch(decoder: Decoder, prompts: Sequence[list[int]],
             if keep.numel() == 0:
                 break
             rows, token = rows.select(keep), token[keep]
-            noise.keep(keep)
+            uniforms.keep(keep)
             decoder.keep(keep)
         logits = decoder.step(token)
     return [(ids[:length], lps[:length], stop)
@@ -166,44 +164,32 @@ def _without_early_stops(logits: Tensor, rows: _Rows, step: int) -> Tensor:
     return masked
 
 
-class _Noise:
-    """Each sampled row's Exp(1) draws, V per step, taken from its generator a block of
-    steps at a time (at most `BLOCK_VALUES` values for the batch)."""
+class _Uniforms:
+    """Each row's uniform draws, one per step, all drawn when decoding starts (0.5 for a greedy
+    row, which draws nothing)."""
 
-    BLOCK_VALUES = 1 << 22
-
-    def __init__(self, generators: list[torch.Generator | None], vocab: int, steps: int) -> None:
-        self.generators, self.vocab = generators, vocab
-        self.block_steps = max(1, min(steps, self.BLOCK_VALUES // max(len(generators) * vocab,
-                                                                        1)))
-        self.block = torch.ones((len(generators), 0, vocab))  # (B, k, V) on the CPU
-        self.used = 0
-        """Steps of the block already drawn from."""
+    def __init__(self, generators: list[torch.Generator | None], steps: int) -> None:
+        self.draws = torch.stack([torch.full((steps,), 0.5, dtype=torch.float64)
+                                  if generator is None else uniform_draws(generator, steps)
+                                  for generator in generators])  # (B, T) on the CPU
+        self.step = 0
 
     def next(self) -> Tensor:
-        """(B, V) this step's draws (ones for greedy rows)."""
-        if self.used == self.block.shape[1]:
-            self.block = torch.ones((len(self.generators), self.block_steps, self.vocab))
-            for draws, generator in zip(self.block.unbind(0), self.generators, strict=True):
-                if generator is not None:
-                    draws.exponential_(generator=generator)  # in place, in the row's order
-            self.used = 0
-        self.used += 1
-        return self.block[:, self.used - 1]
+        """(B,) this step's draws."""
+        self.step += 1
+        return self.draws[:, self.step - 1]
 
     def keep(self, rows: Tensor) -> None:
         """Only the rows ``rows`` (a (B',) index), in that order."""
-        self.generators = [self.generators[row] for row in rows.tolist()]
-        self.block = self.block.index_select(0, rows.cpu())
+        self.draws = self.draws.index_select(0, rows.cpu())
 
 
-def _sample(logits: Tensor, rows: _Rows, noise: _Noise) -> Tensor:
+def _sample(logits: Tensor, rows: _Rows, uniforms: Tensor) -> Tensor:
     """(B,) one token per row of (B, V) float32 logits: greedy rows take the argmax, the
-    others argmax(p / q), p the row's processed probabilities and q ~ Exp(1) drawn from its
-    generator, which is what `torch.multinomial(p, 1, generator)` computes."""
+    others invert their uniform draw (B,) under their processed probabilities."""
     greedy = [generator is None for generator in rows.generators]
     if all(greedy):
         return logits.argmax(dim=-1)
     probs = processed_probs(logits, rows.temperature, rows.top_k, rows.top_p)  # (B, V)
-    drawn = (probs / noise.next().to(probs.device)).argmax(dim=-1)  # (B,)
+    drawn = invert(probs, uniforms)  # (B,)
     return torch.where(rows.greedy, logits.argmax(dim=-1), drawn) if any(greedy) else drawn

@@ -86,21 +86,6 @@ def test_rollouts_are_the_torch_engines_token_for_token(folder: Path, model: Any
         assert [len(s.token_ids) for s in ours] == [o.max_tokens for o in wanted]
 
 
-def test_noise_drawn_a_few_steps_at_a_time_gives_the_same_tokens(
-        folder: Path, model: Any, batch: BatchGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each row's Exp(1) draws come in blocks of steps; blocks of 3 steps, with rows leaving
-    between blocks, draw what one block for the whole request draws."""
-    from inference.engines import static_batch
-
-    wanted = [options(20 + i, max_tokens=12, stop_token_ids=(2, 97)) for i in range(4)]
-    whole = batch.generate(folder, PROMPTS, wanted)
-    vocab = int(model.config.vocab_size)
-    monkeypatch.setattr(static_batch._Noise, "BLOCK_VALUES", len(PROMPTS) * vocab * 3)
-    blocks = batch.generate(folder, PROMPTS, wanted)
-    assert [s.token_ids for s in blocks] == [s.token_ids for s in whole]
-    assert len({len(s.token_ids) for s in whole}) > 1  # rows left at different steps
-
-
 def test_a_sequence_depends_on_its_prompt_and_seed_alone(folder: Path, model: Any,
                                                          batch: BatchGenerator) -> None:
     mixed = [options(7), options(8, temperature=0.7, top_k=5), options(9, top_p=0.8),

@@ -143,7 +143,8 @@ def test_chat_completion_and_its_stream(client: openai.OpenAI,
 def test_logprobs_on_both_endpoints(client: openai.OpenAI,
                                     inference_world: InferenceWorld) -> None:
     response = client.completions.create(model=inference_world.base, prompt=PROMPT,
-                                         max_tokens=6, logprobs=3, seed=1)
+                                         max_tokens=6, logprobs=3, seed=1,
+                                         extra_body={"min_tokens": 6})
     logprobs = response.choices[0].logprobs
     assert logprobs is not None and len(logprobs.tokens) == 6
     assert "".join(logprobs.tokens) == response.choices[0].text

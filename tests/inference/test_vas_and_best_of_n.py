@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterator
 from typing import Any
 
@@ -107,7 +108,10 @@ SIMILAR_TO_ANSWER = {"type": "text_similarity", "name": "close", "input": "{{sam
 
 def test_best_of_n_returns_the_highest_scoring_sample(client: openai.OpenAI,
                                                       inference_world: InferenceWorld) -> None:
-    body = {"best_of_n": {"n": 6, "reward": SIMILAR_TO_ANSWER, "item": {"answer": "7_C7"},
+    # Every printable character in order: an untrained model's samples share some with it
+    # however the seed falls, and score by how many they hold in that order.
+    answer = "".join(sorted(string.printable.strip()))
+    body = {"best_of_n": {"n": 6, "reward": SIMILAR_TO_ANSWER, "item": {"answer": answer},
                           "return_all": True}}
     response = client.completions.create(model=inference_world.base, prompt=PROMPT,
                                          max_tokens=4, seed=9, temperature=1.5,
@@ -118,9 +122,9 @@ def test_best_of_n_returns_the_highest_scoring_sample(client: openai.OpenAI,
     # service's scores are the grader's, and the choice is the best of them.
     from rapidfuzz import fuzz
 
-    own = [fuzz.ratio(sample["text"], "7_C7") / 100.0 for sample in samples]
+    own = [fuzz.ratio(sample["text"], answer) / 100.0 for sample in samples]
     assert [s["score"] for s in samples] == pytest.approx(own, abs=1e-9)
-    assert len(set(own)) > 1  # the samples differ, so the choice means something
+    assert len(set(own)) > 1, samples  # the samples differ, so the choice means something
     assert response.choices[0].text == samples[own.index(max(own))]["text"]
     assert response.usage is not None and response.usage.completion_tokens >= 6  # all n count
 
