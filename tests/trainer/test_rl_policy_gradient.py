@@ -15,6 +15,7 @@ from trainer.algorithms.policy_gradient import (
     LossScale,
     approx_kl,
     clipped_surrogate,
+    entropy_from_log_probs,
     entropy_from_logits,
     kl_penalty,
 )
@@ -118,3 +119,18 @@ def test_entropy_matches_categorical_and_is_stable() -> None:
     assert torch.allclose(entropy_from_logits(logits), expected, atol=1e-6)
     huge = torch.tensor([[1000.0, 1000.0, -1000.0], [0.0, 0.0, float("-inf")]])
     assert entropy_from_logits(huge).tolist() == pytest.approx([math.log(2), math.log(2)])
+
+
+def test_entropy_as_a_metric_equals_the_differentiable_one_and_the_gradient_stays_finite() -> None:
+    """The in-place metric form and the form in the loss agree, a masked (−inf) entry
+    included, and the loss's gradient has no nan from 0·(−inf)."""
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(4))
+    logits[0, 1, 2] = float("-inf")
+    log_probs = torch.log_softmax(logits.requires_grad_(), dim=-1)
+    in_loss = entropy_from_log_probs(log_probs)
+    with torch.no_grad():
+        metric = entropy_from_log_probs(log_probs.detach())
+    torch.testing.assert_close(metric, in_loss.detach())
+    torch.testing.assert_close(metric, torch.distributions.Categorical(logits=logits).entropy())
+    in_loss.sum().backward()
+    assert logits.grad is not None and bool(torch.isfinite(logits.grad).all())

@@ -150,8 +150,15 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
 
 def entropy_from_log_probs(log_probs: Tensor) -> Tensor:
-    """H = −Σ p·log p over the last dim, from log p (..., V) already computed. Returns (...,)."""
-    # A -inf logit (masked vocabulary) has p = 0 and must add 0, not 0·(−inf) = nan.
-    plogp = torch.where(log_probs.isneginf(), torch.zeros_like(log_probs),
-                        log_probs.exp() * log_probs)
+    """H = −Σ p·log p over the last dim, from log p (..., V) already computed. Returns (...,).
+
+    A -inf log-probability (masked vocabulary) has p = 0 and adds 0, not 0·(−inf) = nan.
+    Outside autograd (the entropy as a metric) the product is formed in place and its nans
+    zeroed: three passes over (..., V) where the differentiable form makes five."""
+    if torch.is_grad_enabled() and log_probs.requires_grad:
+        # log p zeroed before the product, not the product after it: where(−inf, 0, p·log p)
+        # gives 0 but back-propagates 0·(−inf) = nan into the masked entry's row
+        plogp = log_probs.exp() * log_probs.masked_fill(log_probs.isneginf(), 0.0)
+    else:  # p·log p is finite or 0·(−inf): nan_to_num meets no infinity to change
+        plogp = log_probs.exp().mul_(log_probs).nan_to_num_(nan=0.0)
     return -plogp.sum(dim=-1)
