@@ -31,6 +31,11 @@ STARTED = pytest.StashKey[local_services.SessionServers | None]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # `make test`: share the cores instead of each process taking them all
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     try:
         config.stash[STARTED] = local_services.prepare()
     except local_services.NotAnswering as exc:

@@ -84,6 +84,10 @@ def train(base: Path, workdir: Path, rows: list[dict[str, Any]], method: dict[st
 def test_supervised_then_grpo_raise_held_out_accuracy(family: str, family_world: Any,
                                                       tmp_path: Path,
                                                       reward_service: str) -> None:
+    """A minute a family, GPT-2 three (on 2 CPUs, the world cached): 150 supervised steps of
+    32 rows and 250 GRPO steps of 128 samples (GPT-2 600, its rollouts on the torch engine's
+    general path) are what it takes for each stage's gain to clear its margin, not noise; 200
+    held-out problems, greedy, three times. Fewer steps measured gains inside the margins."""
     learned = learn(family_world(family), tmp_path, reward_service,
                     chat=family in CHAT_FAMILIES, grpo=GRPO_BY_FAMILY.get(family))
     print(f"{family}: held-out exact match {learned}")  # shown with -s, and on failure

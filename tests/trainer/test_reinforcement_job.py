@@ -71,7 +71,7 @@ def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
 ) -> None:
     training = upload(client, jsonl(prompt_rows(40)), "prompts").json()["id"]
     job_id = create(client, training, reward=DIGIT_SHARE,
-                    hyperparameters={**FAST, "max_steps": 60, "checkpoint_every": 4,
+                    hyperparameters={**FAST, "max_steps": 24, "checkpoint_every": 4,
                                      "learning_rate": 1e-4})
     first = worker_factory(ALIGND_REWARD_URL=reward_service, **FAST_LEASES)
 
@@ -88,8 +88,8 @@ def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
     resumed = [m for m in messages if m.startswith("resumed from checkpoint at step")]
     assert len(resumed) == 1, messages
     resumed_at = int(resumed[0].rsplit(" ", 1)[-1])
-    assert killed_after <= resumed_at < 60
-    assert series(client, job_id, "reward_mean")[0] == list(range(1, 61))
+    assert killed_after <= resumed_at < 24
+    assert series(client, job_id, "reward_mean")[0] == list(range(1, 25))
     # one start and one resume, and per attempt each step once (`job_steps`, append-only):
     # the second attempt runs exactly the steps after the checkpoint it resumed from
     assert job["attempts"] == 2
@@ -98,4 +98,4 @@ def test_a_killed_worker_s_reinforcement_job_resumes_and_finishes(
     first_steps, second_steps = ([step for step, _, _ in runs[a]] for a in (1, 2))
     assert first_steps == list(range(1, first_steps[-1] + 1))
     assert first_steps[-1] >= resumed_at
-    assert second_steps == list(range(resumed_at + 1, 61))
+    assert second_steps == list(range(resumed_at + 1, 25))
