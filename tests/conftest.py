@@ -30,12 +30,18 @@ BASE_MODEL_ID = "tiny-base"
 STARTED = pytest.StashKey[local_services.SessionServers | None]()
 
 
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TORCH_THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+"""torch threads for each pytest process and the services it runs in process: under `make
+test` the processes share the cores (two processes of two threads each on two cores
+oversubscribed them)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:  # `make test`: share the cores instead of each process taking them all
+    if WORKERS > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(TORCH_THREADS)
     try:
         config.stash[STARTED] = local_services.prepare()
     except local_services.NotAnswering as exc:

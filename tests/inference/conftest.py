@@ -18,7 +18,7 @@ from services.registry import declare_base_models, register_model
 from services.security import generate_key, hash_key
 from services.settings import InferenceSettings
 from services.web import ServerThread, free_port
-from tests.conftest import reward_service
+from tests.conftest import TORCH_THREADS, reward_service
 from tests.inference.models import make_lora_adapter, make_value_model
 
 SERVICE_KEY = "inference-tests-service-key"
@@ -95,7 +95,7 @@ def grader_reward_url(database_url: str) -> Iterator[str]:
 def inference_settings(database_url: str, reward_url: str, **overrides: object) -> InferenceSettings:
     return InferenceSettings(_env_file=None, environment="test",  # type: ignore[call-arg]
                              database_url=database_url, reward_url=reward_url,
-                             admin_key=SERVICE_KEY, torch_threads=2, **overrides)
+                             admin_key=SERVICE_KEY, torch_threads=TORCH_THREADS, **overrides)
 
 
 ENGINES = {
