@@ -121,6 +121,11 @@ class ReinforcementHyperparameters(OptimizerHyperparameters):
     log p at temperature 1)."""
     policy_filter: PolicyFilter | None = None
     """PF-PPO: train on some of each prompt's responses only."""
+    disable_dropout: bool = True
+    """Dropout off in the policy and critic while they train (a checkpoint's own, GPT-2's 0.1,
+    and a LoRA adapter's), as it is while sampling: the update's π_θ is then the function
+    that drew the samples, so its ratio to π_old is not dropout noise (TRL's option of the
+    same name). False trains with the dropout the checkpoint declares."""
     lora: LoraConfig | None = None
     """Train a LoRA adapter (peft) instead of all weights."""
 

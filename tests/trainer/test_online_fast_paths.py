@@ -5,9 +5,12 @@ forward and the torch engine, and says why."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.trainer.test_online import method, train
 from tests.trainer.test_supervised import Recorder, context
@@ -44,3 +47,22 @@ def test_a_job_reports_its_fast_paths_once(family: str, rollouts: str,
     assert sorted(recorder.metrics) == [1, 2]
     paths = [m for m in recorder.logs if m.startswith(("training forward", "rollouts"))]
     assert len(paths) == 2 and rollouts in paths, recorder.logs
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_the_policy_trains_without_dropout_unless_asked(disable_dropout: bool,
+                                                        family_models: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    """A GPT-2 checkpoint as the hub ships one (dropout 0.1, where the family world's has 0):
+    off by default while training (as while sampling), kept with `disable_dropout: false`;
+    the model stays in training mode either way."""
+    folder = tmp_path / "gpt2"
+    shutil.copytree(family_models["gpt2"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(
+        {**config, "attn_pdrop": 0.1, "embd_pdrop": 0.1, "resid_pdrop": 0.1}))
+    hp = method(disable_dropout=disable_dropout).hyperparameters
+    policy = Policy.load(context(tmp_path, folder, hp, [], Recorder()), hp)
+    rates = {module.p for module in policy.model.modules()
+             if isinstance(module, torch.nn.Dropout)}
+    assert rates == ({0.0} if disable_dropout else {0.1}) and policy.model.training

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from modeling.heads import load_value_model, read_head
 from modeling.logprobs import left_padded_positions
 from services.methods.reinforcement import PpoHyperparameters
-from trainer.loop import build_optimizer, build_scheduler, clip_and_step
+from trainer.loop import build_optimizer, build_scheduler, clip_and_step, without_dropout
 
 CRITIC_DIR, CRITIC_OPTIMIZER, CRITIC_SCHEDULER = "critic", "critic_optimizer.pt", "critic_scheduler.pt"
 
@@ -41,6 +41,8 @@ class Critic:
         model = load_value_model(folder, pad_id, device,
                                  zero_head=fresh_head and resume_from is None)
         model.train()
+        if hp.disable_dropout:
+            without_dropout(model)
         rate = hp.critic_learning_rate or hp.learning_rate
         optimizer = build_optimizer(model, hp.model_copy(update={"learning_rate": rate}))
         scheduler = build_scheduler(optimizer, hp, total_steps)

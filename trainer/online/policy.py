@@ -25,7 +25,7 @@ from modeling.packing import packed_response_logits, supports_packing
 from services.methods.reinforcement import ReinforcementHyperparameters
 from trainer.checkpoint import TrainingState
 from trainer.context import TrainingContext, TrainingResult
-from trainer.loop import build_optimizer, build_scheduler, pick_device
+from trainer.loop import build_optimizer, build_scheduler, pick_device, without_dropout
 from trainer.online.experience import LogitsFn
 from trainer.online.shared_prompt import refusal_of as shared_prompt_refusal
 from trainer.online.shared_prompt import shared_prompt_logits, supports_shared_prompt
@@ -53,6 +53,8 @@ class Policy:
         pad = tokenizer.pad_token_id
         model = load_model(ctx.base_model_path, hp.lora, ctx.resume_from, device)
         model.train()
+        if hp.disable_dropout:
+            without_dropout(model)
         config = AutoConfig.from_pretrained(ctx.base_model_path)
         policy = cls(model=model, tokenizer=tokenizer, device=device,
                      pad_id=pad if pad is not None else tokenizer.eos_token_id,
