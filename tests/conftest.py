@@ -275,10 +275,15 @@ def client(api_url: str, admin: httpx.Client) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"},
                       timeout=60) as http:
         yield http
-        # Jobs a test left queued would otherwise wait for the next test's worker.
-        for job in http.get("/v1/fine_tuning/jobs", params={"limit": 1000}).json()["data"]:
-            if job["status"] in ("validating_files", "queued"):
-                http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+        cancel_queued(http)
+
+
+def cancel_queued(http: httpx.Client) -> None:
+    """Cancel the project's jobs that have not started: a test's leftovers would otherwise
+    wait for the next test's worker."""
+    for job in http.get("/v1/fine_tuning/jobs", params={"limit": 1000}).json()["data"]:
+        if job["status"] in ("validating_files", "queued"):
+            http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
 
 
 class WorkerProcess:

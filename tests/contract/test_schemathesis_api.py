@@ -37,7 +37,7 @@ from services.db.engine import session_factory, session_scope
 from services.db.models import RegisteredModel
 from services.registry import register_model
 from tests.api.test_files import upload
-from tests.conftest import ADMIN_KEY, WorkerProcess, new_project
+from tests.conftest import ADMIN_KEY, WorkerProcess, cancel_queued, new_project
 from tests.data import jsonl, supervised_rows
 from tests.trainer.test_worker import start_job, wait_status
 
@@ -198,9 +198,7 @@ def seeds(api_url: str, admin: httpx.Client, service_env: dict[str, str],
                     cursors={"GET /v1/files": ("after", training),
                              "GET /v1/fine_tuning/jobs": ("after", job["id"])},
                     unique={"POST /v1/admin/projects": "name"})
-        for queued in http.get("/v1/fine_tuning/jobs", params={"limit": 1000}).json()["data"]:
-            if queued["status"] in ("validating_files", "queued"):
-                http.post(f"/v1/fine_tuning/jobs/{queued['id']}/cancel")
+        cancel_queued(http)
 
 
 def test_the_api_keeps_its_contract(api_url: str, seeds: Seeds) -> None:
