@@ -79,14 +79,14 @@ def decode_static_batch(decoder: Decoder, prompts: Sequence[list[int]],
     lengths = torch.zeros(size, dtype=torch.long, device=device)  # (B,)
     stopped = torch.zeros(size, dtype=torch.bool, device=device)  # (B,)
     logits = _prefill(decoder, prompts, longest + steps, device)
-    uniforms = _Uniforms(rows.generators, steps)
+    uniforms = _uniforms(rows.generators, steps)  # (B, T) on the CPU
     early = max(o.min_tokens for o in options)  # steps at which some row may not stop yet
     vocab = logits.shape[-1]
     limited = any(o.vocab_limit is not None and o.vocab_limit < vocab for o in options)
     for step in range(steps):
         allowed = _within_vocab(logits, rows) if limited else logits
         token = _sample(_without_early_stops(allowed, rows, step) if step < early else allowed,
-                        rows, uniforms.next())  # (B,)
+                        rows, uniforms[:, step])  # (B,)
         tokens[rows.index, step] = token
         logprobs[rows.index, step] = torch.log_softmax(logits, dim=-1).gather(
             -1, token[:, None])[:, 0]
@@ -99,7 +99,7 @@ def decode_static_batch(decoder: Decoder, prompts: Sequence[list[int]],
             if keep.numel() == 0:
                 break
             rows, token = rows.select(keep), token[keep]
-            uniforms.keep(keep)
+            uniforms = uniforms.index_select(0, keep.cpu())
             decoder.keep(keep)
         logits = decoder.step(token)
     return [(ids[:length], lps[:length], stop)
@@ -164,24 +164,11 @@ def _without_early_stops(logits: Tensor, rows: _Rows, step: int) -> Tensor:
     return masked
 
 
-class _Uniforms:
-    """Each row's uniform draws, one per step, all drawn when decoding starts (0.5 for a greedy
-    row, which draws nothing)."""
-
-    def __init__(self, generators: list[torch.Generator | None], steps: int) -> None:
-        self.draws = torch.stack([torch.full((steps,), 0.5, dtype=torch.float64)
-                                  if generator is None else uniform_draws(generator, steps)
-                                  for generator in generators])  # (B, T) on the CPU
-        self.step = 0
-
-    def next(self) -> Tensor:
-        """(B,) this step's draws."""
-        self.step += 1
-        return self.draws[:, self.step - 1]
-
-    def keep(self, rows: Tensor) -> None:
-        """Only the rows ``rows`` (a (B',) index), in that order."""
-        self.draws = self.draws.index_select(0, rows.cpu())
+def _uniforms(generators: list[torch.Generator | None], steps: int) -> Tensor:
+    """(B, T) each row's uniform draws, one per step, all drawn when decoding starts (0.5 for
+    a greedy row, which draws nothing)."""
+    return torch.stack([torch.full((steps,), 0.5, dtype=torch.float64) if generator is None
+                        else uniform_draws(generator, steps) for generator in generators])
 
 
 def _sample(logits: Tensor, rows: _Rows, uniforms: Tensor) -> Tensor:

@@ -154,7 +154,9 @@ def entropy_from_log_probs(log_probs: Tensor) -> Tensor:
 
     A -inf log-probability (masked vocabulary) has p = 0 and adds 0, not 0·(−inf) = nan.
     Outside autograd (the entropy as a metric) the product is formed in place and its nans
-    zeroed: three passes over (..., V) where the differentiable form makes five."""
+    zeroed: three passes over (..., V) where the differentiable form makes five. That also
+    zeroes a nan the log-probabilities bring in themselves: the metric then reads finite
+    while the policy loss, built from the same log-probabilities, reads nan."""
     if torch.is_grad_enabled() and log_probs.requires_grad:
         # log p zeroed before the product, not the product after it: where(−inf, 0, p·log p)
         # gives 0 but back-propagates 0·(−inf) = nan into the masked entry's row
